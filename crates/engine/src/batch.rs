@@ -1,0 +1,191 @@
+//! The batch kernel: all events at once, sorted by user and time, scanned once.
+//!
+//! This is what `sessionizer sessionize` and rebuilds run. It takes columns of
+//! already-interned values (users and devices as dense `u32` indices), so it
+//! never touches a string and runs at memory speed.
+
+use crate::config::{EventClass, SessionRules};
+use crate::scan::{EndReason, ScanState, Span, Step};
+
+/// Marks an event with no device in [`BatchEvents::device`].
+pub const NO_DEVICE: u32 = u32::MAX;
+/// Marks an event in no session in [`BatchSessions::event_session`].
+pub const NO_SESSION: u32 = u32::MAX;
+/// The batch kernel indexes events with `u32`: at most this many per call.
+pub const MAX_BATCH_EVENTS: usize = u32::MAX as usize - 1;
+
+/// Columns of events, one row per event; all slices have the same length
+/// (`device` may also be empty, meaning no event has a device).
+#[derive(Debug, Clone, Copy)]
+pub struct BatchEvents<'a> {
+    /// Dense index of the event's [`crate::UserKey`], below `user_count`.
+    pub user: &'a [u32],
+    pub user_count: u32,
+    /// Dense index of the event's device, or [`NO_DEVICE`].
+    pub device: &'a [u32],
+    pub time_ms: &'a [i64],
+    pub class: &'a [EventClass],
+    /// [`crate::tiebreak`] of each event.
+    pub tiebreak: &'a [u64],
+}
+
+/// One session found by the batch kernel; events are referred to by row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchSession {
+    pub user: u32,
+    pub start_ms: i64,
+    /// The last active event's time.
+    pub end_ms: i64,
+    /// Active and passive events.
+    pub event_count: u64,
+    /// Row of the first event.
+    pub entry_event: u32,
+    /// Row of the last active event.
+    pub exit_event: u32,
+    pub end_reason: EndReason,
+}
+
+impl BatchSession {
+    pub fn length_ms(&self) -> i64 {
+        self.end_ms - self.start_ms
+    }
+}
+
+/// The kernel's result.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchSessions {
+    /// Ordered by user index, then start.
+    pub sessions: Vec<BatchSession>,
+    /// For each input row, the index of its session in `sessions`, or [`NO_SESSION`]
+    /// (excluded events, and passive events with no session to join).
+    pub event_session: Vec<u32>,
+}
+
+/// Sort key of one included event. Packed so that sorting compares two integers.
+#[derive(Clone, Copy)]
+struct SortKey {
+    time_ms: i64,
+    /// Passive flag in the top bit (active sorts first), tiebreak below.
+    order: u64,
+    row: u32,
+}
+
+/// Sessionizes every event at once. The result depends only on the set of
+/// events, never on their row order.
+///
+/// # Panics
+/// If the columns have different lengths, a user index is out of range, or
+/// there are more than [`MAX_BATCH_EVENTS`] rows: callers build these columns.
+pub fn sessionize_batch(events: &BatchEvents<'_>, rules: &SessionRules) -> BatchSessions {
+    let row_count = events.user.len();
+    assert!(row_count <= MAX_BATCH_EVENTS, "too many events for one batch");
+    assert_eq!(events.time_ms.len(), row_count);
+    assert_eq!(events.class.len(), row_count);
+    assert_eq!(events.tiebreak.len(), row_count);
+    assert!(events.device.is_empty() || events.device.len() == row_count);
+
+    let keys = group_by_user(events);
+    let mut result = BatchSessions { sessions: Vec::new(), event_session: vec![NO_SESSION; row_count] };
+    let mut segment_start = 0;
+    while segment_start < keys.len() {
+        let user = events.user[keys[segment_start].row as usize];
+        let mut segment_end = segment_start + 1;
+        while segment_end < keys.len() && events.user[keys[segment_end].row as usize] == user {
+            segment_end += 1;
+        }
+        scan_user(user, &keys[segment_start..segment_end], rules, &mut result);
+        segment_start = segment_end;
+    }
+    if !events.device.is_empty() {
+        mark_user_changes(events, rules, &mut result.sessions);
+    }
+    result
+}
+
+/// Counting sort of the included events by user, then a sort of each user's
+/// events by (time, class, tiebreak). Arrival order is usually close to time
+/// order, which the adaptive sort exploits.
+fn group_by_user(events: &BatchEvents<'_>) -> Vec<SortKey> {
+    let mut offsets = vec![0usize; events.user_count as usize + 1];
+    for (row, &user) in events.user.iter().enumerate() {
+        if events.class[row] != EventClass::Excluded {
+            offsets[user as usize + 1] += 1;
+        }
+    }
+    for user in 0..events.user_count as usize {
+        offsets[user + 1] += offsets[user];
+    }
+    let included = offsets[events.user_count as usize];
+    let mut keys = vec![SortKey { time_ms: 0, order: 0, row: 0 }; included];
+    let mut cursor = offsets.clone();
+    for (row, &user) in events.user.iter().enumerate() {
+        let class = events.class[row];
+        if class == EventClass::Excluded {
+            continue;
+        }
+        let passive_bit = u64::from(class == EventClass::Passive) << 63;
+        let slot = &mut cursor[user as usize];
+        keys[*slot] =
+            SortKey { time_ms: events.time_ms[row], order: passive_bit | (events.tiebreak[row] >> 1), row: row as u32 };
+        *slot += 1;
+    }
+    for user in 0..events.user_count as usize {
+        keys[offsets[user]..offsets[user + 1]].sort_by(|a, b| (a.time_ms, a.order).cmp(&(b.time_ms, b.order)));
+    }
+    keys
+}
+
+fn scan_user(user: u32, keys: &[SortKey], rules: &SessionRules, result: &mut BatchSessions) {
+    let mut state = ScanState::default();
+    let session_of = |span: Span, end_reason: EndReason| BatchSession {
+        user,
+        start_ms: span.start_ms,
+        end_ms: span.end_ms,
+        event_count: span.event_count,
+        entry_event: keys[span.entry_pos].row,
+        exit_event: keys[span.exit_pos].row,
+        end_reason,
+    };
+    for key in keys {
+        let active = key.order >> 63 == 0;
+        match state.step(rules, key.time_ms, active) {
+            Step::Opened(closed) => {
+                if let Some((span, reason)) = closed {
+                    result.sessions.push(session_of(span, reason));
+                }
+                result.event_session[key.row as usize] = result.sessions.len() as u32;
+            }
+            Step::Joined => result.event_session[key.row as usize] = result.sessions.len() as u32,
+            Step::Orphan => {}
+        }
+    }
+    if let Some(&span) = state.open_span() {
+        result.sessions.push(session_of(span, EndReason::Inactivity));
+    }
+}
+
+/// A session that ended by inactivity ends by user change instead when another
+/// user's active event happened on the device of its last event within the
+/// timeout after it.
+fn mark_user_changes(events: &BatchEvents<'_>, rules: &SessionRules, sessions: &mut [BatchSession]) {
+    let mut device_times: Vec<(u32, i64)> = (0..events.device.len())
+        .filter(|&row| events.device[row] != NO_DEVICE && events.class[row] == EventClass::Active)
+        .map(|row| (events.device[row], events.time_ms[row]))
+        .collect();
+    device_times.sort_unstable();
+    for session in sessions.iter_mut().filter(|session| session.end_reason == EndReason::Inactivity) {
+        let device = events.device[session.exit_event as usize];
+        if device == NO_DEVICE {
+            continue;
+        }
+        let next = device_times.partition_point(|&(d, t)| (d, t) <= (device, session.end_ms));
+        if let Some(&(d, t)) = device_times.get(next)
+            && d == device
+            && t - session.end_ms < rules.timeout_ms()
+        {
+            // Within the timeout after `end_ms` this user had no active event (or
+            // the session would have continued), so the event is another user's.
+            session.end_reason = EndReason::UserChange;
+        }
+    }
+}
