@@ -355,7 +355,10 @@ fn arrival_strategy() -> impl Strategy<Value = (Case, Vec<usize>, Vec<usize>)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    // 512 cases by default; PROPTEST_CASES=100000 for a long soak.
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(512)
+    ))]
 
     #[test]
     fn batch_kernel_matches_the_reference_model((case, arrival, _cuts) in arrival_strategy()) {

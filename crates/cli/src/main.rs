@@ -1,0 +1,74 @@
+//! `sessionizer`: the binary and the composition root.
+//!
+//! This is the only crate that parses command lines, talks to the terminal and
+//! exits the process. It composes `sessionizer-formats` (files) with
+//! `sessionizer-engine` (what a session is).
+
+mod duration;
+mod sessionize;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Self-hosted session analytics: groups each user's events into sessions.
+#[derive(Debug, Parser)]
+#[command(name = "sessionizer", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Sessionize(sessionize::SessionizeArgs),
+}
+
+/// Exit codes, in the spirit of sysexits.h; documented in README.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// A bad flag or configuration value (clap uses 2 for its own usage errors too).
+    Usage = 2,
+    /// A malformed input row or file.
+    DataError = 65,
+    /// An input file that cannot be opened.
+    NoInput = 66,
+    /// Writing the output failed.
+    OutputError = 74,
+}
+
+/// An error that knows its exit code; anything else exits with 1.
+#[derive(Debug)]
+pub(crate) struct Exit {
+    pub(crate) failure: Failure,
+    pub(crate) error: anyhow::Error,
+}
+
+impl Exit {
+    pub(crate) fn new(failure: Failure, error: impl Into<anyhow::Error>) -> Exit {
+        Exit { failure, error: error.into() }
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.error)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Sessionize(args) => sessionize::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            let code = error.downcast_ref::<Exit>().map_or(1, |exit| exit.failure as u8);
+            eprintln!("error: {error:#}");
+            ExitCode::from(code)
+        }
+    }
+}

@@ -1,0 +1,592 @@
+//! `sessionizer sessionize`: event files in, sessions out.
+//!
+//! Read every input into columns, intern users and devices into dense indices,
+//! drop retried insert ids, run the engine's batch kernel, write sessions (and
+//! optionally every event with its session id), and print a summary.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use jiff::tz::TimeZone;
+use sessionizer_engine::{
+    BatchEvents, BatchSession, BatchSessions, EventClass, EventClassifier, InsertIdSet, MAX_BATCH_EVENTS, NO_DEVICE,
+    NO_SESSION, SessionRules, UserKey, insert_key, session_uid, sessionize_batch, tiebreak,
+};
+use sessionizer_formats::{
+    EventChunk, EventRow, FieldNames, FileFormat, ReadErrorKind, ReadOptions, SessionRow, WriteError, create_event_writer, create_session_writer,
+    open_event_reader,
+};
+
+use crate::duration::parse_duration_ms;
+use crate::{Exit, Failure};
+
+/// Turn event files into sessions.
+///
+/// Inputs are NDJSON (.ndjson, .jsonl, .json), CSV (.csv) or Parquet (.parquet),
+/// chosen by extension; `-` reads NDJSON from stdin. Each event needs an event
+/// type, a time (epoch ms, epoch s, or ISO-8601) and a user id or device id.
+#[derive(Debug, clap::Args)]
+pub(crate) struct SessionizeArgs {
+    /// Event files to read (all are sessionized together).
+    #[arg(required = true, value_name = "INPUT")]
+    inputs: Vec<PathBuf>,
+
+    /// Where to write sessions: .ndjson, .csv or .parquet by extension [default: NDJSON on stdout].
+    #[arg(short, long, value_name = "OUTPUT")]
+    output: Option<PathBuf>,
+
+    /// Also write every input event with its session id (empty for events in no session).
+    #[arg(long, value_name = "FILE")]
+    events_out: Option<PathBuf>,
+
+    /// Inactivity timeout: a gap this long or longer starts a new session. At least 1s.
+    #[arg(long, default_value = "30m", value_name = "DURATION", value_parser = parse_duration_ms)]
+    timeout: i64,
+
+    /// Also split a session once it would reach this length [default: no limit].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_ms)]
+    max_length: Option<i64>,
+
+    /// Also split sessions at local midnight in this IANA time zone (e.g. Europe/Berlin, UTC).
+    #[arg(long, value_name = "TIME_ZONE")]
+    midnight_split: Option<String>,
+
+    /// Event types that take no part in sessions, comma separated; replaces the default list
+    /// (App Installed, App Uninstalled, Notification Sent, Notification Clicked, UTM Visited,
+    /// Identity Set, Identity Reset, Identity Error). Pass "" to exclude nothing.
+    #[arg(long, value_delimiter = ',', value_name = "TYPES")]
+    exclude_event_types: Option<Vec<String>>,
+
+    /// Event types that join an open session but never open or extend one, comma separated.
+    /// Events with a true `passive` field are passive too.
+    #[arg(long, value_delimiter = ',', value_name = "TYPES")]
+    passive_event_types: Vec<String>,
+
+    /// Project id, part of every session's globally unique id (session_uid).
+    #[arg(long, default_value = "default")]
+    project: String,
+
+    #[arg(long, default_value = "user_id", value_name = "NAME")]
+    user_id_field: String,
+    #[arg(long, default_value = "device_id", value_name = "NAME")]
+    device_id_field: String,
+    #[arg(long, default_value = "event_type", value_name = "NAME")]
+    event_type_field: String,
+    #[arg(long, default_value = "time", value_name = "NAME")]
+    time_field: String,
+    #[arg(long, default_value = "insert_id", value_name = "NAME")]
+    insert_id_field: String,
+    #[arg(long, default_value = "page", value_name = "NAME")]
+    page_field: String,
+    #[arg(long, default_value = "passive", value_name = "NAME")]
+    passive_field: String,
+
+    /// Skip malformed rows (counted in the summary) instead of stopping at the first one.
+    #[arg(long)]
+    skip_invalid: bool,
+
+    /// Print no progress bar and no summary.
+    #[arg(short, long)]
+    quiet: bool,
+
+    /// Also write the summary, with per-phase timings, as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    stats_json: Option<PathBuf>,
+
+    /// Threads for reading and preparing events [default: the number of CPUs].
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+}
+
+pub(crate) fn run(args: SessionizeArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let rules = rules_of(&args)?;
+    let classifier = classifier_of(&args)?;
+    check_output_formats(&args)?;
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+    let progress = if args.quiet { ProgressBar::hidden() } else { ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()) };
+    let mut timings = Timings::default();
+
+    let (chunks, read_stats) = read_inputs(&args, threads, &progress)?;
+    timings.read = seconds_since(started);
+    progress.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("valid template"));
+    progress.set_message("sessionizing");
+    let phase = Instant::now();
+    let table = EventTable::build(&chunks, &classifier, threads);
+    timings.prepare = seconds_since(phase);
+    let phase = Instant::now();
+    let result = sessionize_batch(&table.batch_events(), &rules);
+    timings.sessionize = seconds_since(phase);
+    progress.set_message("writing");
+    let phase = Instant::now();
+    let order = output_order(&table, &result);
+    write_sessions(&args, &table, &result, &order)?;
+    if let Some(path) = &args.events_out {
+        write_events(path, &args.project, &table, &result)?;
+    }
+    timings.write = seconds_since(phase);
+    timings.total = seconds_since(started);
+    progress.finish_and_clear();
+    let summary = Summary::new(&read_stats, &table, &result, timings);
+    if !args.quiet {
+        eprint!("{}", summary.text());
+    }
+    if let Some(path) = &args.stats_json {
+        std::fs::write(path, summary.json().to_string() + "\n")
+            .map_err(|e| Exit::new(Failure::OutputError, anyhow::anyhow!("cannot write {}: {e}", path.display())))?;
+    }
+    Ok(())
+}
+
+/// Seconds spent in each phase.
+#[derive(Debug, Default, Clone, Copy)]
+struct Timings {
+    read: f64,
+    prepare: f64,
+    sessionize: f64,
+    write: f64,
+    total: f64,
+}
+
+fn seconds_since(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64()
+}
+
+fn rules_of(args: &SessionizeArgs) -> Result<SessionRules, Exit> {
+    let usage = |flag: &str, error: &dyn std::fmt::Display| Exit::new(Failure::Usage, anyhow::anyhow!("invalid {flag}: {error}"));
+    let mut rules = SessionRules::new(args.timeout).map_err(|e| usage("--timeout", &e))?;
+    if let Some(max_length_ms) = args.max_length {
+        rules = rules.with_max_length_ms(max_length_ms).map_err(|e| usage("--max-length", &e))?;
+    }
+    if let Some(name) = &args.midnight_split {
+        let time_zone = TimeZone::get(name).map_err(|_| {
+            usage("--midnight-split", &format!("unknown time zone {name:?}: use an IANA name such as Europe/Berlin or UTC"))
+        })?;
+        rules = rules.with_midnight_split(time_zone);
+    }
+    Ok(rules)
+}
+
+/// Fails before reading anything when an output's extension is not a format we write.
+fn check_output_formats(args: &SessionizeArgs) -> Result<(), Exit> {
+    for (flag, path) in [("--output", &args.output), ("--events-out", &args.events_out)] {
+        if let Some(path) = path.as_deref().filter(|p| p.as_os_str() != "-") {
+            FileFormat::from_path(path).map_err(|e| Exit::new(Failure::Usage, anyhow::anyhow!("invalid {flag}: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
+fn classifier_of(args: &SessionizeArgs) -> Result<EventClassifier, Exit> {
+    let non_empty = |names: &[String]| names.iter().map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect::<Vec<_>>();
+    let passive = non_empty(&args.passive_event_types);
+    let result = match &args.exclude_event_types {
+        Some(excluded) => EventClassifier::new(non_empty(excluded), passive),
+        None => EventClassifier::new(sessionizer_engine::DEFAULT_EXCLUDED_EVENT_TYPES, passive),
+    };
+    result.map_err(|e| Exit::new(Failure::Usage, anyhow::anyhow!("invalid event type lists: {e}")))
+}
+
+#[derive(Debug, Default)]
+struct ReadStats {
+    rows: u64,
+    skipped: u64,
+    first_skipped: Option<String>,
+}
+
+fn read_inputs(args: &SessionizeArgs, threads: usize, progress: &ProgressBar) -> anyhow::Result<(Vec<EventChunk>, ReadStats)> {
+    let fields = FieldNames {
+        user_id: args.user_id_field.clone(),
+        device_id: args.device_id_field.clone(),
+        event_type: args.event_type_field.clone(),
+        time: args.time_field.clone(),
+        insert_id: args.insert_id_field.clone(),
+        page: args.page_field.clone(),
+        passive: args.passive_field.clone(),
+    };
+    let options = ReadOptions { fields, skip_invalid: args.skip_invalid, threads };
+    let mut readers = Vec::with_capacity(args.inputs.len());
+    for path in &args.inputs {
+        let reader = open_event_reader(path, &options).map_err(|e| {
+            let failure = match e.kind {
+                ReadErrorKind::Io(_) => Failure::NoInput,
+                ReadErrorKind::UnknownFormat(_) => Failure::Usage,
+                _ => Failure::DataError,
+            };
+            Exit::new(failure, e)
+        })?;
+        readers.push(reader);
+    }
+    let total_bytes: Option<u64> = readers.iter().map(|r| r.total_bytes()).sum();
+    if let Some(total) = total_bytes {
+        progress.set_length(total);
+        progress.set_style(
+            ProgressStyle::with_template("reading {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}").expect("valid template"),
+        );
+    }
+    let mut chunks = Vec::new();
+    let mut stats = ReadStats::default();
+    let mut done_bytes = 0;
+    for mut reader in readers {
+        while let Some(chunk) = reader.next_chunk().map_err(|e| Exit::new(Failure::DataError, e))? {
+            stats.rows += chunk.len() as u64;
+            progress.set_position(done_bytes + reader.bytes_read());
+            if !chunk.is_empty() {
+                chunks.push(chunk);
+            }
+        }
+        done_bytes += reader.bytes_read();
+        stats.skipped += reader.skipped_rows();
+        if stats.first_skipped.is_none() {
+            stats.first_skipped = reader.first_skipped_error().map(ToString::to_string);
+        }
+    }
+    if stats.rows as usize > MAX_BATCH_EVENTS {
+        return Err(Exit::new(Failure::DataError, anyhow::anyhow!("more than {MAX_BATCH_EVENTS} events in one run")).into());
+    }
+    Ok((chunks, stats))
+}
+
+/// Every event of every chunk, as the columns the batch kernel takes, plus the
+/// tables to turn its indices back into strings.
+struct EventTable<'a> {
+    chunks: &'a [EventChunk],
+    /// Global row of each chunk's first row.
+    chunk_starts: Vec<usize>,
+    users: Vec<UserKey>,
+    user: Vec<u32>,
+    device: Vec<u32>,
+    time_ms: Vec<i64>,
+    class: Vec<EventClass>,
+    tiebreak: Vec<u64>,
+    /// Rows whose insert id was seen before: not sessionized, not written.
+    duplicate: Vec<bool>,
+    duplicates: u64,
+    excluded: u64,
+}
+
+impl<'a> EventTable<'a> {
+    fn build(chunks: &'a [EventChunk], classifier: &EventClassifier, threads: usize) -> EventTable<'a> {
+        let rows: usize = chunks.iter().map(EventChunk::len).sum();
+        let mut chunk_starts = Vec::with_capacity(chunks.len());
+        let mut start = 0;
+        for chunk in chunks {
+            chunk_starts.push(start);
+            start += chunk.len();
+        }
+        // Hashing and dedup are independent of interning: run them side by side.
+        let hash = || hash_and_dedup(chunks, rows);
+        let (Hashed { tiebreak, duplicate, duplicates }, interned) = if threads > 1 {
+            std::thread::scope(|scope| {
+                let hashing = scope.spawn(hash);
+                let interned = intern_rows(chunks, rows, classifier);
+                (hashing.join().expect("hashing thread panicked"), interned)
+            })
+        } else {
+            (hash(), intern_rows(chunks, rows, classifier))
+        };
+        let Interned { users, user, device, mut class } = interned;
+        for (row, &is_duplicate) in duplicate.iter().enumerate() {
+            if is_duplicate {
+                class[row] = EventClass::Excluded;
+            }
+        }
+        let excluded = class.iter().filter(|&&c| c == EventClass::Excluded).count() as u64 - duplicates;
+        let time_ms = chunks.iter().flat_map(|c| c.time_ms.iter().copied()).collect();
+        EventTable { chunks, chunk_starts, users, user, device, time_ms, class, tiebreak, duplicate, duplicates, excluded }
+    }
+
+    fn batch_events(&self) -> BatchEvents<'_> {
+        BatchEvents {
+            user: &self.user,
+            user_count: self.users.len() as u32,
+            device: &self.device,
+            time_ms: &self.time_ms,
+            class: &self.class,
+            tiebreak: &self.tiebreak,
+        }
+    }
+
+    /// The chunk and the row within it of a global row.
+    fn locate(&self, row: u32) -> (&'a EventChunk, usize) {
+        let row = row as usize;
+        let chunk = self.chunk_starts.partition_point(|&start| start <= row) - 1;
+        (&self.chunks[chunk], row - self.chunk_starts[chunk])
+    }
+}
+
+struct Hashed {
+    tiebreak: Vec<u64>,
+    /// Rows whose insert id appeared on an earlier row.
+    duplicate: Vec<bool>,
+    duplicates: u64,
+}
+
+fn hash_and_dedup(chunks: &[EventChunk], rows: usize) -> Hashed {
+    let mut hashed = Hashed { tiebreak: Vec::with_capacity(rows), duplicate: Vec::with_capacity(rows), duplicates: 0 };
+    let mut seen = InsertIdSet::with_capacity(rows);
+    for chunk in chunks {
+        for row in 0..chunk.len() {
+            let event_type = chunk.event_type.get(row).unwrap_or("");
+            let insert_id = chunk.insert_id.get(row);
+            hashed.tiebreak.push(tiebreak(event_type, chunk.page.get(row), insert_id));
+            // The first copy of an insert id wins; later copies are retries.
+            let is_duplicate = insert_id.is_some_and(|id| !seen.insert(insert_key(id)));
+            hashed.duplicate.push(is_duplicate);
+            hashed.duplicates += u64::from(is_duplicate);
+        }
+    }
+    hashed
+}
+
+struct Interned {
+    users: Vec<UserKey>,
+    user: Vec<u32>,
+    device: Vec<u32>,
+    class: Vec<EventClass>,
+}
+
+fn intern_rows(chunks: &[EventChunk], rows: usize, classifier: &EventClassifier) -> Interned {
+    type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
+    let mut user_index: FastMap<(bool, &str), u32> = FastMap::default();
+    let mut device_index: FastMap<&str, u32> = FastMap::default();
+    let mut class_of_type: FastMap<(&str, bool), EventClass> = FastMap::default();
+    let mut users = Vec::new();
+    let mut interned = Interned {
+        users: Vec::new(),
+        user: Vec::with_capacity(rows),
+        device: Vec::with_capacity(rows),
+        class: Vec::with_capacity(rows),
+    };
+    for chunk in chunks {
+        for row in 0..chunk.len() {
+            let device_id = chunk.device_id.get(row).filter(|id| !id.is_empty());
+            // Readers guarantee a user id or a device id on every row.
+            let key = match chunk.user_id.get(row).filter(|id| !id.is_empty()) {
+                Some(user_id) => (false, user_id),
+                None => (true, device_id.expect("reader guarantees a user or device id")),
+            };
+            let next = users.len() as u32;
+            let user = *user_index.entry(key).or_insert_with(|| {
+                users.push(key);
+                next
+            });
+            interned.user.push(user);
+            let device = match device_id {
+                Some(id) => {
+                    let next = device_index.len() as u32;
+                    *device_index.entry(id).or_insert(next)
+                }
+                None => NO_DEVICE,
+            };
+            interned.device.push(device);
+            let event_type = chunk.event_type.get(row).unwrap_or("");
+            let marked_passive = chunk.passive[row];
+            let class = *class_of_type
+                .entry((event_type, marked_passive))
+                .or_insert_with(|| classifier.classify(event_type, marked_passive));
+            interned.class.push(class);
+        }
+    }
+    interned.users = users
+        .into_iter()
+        .map(|(is_device, id)| if is_device { UserKey::Device(id.into()) } else { UserKey::User(id.into()) })
+        .collect();
+    interned
+}
+
+/// Sessions in output order: by start, then user.
+fn output_order(table: &EventTable<'_>, result: &BatchSessions) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..result.sessions.len() as u32).collect();
+    order.sort_unstable_by(|&a, &b| {
+        let (a, b) = (&result.sessions[a as usize], &result.sessions[b as usize]);
+        a.start_ms.cmp(&b.start_ms).then_with(|| table.users[a.user as usize].cmp(&table.users[b.user as usize]))
+    });
+    order
+}
+
+fn output_error(path: Option<&Path>, error: WriteError) -> anyhow::Error {
+    let target = path.map_or_else(|| "stdout".to_string(), |p| p.display().to_string());
+    let failure = if matches!(error, WriteError::UnknownFormat(_)) { Failure::Usage } else { Failure::OutputError };
+    Exit::new(failure, anyhow::anyhow!("cannot write {target}: {error}")).into()
+}
+
+fn write_sessions(args: &SessionizeArgs, table: &EventTable<'_>, result: &BatchSessions, order: &[u32]) -> anyhow::Result<()> {
+    let path = args.output.as_deref().filter(|p| p.as_os_str() != "-");
+    let mut sink = match create_session_writer(path) {
+        Ok(sink) => sink,
+        Err(error) => return Err(output_error(path, error)),
+    };
+    let mut uid_buffer = uuid::Uuid::encode_buffer();
+    for &index in order {
+        let session = &result.sessions[index as usize];
+        let user = &table.users[session.user as usize];
+        let uid = session_uid(&args.project, user, session.start_ms);
+        let (entry_chunk, entry_row) = table.locate(session.entry_event);
+        let (exit_chunk, exit_row) = table.locate(session.exit_event);
+        let row = SessionRow {
+            user_id: user.user_id(),
+            device_id: user.device_id(),
+            session_id: session.start_ms,
+            session_uid: uid.hyphenated().encode_lower(&mut uid_buffer),
+            start_ms: session.start_ms,
+            end_ms: session.end_ms,
+            length_ms: session.length_ms(),
+            event_count: session.event_count,
+            end_reason: session.end_reason.as_str(),
+            entry_event_type: entry_chunk.event_type.get(entry_row).unwrap_or(""),
+            entry_page: entry_chunk.page.get(entry_row),
+            exit_event_type: exit_chunk.event_type.get(exit_row).unwrap_or(""),
+            exit_page: exit_chunk.page.get(exit_row),
+        };
+        if let Err(error) = sink.write(&row) {
+            return finish_after_error(path, error);
+        }
+    }
+    sink.finish().or_else(|error| finish_after_error(path, error))
+}
+
+/// A reader that went away (`| head`) is not an error; anything else is.
+fn finish_after_error(path: Option<&Path>, error: WriteError) -> anyhow::Result<()> {
+    if path.is_none() && error.is_broken_pipe() { Ok(()) } else { Err(output_error(path, error)) }
+}
+
+fn write_events(path: &Path, project: &str, table: &EventTable<'_>, result: &BatchSessions) -> anyhow::Result<()> {
+    let path = Some(path).filter(|p| p.as_os_str() != "-");
+    let mut sink = create_event_writer(path).map_err(|error| output_error(path, error))?;
+    let uids: Vec<String> = result
+        .sessions
+        .iter()
+        .map(|s| session_uid(project, &table.users[s.user as usize], s.start_ms).to_string())
+        .collect();
+    let mut global_row = 0usize;
+    for chunk in table.chunks {
+        for row in 0..chunk.len() {
+            let index = result.event_session[global_row];
+            let duplicate = table.duplicate[global_row];
+            global_row += 1;
+            if duplicate {
+                continue;
+            }
+            let session: Option<&BatchSession> = (index != NO_SESSION).then(|| &result.sessions[index as usize]);
+            let event = EventRow {
+                user_id: chunk.user_id.get(row),
+                device_id: chunk.device_id.get(row),
+                event_type: chunk.event_type.get(row).unwrap_or(""),
+                time_ms: chunk.time_ms[row],
+                insert_id: chunk.insert_id.get(row),
+                page: chunk.page.get(row),
+                passive: chunk.passive[row],
+                session_id: session.map(|s| s.start_ms),
+                session_uid: (index != NO_SESSION).then(|| uids[index as usize].as_str()),
+            };
+            if let Err(error) = sink.write(&event) {
+                return finish_after_error(path, error);
+            }
+        }
+    }
+    sink.finish().or_else(|error| finish_after_error(path, error))
+}
+
+/// What a run did, for people (stderr) and for scripts (`--stats-json`).
+#[derive(Debug)]
+struct Summary {
+    events_read: u64,
+    invalid_skipped: u64,
+    first_invalid: Option<String>,
+    duplicates: u64,
+    excluded: u64,
+    passive_without_session: u64,
+    users: u64,
+    sessions: u64,
+    median_length_ms: Option<i64>,
+    p90_length_ms: Option<i64>,
+    timings: Timings,
+}
+
+impl Summary {
+    fn new(read: &ReadStats, table: &EventTable<'_>, result: &BatchSessions, timings: Timings) -> Summary {
+        let mut lengths: Vec<i64> = result.sessions.iter().map(BatchSession::length_ms).collect();
+        let mut users_with_sessions = vec![false; table.users.len()];
+        for session in &result.sessions {
+            users_with_sessions[session.user as usize] = true;
+        }
+        let passive_without_session = (0..table.class.len())
+            .filter(|&row| table.class[row] == EventClass::Passive && result.event_session[row] == NO_SESSION)
+            .count();
+        Summary {
+            events_read: read.rows,
+            invalid_skipped: read.skipped,
+            first_invalid: read.first_skipped.clone(),
+            duplicates: table.duplicates,
+            excluded: table.excluded,
+            passive_without_session: passive_without_session as u64,
+            users: users_with_sessions.iter().filter(|&&has| has).count() as u64,
+            sessions: result.sessions.len() as u64,
+            median_length_ms: percentile(&mut lengths, 50),
+            p90_length_ms: percentile(&mut lengths, 90),
+            timings,
+        }
+    }
+
+    fn text(&self) -> String {
+        let mut text = format!(
+            "events: {} read, {} duplicates dropped, {} excluded, {} passive without a session\n",
+            self.events_read, self.duplicates, self.excluded, self.passive_without_session
+        );
+        if self.invalid_skipped > 0 {
+            text += &format!("invalid rows skipped: {}", self.invalid_skipped);
+            if let Some(first) = &self.first_invalid {
+                text += &format!(" (first: {first})");
+            }
+            text += "\n";
+        }
+        text += &format!("users: {}\nsessions: {}\n", self.users, self.sessions);
+        if let (Some(median), Some(p90)) = (self.median_length_ms, self.p90_length_ms) {
+            text += &format!("session length: median {}, p90 {}\n", human_ms(median), human_ms(p90));
+        }
+        let seconds = self.timings.total;
+        let rate = if seconds > 0.0 { self.events_read as f64 / seconds } else { 0.0 };
+        text += &format!("took {seconds:.2}s ({:.2}M events/s)\n", rate / 1e6);
+        text
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let t = &self.timings;
+        serde_json::json!({
+            "events_read": self.events_read,
+            "invalid_skipped": self.invalid_skipped,
+            "first_invalid": self.first_invalid,
+            "duplicates": self.duplicates,
+            "excluded": self.excluded,
+            "passive_without_session": self.passive_without_session,
+            "users": self.users,
+            "sessions": self.sessions,
+            "median_length_ms": self.median_length_ms,
+            "p90_length_ms": self.p90_length_ms,
+            "timings_s": {
+                "read": t.read, "prepare": t.prepare, "sessionize": t.sessionize, "write": t.write, "total": t.total,
+            },
+        })
+    }
+}
+
+/// Nearest-rank percentile.
+fn percentile(values: &mut [i64], percent: usize) -> Option<i64> {
+    if values.is_empty() {
+        return None;
+    }
+    let rank = (values.len() * percent).div_ceil(100).clamp(1, values.len()) - 1;
+    Some(*values.select_nth_unstable(rank).1)
+}
+
+fn human_ms(ms: i64) -> String {
+    let seconds = ms / 1000;
+    match seconds {
+        0..60 => format!("{}s", seconds),
+        60..3600 => format!("{}m{:02}s", seconds / 60, seconds % 60),
+        _ => format!("{}h{:02}m", seconds / 3600, (seconds % 3600) / 60),
+    }
+}

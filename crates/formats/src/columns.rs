@@ -1,0 +1,240 @@
+//! The columnar form of events: what every reader produces.
+
+/// A column of optional strings in Arrow's layout: all bytes in one buffer,
+/// `len + 1` offsets into it and one validity flag per row.
+///
+/// Pushing a row never allocates per row; the buffers grow amortised.
+/// Offsets are `u32`: the readers bound a chunk so that a column stays far
+/// below `u32::MAX` bytes (see `CHUNK_ROWS` and `MAX_FIELD_BYTES`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StrColumn {
+    data: Vec<u8>,
+    offsets: Vec<u32>,
+    valid: Vec<bool>,
+}
+
+impl Default for StrColumn {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StrColumn {
+    /// An empty column.
+    pub fn new() -> Self {
+        Self::with_capacity(0, 0)
+    }
+
+    /// An empty column with room for `rows` rows holding `bytes` bytes in total.
+    pub fn with_capacity(rows: usize, bytes: usize) -> Self {
+        let mut offsets = Vec::with_capacity(rows + 1);
+        offsets.push(0);
+        Self { data: Vec::with_capacity(bytes), offsets, valid: Vec::with_capacity(rows) }
+    }
+
+    /// Appends a row: `Some` string (possibly empty) or `None`.
+    ///
+    /// # Panics
+    /// If the column would hold more than `u32::MAX` bytes. The readers bound
+    /// chunks far below that; a caller building columns by hand must too.
+    #[inline]
+    pub fn push(&mut self, value: Option<&str>) {
+        match value {
+            Some(s) => self.push_bytes(s.as_bytes()),
+            None => self.push_null(),
+        }
+    }
+
+    /// Appends a `None` row.
+    #[inline]
+    pub(crate) fn push_null(&mut self) {
+        let end = self.end_offset();
+        self.offsets.push(end);
+        self.valid.push(false);
+    }
+
+    /// Appends a present row from bytes that the caller knows are UTF-8.
+    #[inline]
+    pub(crate) fn push_bytes(&mut self, bytes: &[u8]) {
+        self.data.extend_from_slice(bytes);
+        self.close_row(true);
+    }
+
+    /// Appends a present row holding the decimal form of `value`.
+    #[inline]
+    pub(crate) fn push_int<I: itoa::Integer>(&mut self, value: I) {
+        let mut buffer = itoa::Buffer::new();
+        self.push_bytes(buffer.format(value).as_bytes());
+    }
+
+    /// Appends the rows of an Arrow string array without nulls: `values` and
+    /// `offsets` (`len + 1` of them, possibly not starting at 0) in Arrow's
+    /// layout, copied in bulk. Empty strings become `None`.
+    #[cfg_attr(not(any(feature = "parquet", test)), expect(dead_code, reason = "used by the Parquet reader"))]
+    pub(crate) fn extend_utf8<O: Copy + Into<i64>>(&mut self, values: &[u8], offsets: &[O]) {
+        let (Some(&first), Some(&last)) = (offsets.first(), offsets.last()) else {
+            return;
+        };
+        let (first, last) = (first.into(), last.into());
+        self.data.extend_from_slice(&values[first as usize..last as usize]);
+        let base = i64::from(self.end_offset()) - first;
+        let end = u32::try_from(base + last).expect("StrColumn holds more than u32::MAX bytes");
+        self.offsets.reserve(offsets.len() - 1);
+        self.valid.reserve(offsets.len() - 1);
+        for pair in offsets.windows(2) {
+            let (start, stop) = (pair[0].into(), pair[1].into());
+            // In range: `base + stop <= end`, checked above.
+            self.offsets.push((base + stop) as u32);
+            self.valid.push(stop > start);
+        }
+        debug_assert_eq!(self.end_offset(), end);
+    }
+
+    /// Ends the row being built: its bytes are everything appended since the
+    /// previous row ended.
+    #[inline]
+    pub(crate) fn close_row(&mut self, valid: bool) {
+        let end = u32::try_from(self.data.len()).expect("StrColumn holds more than u32::MAX bytes");
+        self.offsets.push(end);
+        self.valid.push(valid);
+    }
+
+    #[inline]
+    fn end_offset(&self) -> u32 {
+        // The last offset always exists: `with_capacity` pushes the first.
+        self.offsets[self.offsets.len() - 1]
+    }
+
+    /// The value of row `i`, `None` for a null row.
+    ///
+    /// # Panics
+    /// If `i >= self.len()`.
+    #[inline]
+    pub fn get(&self, i: usize) -> Option<&str> {
+        if !self.valid[i] {
+            return None;
+        }
+        let bytes = &self.data[self.offsets[i] as usize..self.offsets[i + 1] as usize];
+        // Every push path appends whole UTF-8 strings (`push` takes `&str`, the
+        // readers validate before `push_bytes`), so this cannot fail; checking
+        // keeps the crate free of `unsafe`, and it is cheap next to parsing.
+        Some(std::str::from_utf8(bytes).expect("StrColumn holds only UTF-8"))
+    }
+
+    /// Number of rows.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.valid.len()
+    }
+
+    /// Whether the column has no rows.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.valid.is_empty()
+    }
+
+    /// Total bytes of all values.
+    #[inline]
+    pub fn byte_len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Iterates over the rows in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = Option<&str>> + '_ {
+        (0..self.len()).map(|i| self.get(i))
+    }
+
+    /// Removes every row, keeping the allocations.
+    pub fn clear(&mut self) {
+        self.data.clear();
+        self.offsets.truncate(1);
+        self.valid.clear();
+    }
+}
+
+/// A batch of events as columns of equal length.
+///
+/// Optional string fields hold `None` where the input had no value or an empty
+/// string. `source_line` is the 1-based line of the event in its file for
+/// NDJSON and CSV (the CSV header is line 1) and the 1-based row number for
+/// Parquet, so that later stages can point back at the input.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventChunk {
+    pub user_id: StrColumn,
+    pub device_id: StrColumn,
+    pub event_type: StrColumn,
+    /// Event time in milliseconds since the Unix epoch, UTC.
+    pub time_ms: Vec<i64>,
+    pub insert_id: StrColumn,
+    pub page: StrColumn,
+    pub passive: Vec<bool>,
+    pub source_line: Vec<u64>,
+}
+
+impl EventChunk {
+    /// An empty chunk with room for `rows` rows.
+    pub fn with_capacity(rows: usize) -> Self {
+        Self {
+            user_id: StrColumn::with_capacity(rows, rows * 16),
+            device_id: StrColumn::with_capacity(rows, 0),
+            event_type: StrColumn::with_capacity(rows, rows * 12),
+            time_ms: Vec::with_capacity(rows),
+            insert_id: StrColumn::with_capacity(rows, rows * 32),
+            page: StrColumn::with_capacity(rows, 0),
+            passive: Vec::with_capacity(rows),
+            source_line: Vec::with_capacity(rows),
+        }
+    }
+
+    /// Number of events.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.time_ms.len()
+    }
+
+    /// Whether the chunk has no events.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.time_ms.is_empty()
+    }
+
+    /// The largest byte size among the string columns: what the chunk byte
+    /// bound is checked against.
+    pub(crate) fn max_column_bytes(&self) -> usize {
+        [
+            self.user_id.byte_len(),
+            self.device_id.byte_len(),
+            self.event_type.byte_len(),
+            self.insert_id.byte_len(),
+            self.page.byte_len(),
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0)
+    }
+
+    /// Appends one validated event.
+    #[inline]
+    pub(crate) fn push_event(&mut self, event: EventRef<'_>, source_line: u64) {
+        self.user_id.push(event.user_id);
+        self.device_id.push(event.device_id);
+        self.event_type.push(Some(event.event_type));
+        self.time_ms.push(event.time_ms);
+        self.insert_id.push(event.insert_id);
+        self.page.push(event.page);
+        self.passive.push(event.passive);
+        self.source_line.push(source_line);
+    }
+}
+
+/// One validated event borrowing its strings: what the text readers push.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EventRef<'a> {
+    pub(crate) user_id: Option<&'a str>,
+    pub(crate) device_id: Option<&'a str>,
+    pub(crate) event_type: &'a str,
+    pub(crate) time_ms: i64,
+    pub(crate) insert_id: Option<&'a str>,
+    pub(crate) page: Option<&'a str>,
+    pub(crate) passive: bool,
+}

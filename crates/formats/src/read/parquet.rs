@@ -1,0 +1,746 @@
+//! Parquet through arrow-rs: only the needed columns are decoded, in batches
+//! of [`CHUNK_ROWS`], and copied column-wise into [`EventChunk`]s.
+//!
+//! With `threads > 1` and several row groups, each of `threads` workers
+//! decodes every `threads`-th row group and the reader hands the chunks back
+//! in file order. Each worker's channel is bounded, so memory stays bounded
+//! whatever the row group size.
+
+use std::fmt;
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{
+    Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, TimestampMicrosecondType,
+    TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType, UInt8Type, UInt16Type, UInt32Type,
+    UInt64Type,
+};
+use arrow_array::{Array, BooleanArray, GenericStringArray, RecordBatch, StringViewArray};
+use arrow_buffer::NullBuffer;
+use arrow_schema::{DataType, Schema, TimeUnit};
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder,
+};
+
+use super::{FieldNames, ReadOptions, Skips, check_len, missing_user};
+use crate::columns::{EventChunk, StrColumn};
+use crate::error::{ReadError, ReadErrorKind};
+use crate::limits::CHUNK_ROWS;
+use crate::time::{
+    check_instant_ms, parse_event_time, parse_event_time_int, parse_event_time_number, parse_event_time_u64,
+};
+
+/// Chunks a worker may decode ahead of the consumer.
+const WORKER_QUEUE_CHUNKS: usize = 4;
+
+/// What is known before decoding: the file, its metadata and the columns.
+#[derive(Clone)]
+struct Plan {
+    path: Arc<Path>,
+    display: Arc<str>,
+    metadata: ArrowReaderMetadata,
+    mask: ProjectionMask,
+    fields: Arc<FieldNames>,
+    skip_invalid: bool,
+    /// First row (0-based) of each row group, plus the total at the end.
+    row_group_starts: Arc<[u64]>,
+}
+
+impl fmt::Debug for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Plan").field("path", &self.display).finish()
+    }
+}
+
+impl Plan {
+    fn error(&self, line: Option<u64>, kind: ReadErrorKind) -> ReadError {
+        ReadError { path: self.display.to_string(), line, kind }
+    }
+
+    fn parquet_error(&self, error: impl fmt::Display) -> ReadError {
+        self.error(None, ReadErrorKind::Parquet(error.to_string()))
+    }
+
+    /// A batch reader over `row_groups` (in order).
+    fn batches(&self, row_groups: Vec<usize>) -> Result<ParquetRecordBatchReader, ReadError> {
+        let file = File::open(&self.path).map_err(|e| self.error(None, e.into()))?;
+        ParquetRecordBatchReaderBuilder::new_with_metadata(file, self.metadata.clone())
+            .with_projection(self.mask.clone())
+            .with_batch_size(CHUNK_ROWS)
+            .with_row_groups(row_groups)
+            .build()
+            .map_err(|e| self.parquet_error(e))
+    }
+}
+
+/// Decodes consecutive batches into chunks, skipping or failing on bad rows.
+struct Decoder {
+    plan: Plan,
+    batches: ParquetRecordBatchReader,
+    /// 0-based file row of the next batch's first row.
+    next_row: u64,
+    skips: Skips,
+}
+
+impl Decoder {
+    /// The next non-empty chunk, `None` at the end.
+    fn next_chunk(&mut self) -> Result<Option<EventChunk>, ReadError> {
+        loop {
+            let Some(batch) = self.batches.next() else {
+                return Ok(None);
+            };
+            let batch = batch.map_err(|e| self.plan.parquet_error(e))?;
+            let first_row = self.next_row;
+            self.next_row += batch.num_rows() as u64;
+            let chunk = decode_batch(&self.plan, &batch, first_row, &mut self.skips)?;
+            if !chunk.is_empty() {
+                return Ok(Some(chunk));
+            }
+        }
+    }
+}
+
+/// A message from a worker, for one of its row groups.
+#[expect(clippy::large_enum_variant, reason = "one message per chunk of 65 536 rows: the size does not matter")]
+enum Message {
+    Chunk(EventChunk),
+    /// The row group is fully decoded; its skipped rows.
+    RowGroupDone(Skips),
+    Error(ReadError),
+}
+
+enum Mode {
+    Single(Box<Decoder>),
+    Parallel { receivers: Vec<Receiver<Message>>, workers: Vec<JoinHandle<()>> },
+}
+
+pub(crate) struct ParquetReader {
+    plan: Plan,
+    mode: Mode,
+    skips: Skips,
+    /// Row groups handed out completely (parallel) so far.
+    row_groups_done: usize,
+    row_group_bytes: Vec<u64>,
+    bytes_read: u64,
+    total_bytes: u64,
+    finished: bool,
+}
+
+impl fmt::Debug for ParquetReader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ParquetReader").field("plan", &self.plan).finish()
+    }
+}
+
+impl ParquetReader {
+    pub(crate) fn open(path: &Path, display: String, options: &ReadOptions) -> Result<Self, ReadError> {
+        let fail = |kind| ReadError { path: display.clone(), line: None, kind };
+        let file = File::open(path).map_err(|e| fail(e.into()))?;
+        let metadata = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
+            .map_err(|e| fail(ReadErrorKind::Parquet(e.to_string())))?;
+        let indices = project(metadata.schema(), &options.fields).map_err(fail)?;
+        let mask = ProjectionMask::roots(metadata.parquet_schema(), indices);
+        let row_groups = metadata.metadata().row_groups();
+        let mut row_group_starts = Vec::with_capacity(row_groups.len() + 1);
+        let mut total = 0u64;
+        for group in row_groups {
+            row_group_starts.push(total);
+            total += u64::try_from(group.num_rows()).unwrap_or(0);
+        }
+        row_group_starts.push(total);
+        let row_group_bytes: Vec<u64> =
+            row_groups.iter().map(|g| u64::try_from(g.compressed_size()).unwrap_or(0)).collect();
+        let plan = Plan {
+            path: Arc::from(path),
+            display: Arc::from(display.as_str()),
+            metadata,
+            mask,
+            fields: Arc::new(options.fields.clone()),
+            skip_invalid: options.skip_invalid,
+            row_group_starts: row_group_starts.into(),
+        };
+        let groups = row_group_bytes.len();
+        let threads = options.threads.clamp(1, groups.max(1));
+        let mode = if threads == 1 {
+            Mode::Single(Box::new(Decoder {
+                batches: plan.batches((0..groups).collect())?,
+                plan: plan.clone(),
+                next_row: 0,
+                skips: Skips::new(options.skip_invalid),
+            }))
+        } else {
+            start_workers(&plan, threads)
+        };
+        Ok(Self {
+            total_bytes: row_group_bytes.iter().sum(),
+            plan,
+            mode,
+            skips: Skips::new(options.skip_invalid),
+            row_groups_done: 0,
+            row_group_bytes,
+            bytes_read: 0,
+            finished: false,
+        })
+    }
+}
+
+fn start_workers(plan: &Plan, threads: usize) -> Mode {
+    let groups = plan.row_group_starts.len() - 1;
+    let mut receivers = Vec::with_capacity(threads);
+    let mut workers = Vec::with_capacity(threads);
+    for worker in 0..threads {
+        let (sender, receiver) = sync_channel(WORKER_QUEUE_CHUNKS);
+        let plan = plan.clone();
+        let mine: Vec<usize> = (worker..groups).step_by(threads).collect();
+        workers.push(std::thread::spawn(move || run_worker(&plan, &mine, &sender)));
+        receivers.push(receiver);
+    }
+    Mode::Parallel { receivers, workers }
+}
+
+/// Decodes `row_groups` one after the other; stops at the first error or when
+/// the reader is gone.
+fn run_worker(plan: &Plan, row_groups: &[usize], sender: &SyncSender<Message>) {
+    for &group in row_groups {
+        let result = plan.batches(vec![group]).and_then(|batches| {
+            let mut decoder = Decoder {
+                plan: plan.clone(),
+                batches,
+                next_row: plan.row_group_starts[group],
+                skips: Skips::new(plan.skip_invalid),
+            };
+            while let Some(chunk) = decoder.next_chunk()? {
+                if sender.send(Message::Chunk(chunk)).is_err() {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(decoder.skips))
+        });
+        let message = match result {
+            Ok(Some(skips)) => Message::RowGroupDone(skips),
+            Ok(None) => return,
+            Err(error) => Message::Error(error),
+        };
+        let stop = matches!(message, Message::Error(_));
+        if sender.send(message).is_err() || stop {
+            return;
+        }
+    }
+}
+
+impl Drop for ParquetReader {
+    fn drop(&mut self) {
+        if let Mode::Parallel { receivers, workers } = &mut self.mode {
+            // Dropping the receivers makes every pending send fail, so each
+            // worker stops; then wait for them.
+            receivers.clear();
+            for worker in workers.drain(..) {
+                // A worker that panicked has nothing left to say here.
+                drop(worker.join());
+            }
+        }
+    }
+}
+
+impl super::EventReader for ParquetReader {
+    fn next_chunk(&mut self) -> Result<Option<EventChunk>, ReadError> {
+        if self.finished {
+            return Ok(None);
+        }
+        match &mut self.mode {
+            Mode::Single(decoder) => {
+                let result = decoder.next_chunk();
+                // Progress: row groups whose rows have all been decoded.
+                let starts = &self.plan.row_group_starts;
+                while self.row_groups_done < self.row_group_bytes.len()
+                    && starts[self.row_groups_done + 1] <= decoder.next_row
+                {
+                    self.bytes_read += self.row_group_bytes[self.row_groups_done];
+                    self.row_groups_done += 1;
+                }
+                if !matches!(result, Ok(Some(_))) {
+                    self.finished = true;
+                }
+                result
+            }
+            Mode::Parallel { receivers, .. } => loop {
+                if self.row_groups_done == self.row_group_bytes.len() {
+                    self.finished = true;
+                    return Ok(None);
+                }
+                let worker = self.row_groups_done % receivers.len();
+                match receivers[worker].recv() {
+                    Ok(Message::Chunk(chunk)) => return Ok(Some(chunk)),
+                    Ok(Message::RowGroupDone(skips)) => {
+                        self.skips.merge(skips);
+                        self.bytes_read += self.row_group_bytes[self.row_groups_done];
+                        self.row_groups_done += 1;
+                    }
+                    Ok(Message::Error(error)) => {
+                        self.finished = true;
+                        return Err(error);
+                    }
+                    Err(_) => {
+                        self.finished = true;
+                        return Err(self.plan.parquet_error("a decoding thread stopped unexpectedly"));
+                    }
+                }
+            },
+        }
+    }
+
+    fn skipped_rows(&self) -> u64 {
+        match &self.mode {
+            Mode::Single(decoder) => decoder.skips.skipped,
+            Mode::Parallel { .. } => self.skips.skipped,
+        }
+    }
+
+    fn first_skipped_error(&self) -> Option<&ReadError> {
+        match &self.mode {
+            Mode::Single(decoder) => decoder.skips.first.as_ref(),
+            Mode::Parallel { .. } => self.skips.first.as_ref(),
+        }
+    }
+
+    fn bytes_read(&self) -> u64 {
+        self.bytes_read
+    }
+
+    fn total_bytes(&self) -> Option<u64> {
+        Some(self.total_bytes)
+    }
+}
+
+/// Checks the schema and returns the root indexes of the columns to decode.
+fn project(schema: &Schema, fields: &FieldNames) -> Result<Vec<usize>, ReadErrorKind> {
+    let mut indices = Vec::new();
+    let mut find = |name: &str, accepts: fn(&DataType) -> bool, expected: &str| {
+        let Some((index, field)) = schema.fields().iter().enumerate().find(|(_, f)| f.name() == name) else {
+            return Ok(false);
+        };
+        if !accepts(field.data_type()) {
+            return Err(ReadErrorKind::Parquet(format!(
+                "column \"{name}\" has type {}, expected {expected}",
+                field.data_type()
+            )));
+        }
+        indices.push(index);
+        Ok(true)
+    };
+    const ID: &str = "a string or integer type";
+    const STR: &str = "a string type";
+    let user = find(&fields.user_id, is_id_type, ID)?;
+    let device = find(&fields.device_id, is_id_type, ID)?;
+    if !find(&fields.event_type, is_string_type, STR)? {
+        return Err(ReadErrorKind::MissingColumn(fields.event_type.clone()));
+    }
+    if !find(&fields.time, is_time_type, "an integer, float, timestamp or string type")? {
+        return Err(ReadErrorKind::MissingColumn(fields.time.clone()));
+    }
+    find(&fields.insert_id, is_id_type, ID)?;
+    find(&fields.page, is_string_type, STR)?;
+    find(&fields.passive, |t| *t == DataType::Boolean, "Boolean")?;
+    if !user && !device {
+        return Err(ReadErrorKind::MissingUserColumn {
+            user_id: fields.user_id.clone(),
+            device_id: fields.device_id.clone(),
+        });
+    }
+    indices.sort_unstable();
+    Ok(indices)
+}
+
+fn is_string_type(t: &DataType) -> bool {
+    match t {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => true,
+        DataType::Dictionary(_, values) => is_string_type(values),
+        _ => false,
+    }
+}
+
+fn is_id_type(t: &DataType) -> bool {
+    is_string_type(t) || t.is_integer()
+}
+
+fn is_time_type(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Int64
+            | DataType::Int32
+            | DataType::UInt64
+            | DataType::UInt32
+            | DataType::Float64
+            | DataType::Float32
+            | DataType::Timestamp(_, _)
+    ) || is_string_type(t)
+}
+
+/// One value of a string-or-integer column.
+#[derive(Debug, Clone, Copy)]
+enum Value<'a> {
+    Null,
+    Str(&'a str),
+    Int(i64),
+    UInt(u64),
+}
+
+/// The values of an integer column, by width and sign.
+#[derive(Clone, Copy)]
+enum Ints<'a> {
+    I8(&'a [i8]),
+    I16(&'a [i16]),
+    I32(&'a [i32]),
+    I64(&'a [i64]),
+    U8(&'a [u8]),
+    U16(&'a [u16]),
+    U32(&'a [u32]),
+    U64(&'a [u64]),
+}
+
+impl<'a> Ints<'a> {
+    fn new(array: &'a dyn Array) -> Option<Self> {
+        Some(match array.data_type() {
+            DataType::Int8 => Ints::I8(array.as_primitive::<Int8Type>().values()),
+            DataType::Int16 => Ints::I16(array.as_primitive::<Int16Type>().values()),
+            DataType::Int32 => Ints::I32(array.as_primitive::<Int32Type>().values()),
+            DataType::Int64 => Ints::I64(array.as_primitive::<Int64Type>().values()),
+            DataType::UInt8 => Ints::U8(array.as_primitive::<UInt8Type>().values()),
+            DataType::UInt16 => Ints::U16(array.as_primitive::<UInt16Type>().values()),
+            DataType::UInt32 => Ints::U32(array.as_primitive::<UInt32Type>().values()),
+            DataType::UInt64 => Ints::U64(array.as_primitive::<UInt64Type>().values()),
+            _ => return None,
+        })
+    }
+
+    #[inline]
+    fn get(self, i: usize) -> Value<'static> {
+        match self {
+            Ints::I8(v) => Value::Int(v[i].into()),
+            Ints::I16(v) => Value::Int(v[i].into()),
+            Ints::I32(v) => Value::Int(v[i].into()),
+            Ints::I64(v) => Value::Int(v[i]),
+            Ints::U8(v) => Value::UInt(v[i].into()),
+            Ints::U16(v) => Value::UInt(v[i].into()),
+            Ints::U32(v) => Value::UInt(v[i].into()),
+            Ints::U64(v) => Value::UInt(v[i]),
+        }
+    }
+}
+
+/// A typed view of a string or id column.
+enum StrSource<'a> {
+    Absent,
+    Utf8(&'a GenericStringArray<i32>),
+    LargeUtf8(&'a GenericStringArray<i64>),
+    View(&'a StringViewArray),
+    /// Keys normalised to indexes into `values`; `None` for a null key.
+    Dictionary {
+        keys: Vec<Option<usize>>,
+        values: Box<StrSource<'a>>,
+    },
+    Int {
+        values: Ints<'a>,
+        nulls: Option<&'a NullBuffer>,
+    },
+}
+
+impl<'a> StrSource<'a> {
+    fn new(array: Option<&'a dyn Array>) -> Self {
+        let Some(array) = array else {
+            return StrSource::Absent;
+        };
+        match array.data_type() {
+            DataType::Utf8 => StrSource::Utf8(array.as_string::<i32>()),
+            DataType::LargeUtf8 => StrSource::LargeUtf8(array.as_string::<i64>()),
+            DataType::Utf8View => StrSource::View(array.as_string_view()),
+            DataType::Dictionary(_, _) => {
+                let dictionary = array.as_any_dictionary();
+                let values = dictionary.values();
+                let keys = if values.is_empty() {
+                    vec![None; array.len()]
+                } else {
+                    let nulls = dictionary.keys().logical_nulls();
+                    dictionary
+                        .normalized_keys()
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, k)| nulls.as_ref().is_none_or(|n| n.is_valid(i)).then_some(k))
+                        .collect()
+                };
+                StrSource::Dictionary { keys, values: Box::new(StrSource::new(Some(values.as_ref()))) }
+            }
+            // `project` admits only strings and integers.
+            _ => match Ints::new(array) {
+                Some(values) => StrSource::Int { values, nulls: array.nulls() },
+                None => StrSource::Absent,
+            },
+        }
+    }
+
+    #[inline]
+    fn value(&self, i: usize) -> Value<'a> {
+        match self {
+            StrSource::Absent => Value::Null,
+            StrSource::Utf8(a) => {
+                if a.is_null(i) {
+                    Value::Null
+                } else {
+                    Value::Str(a.value(i))
+                }
+            }
+            StrSource::LargeUtf8(a) => {
+                if a.is_null(i) {
+                    Value::Null
+                } else {
+                    Value::Str(a.value(i))
+                }
+            }
+            StrSource::View(a) => {
+                if a.is_null(i) {
+                    Value::Null
+                } else {
+                    Value::Str(a.value(i))
+                }
+            }
+            StrSource::Dictionary { keys, values } => match keys[i] {
+                Some(k) => values.value(k),
+                None => Value::Null,
+            },
+            StrSource::Int { values, nulls } => {
+                if nulls.is_some_and(|n| n.is_null(i)) {
+                    Value::Null
+                } else {
+                    values.get(i)
+                }
+            }
+        }
+    }
+
+    /// The value as an optional field: empty strings are absent; strings
+    /// longer than the field limit are an error.
+    #[inline]
+    fn optional(&self, field: &str, i: usize) -> Result<Value<'a>, ReadErrorKind> {
+        match self.value(i) {
+            Value::Str("") => Ok(Value::Null),
+            Value::Str(s) => check_len(field, s).map(|()| Value::Str(s)),
+            other => Ok(other),
+        }
+    }
+
+    /// Appends the `rows` of this column to `column` (all `len` rows when
+    /// `None`), copying whole buffers when the layout allows.
+    fn append(&self, column: &mut StrColumn, rows: Option<&[usize]>, len: usize) {
+        match (self, rows) {
+            (StrSource::Utf8(a), None) if a.null_count() == 0 => {
+                column.extend_utf8(a.value_data(), a.value_offsets());
+            }
+            (StrSource::LargeUtf8(a), None) if a.null_count() == 0 => {
+                column.extend_utf8(a.value_data(), a.value_offsets());
+            }
+            (_, Some(rows)) => rows.iter().for_each(|&i| self.push(column, i)),
+            (_, None) => (0..len).for_each(|i| self.push(column, i)),
+        }
+    }
+
+    #[inline]
+    fn push(&self, column: &mut StrColumn, i: usize) {
+        match self.value(i) {
+            Value::Null | Value::Str("") => column.push_null(),
+            Value::Str(s) => column.push_bytes(s.as_bytes()),
+            Value::Int(v) => column.push_int(v),
+            Value::UInt(v) => column.push_int(v),
+        }
+    }
+}
+
+/// A typed view of the time column.
+enum TimeSource<'a> {
+    /// Integers: the number rule, exactly.
+    Int {
+        values: Ints<'a>,
+        nulls: Option<&'a NullBuffer>,
+    },
+    /// Floats: the number rule.
+    Float {
+        values: &'a [f64],
+        nulls: Option<&'a NullBuffer>,
+    },
+    Float32 {
+        values: &'a [f32],
+        nulls: Option<&'a NullBuffer>,
+    },
+    /// An exact instant in `unit`: no seconds-or-milliseconds guess.
+    Timestamp {
+        values: &'a [i64],
+        nulls: Option<&'a NullBuffer>,
+        unit: TimeUnit,
+    },
+    Text(StrSource<'a>),
+}
+
+impl<'a> TimeSource<'a> {
+    fn new(array: &'a dyn Array) -> Self {
+        let nulls = array.nulls();
+        match array.data_type() {
+            DataType::Timestamp(unit, _) => {
+                let values = match unit {
+                    TimeUnit::Second => array.as_primitive::<TimestampSecondType>().values(),
+                    TimeUnit::Millisecond => array.as_primitive::<TimestampMillisecondType>().values(),
+                    TimeUnit::Microsecond => array.as_primitive::<TimestampMicrosecondType>().values(),
+                    TimeUnit::Nanosecond => array.as_primitive::<TimestampNanosecondType>().values(),
+                };
+                TimeSource::Timestamp { values, nulls, unit: *unit }
+            }
+            DataType::Float64 => TimeSource::Float { values: array.as_primitive::<Float64Type>().values(), nulls },
+            DataType::Float32 => TimeSource::Float32 { values: array.as_primitive::<Float32Type>().values(), nulls },
+            _ => match Ints::new(array) {
+                Some(values) => TimeSource::Int { values, nulls },
+                None => TimeSource::Text(StrSource::new(Some(array))),
+            },
+        }
+    }
+
+    /// The time of row `i` in ms; `Ok(None)` for a null or blank value.
+    #[inline]
+    fn time_ms(&self, i: usize, field: &str) -> Result<Option<i64>, ReadErrorKind> {
+        let null = |nulls: &Option<&NullBuffer>| nulls.is_some_and(|n| n.is_null(i));
+        let result = match self {
+            TimeSource::Int { values, nulls } => {
+                if null(nulls) {
+                    return Ok(None);
+                }
+                match values.get(i) {
+                    Value::Int(v) => parse_event_time_int(v),
+                    Value::UInt(v) => parse_event_time_u64(v),
+                    Value::Null | Value::Str(_) => return Ok(None),
+                }
+            }
+            TimeSource::Float { values, nulls } => {
+                if null(nulls) {
+                    return Ok(None);
+                }
+                parse_event_time_number(values[i])
+            }
+            TimeSource::Float32 { values, nulls } => {
+                if null(nulls) {
+                    return Ok(None);
+                }
+                parse_event_time_number(f64::from(values[i]))
+            }
+            TimeSource::Timestamp { values, nulls, unit } => {
+                if null(nulls) {
+                    return Ok(None);
+                }
+                let v = values[i];
+                let (ms, unit_name) = match unit {
+                    TimeUnit::Second => (v.saturating_mul(1000), "s"),
+                    TimeUnit::Millisecond => (v, "ms"),
+                    TimeUnit::Microsecond => (v.div_euclid(1000), "us"),
+                    TimeUnit::Nanosecond => (v.div_euclid(1_000_000), "ns"),
+                };
+                check_instant_ms(ms, format_args!("timestamp {v} {unit_name}"))
+            }
+            TimeSource::Text(source) => match source.value(i) {
+                Value::Null => return Ok(None),
+                Value::Str(s) => {
+                    check_len(field, s)?;
+                    if s.trim().is_empty() {
+                        return Ok(None);
+                    }
+                    parse_event_time(s)
+                }
+                Value::Int(v) => parse_event_time_int(v),
+                Value::UInt(v) => parse_event_time_u64(v),
+            },
+        };
+        result.map(Some).map_err(ReadErrorKind::InvalidTime)
+    }
+}
+
+/// Converts one batch into a chunk; bad rows are skipped (counted in
+/// `skips`) or returned as the error.
+fn decode_batch(plan: &Plan, batch: &RecordBatch, first_row: u64, skips: &mut Skips) -> Result<EventChunk, ReadError> {
+    let fields = &*plan.fields;
+    let column = |name: &str| batch.column_by_name(name).map(|a| a.as_ref());
+    let user_id = StrSource::new(column(&fields.user_id));
+    let device_id = StrSource::new(column(&fields.device_id));
+    let event_type = StrSource::new(column(&fields.event_type));
+    let insert_id = StrSource::new(column(&fields.insert_id));
+    let page = StrSource::new(column(&fields.page));
+    let passive: Option<&BooleanArray> = column(&fields.passive).map(|a| a.as_boolean());
+    let Some(time_array) = column(&fields.time) else {
+        return Err(plan.error(None, ReadErrorKind::MissingColumn(fields.time.clone())));
+    };
+    let time = TimeSource::new(time_array);
+
+    let rows = batch.num_rows();
+    let mut time_ms = Vec::with_capacity(rows);
+    // Indexes of the rows kept, only once a row has been dropped.
+    let mut kept: Option<Vec<usize>> = None;
+    for i in 0..rows {
+        let check = || -> Result<i64, ReadErrorKind> {
+            let user = user_id.optional(&fields.user_id, i)?;
+            let device = device_id.optional(&fields.device_id, i)?;
+            if matches!((user, device), (Value::Null, Value::Null)) {
+                return Err(missing_user(fields));
+            }
+            match event_type.value(i) {
+                Value::Null => return Err(ReadErrorKind::MissingField(fields.event_type.clone())),
+                Value::Str("") => return Err(ReadErrorKind::EmptyField(fields.event_type.clone())),
+                Value::Str(s) => check_len(&fields.event_type, s)?,
+                Value::Int(_) | Value::UInt(_) => {}
+            }
+            let ms = time.time_ms(i, &fields.time)?.ok_or_else(|| ReadErrorKind::MissingField(fields.time.clone()))?;
+            insert_id.optional(&fields.insert_id, i)?;
+            page.optional(&fields.page, i)?;
+            Ok(ms)
+        };
+        match check() {
+            Ok(ms) => {
+                time_ms.push(ms);
+                if let Some(kept) = &mut kept {
+                    kept.push(i);
+                }
+            }
+            Err(kind) => {
+                skips.absorb(plan.error(Some(first_row + i as u64 + 1), kind))?;
+                kept.get_or_insert_with(|| (0..i).collect());
+            }
+        }
+    }
+    let kept = kept.as_deref();
+    let n = time_ms.len();
+    let mut chunk = EventChunk {
+        user_id: StrColumn::with_capacity(n, 0),
+        device_id: StrColumn::with_capacity(n, 0),
+        event_type: StrColumn::with_capacity(n, 0),
+        time_ms,
+        insert_id: StrColumn::with_capacity(n, 0),
+        page: StrColumn::with_capacity(n, 0),
+        passive: Vec::with_capacity(n),
+        source_line: Vec::with_capacity(n),
+    };
+    user_id.append(&mut chunk.user_id, kept, rows);
+    device_id.append(&mut chunk.device_id, kept, rows);
+    event_type.append(&mut chunk.event_type, kept, rows);
+    insert_id.append(&mut chunk.insert_id, kept, rows);
+    page.append(&mut chunk.page, kept, rows);
+    let passive_of = |i: usize| passive.is_some_and(|p| p.is_valid(i) && p.value(i));
+    match kept {
+        None => {
+            chunk.passive.extend((0..rows).map(passive_of));
+            chunk.source_line.extend((0..rows as u64).map(|i| first_row + i + 1));
+        }
+        Some(kept) => {
+            chunk.passive.extend(kept.iter().map(|&i| passive_of(i)));
+            chunk.source_line.extend(kept.iter().map(|&i| first_row + i as u64 + 1));
+        }
+    }
+    Ok(chunk)
+}

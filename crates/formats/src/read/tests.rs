@@ -1,0 +1,247 @@
+//! Reader tests: every format through `open_event_reader`, as the CLI uses it.
+
+mod csv_format;
+mod ndjson_format;
+#[cfg(feature = "parquet")]
+mod parquet_format;
+
+use std::path::{Path, PathBuf};
+
+use super::*;
+use crate::columns::StrColumn;
+
+/// One event, owned, for comparisons.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Event {
+    user_id: Option<String>,
+    device_id: Option<String>,
+    event_type: String,
+    time_ms: i64,
+    insert_id: Option<String>,
+    page: Option<String>,
+    passive: bool,
+    line: u64,
+}
+
+impl Event {
+    fn new(user_id: &str, event_type: &str, time_ms: i64, line: u64) -> Self {
+        Event {
+            user_id: Some(user_id.to_owned()),
+            device_id: None,
+            event_type: event_type.to_owned(),
+            time_ms,
+            insert_id: None,
+            page: None,
+            passive: false,
+            line,
+        }
+    }
+}
+
+fn events_of(chunk: &EventChunk) -> Vec<Event> {
+    let owned = |s: Option<&str>| s.map(str::to_owned);
+    let n = chunk.len();
+    for len in [
+        chunk.user_id.len(),
+        chunk.device_id.len(),
+        chunk.event_type.len(),
+        chunk.insert_id.len(),
+        chunk.page.len(),
+        chunk.passive.len(),
+        chunk.source_line.len(),
+    ] {
+        assert_eq!(len, n, "all columns have the chunk's length");
+    }
+    (0..n)
+        .map(|i| Event {
+            user_id: owned(chunk.user_id.get(i)),
+            device_id: owned(chunk.device_id.get(i)),
+            event_type: chunk.event_type.get(i).expect("event_type is never null").to_owned(),
+            time_ms: chunk.time_ms[i],
+            insert_id: owned(chunk.insert_id.get(i)),
+            page: owned(chunk.page.get(i)),
+            passive: chunk.passive[i],
+            line: chunk.source_line[i],
+        })
+        .collect()
+}
+
+/// Reads all of `reader`, returning the events (or the first error) and the
+/// reader for its counters.
+fn drain(mut reader: Box<dyn EventReader>) -> (Result<Vec<Event>, ReadError>, Box<dyn EventReader>) {
+    let mut events = Vec::new();
+    loop {
+        match reader.next_chunk() {
+            Ok(Some(chunk)) => {
+                assert!(!chunk.is_empty(), "chunks are never empty");
+                events.extend(events_of(&chunk));
+            }
+            Ok(None) => return (Ok(events), reader),
+            Err(e) => return (Err(e), reader),
+        }
+    }
+}
+
+fn read_all(path: &Path, options: &ReadOptions) -> Result<Vec<Event>, ReadError> {
+    drain(open_event_reader(path, options)?).0
+}
+
+fn read_ok(path: &Path) -> Vec<Event> {
+    read_all(path, &ReadOptions::default()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The error text of reading `path`, which must fail.
+fn read_err(path: &Path) -> String {
+    match read_all(path, &ReadOptions::default()) {
+        Ok(events) => panic!("expected an error, read {events:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn skipping() -> ReadOptions {
+    ReadOptions { skip_invalid: true, ..ReadOptions::default() }
+}
+
+fn write_file(dir: &tempfile::TempDir, name: &str, content: impl AsRef<[u8]>) -> PathBuf {
+    let path = dir.path().join(name);
+    std::fs::write(&path, content).expect("write test file");
+    path
+}
+
+/// The events that every format's "same events" test encodes.
+fn sample_events() -> Vec<Event> {
+    vec![
+        Event {
+            user_id: Some("u1".into()),
+            device_id: Some("d1".into()),
+            event_type: "Page Viewed".into(),
+            time_ms: 1_767_610_800_000,
+            insert_id: Some("i1".into()),
+            page: Some("/home".into()),
+            passive: false,
+            line: 0,
+        },
+        Event {
+            user_id: None,
+            device_id: Some("d2".into()),
+            event_type: "Button Clicked".into(),
+            time_ms: 1_767_610_801_500,
+            insert_id: None,
+            page: Some("/a, \"quoted\"\nnext".into()),
+            passive: true,
+            line: 0,
+        },
+        Event {
+            user_id: Some("ünïcødé 🎉".into()),
+            device_id: None,
+            event_type: "Login".into(),
+            time_ms: 0,
+            insert_id: Some("i3".into()),
+            page: None,
+            passive: false,
+            line: 0,
+        },
+    ]
+}
+
+fn without_lines(events: &[Event]) -> Vec<Event> {
+    events.iter().map(|e| Event { line: 0, ..e.clone() }).collect()
+}
+
+#[test]
+fn file_format_from_extension() {
+    let format = |p: &str| FileFormat::from_path(Path::new(p));
+    assert_eq!(format("a.ndjson").ok(), Some(FileFormat::Ndjson));
+    assert_eq!(format("a.JSONL").ok(), Some(FileFormat::Ndjson));
+    assert_eq!(format("dir.x/a.json").ok(), Some(FileFormat::Ndjson));
+    assert_eq!(format("a.Csv").ok(), Some(FileFormat::Csv));
+    assert_eq!(format("a.parquet").ok(), Some(FileFormat::Parquet));
+    assert_eq!(format("a.PQ").ok(), Some(FileFormat::Parquet));
+    assert_eq!(format("-").ok(), Some(FileFormat::Ndjson));
+    let error = format("events.txt").expect_err("unknown extension");
+    assert_eq!(
+        error.to_string(),
+        "unknown file format \"events.txt\": supported extensions are .ndjson, .jsonl, .json, .csv, .parquet and .pq \
+         (\"-\" reads NDJSON from standard input)"
+    );
+    assert!(format("noextension").is_err());
+}
+
+#[test]
+fn open_errors_name_the_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("missing.ndjson");
+    let error = open_event_reader(&missing, &ReadOptions::default()).err().expect("missing file");
+    assert!(matches!(error.kind, ReadErrorKind::Io(_)));
+    assert!(error.to_string().starts_with(&format!("{}: I/O error: ", missing.display())), "{error}");
+    assert!(!error.is_row_error());
+    let txt = write_file(&dir, "events.txt", "");
+    let error = open_event_reader(&txt, &ReadOptions::default()).err().expect("unknown format");
+    assert!(matches!(error.kind, ReadErrorKind::UnknownFormat(_)));
+}
+
+#[test]
+fn same_events_in_every_format() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let expected = sample_events();
+    let ndjson = write_file(&dir, "e.ndjson", ndjson_format::encode(&expected));
+    let csv = write_file(&dir, "e.csv", csv_format::encode(&expected));
+    let from_ndjson = read_ok(&ndjson);
+    let from_csv = read_ok(&csv);
+    assert_eq!(without_lines(&from_ndjson), expected);
+    assert_eq!(without_lines(&from_csv), expected);
+    assert_eq!(from_ndjson.iter().map(|e| e.line).collect::<Vec<_>>(), [1, 2, 3]);
+    // The second record's page spans two lines.
+    assert_eq!(from_csv.iter().map(|e| e.line).collect::<Vec<_>>(), [2, 3, 5]);
+    #[cfg(feature = "parquet")]
+    {
+        let parquet = dir.path().join("e.parquet");
+        parquet_format::write_events(&parquet, &expected);
+        let from_parquet = read_ok(&parquet);
+        assert_eq!(without_lines(&from_parquet), expected);
+        assert_eq!(from_parquet.iter().map(|e| e.line).collect::<Vec<_>>(), [1, 2, 3]);
+    }
+}
+
+#[test]
+fn chunks_are_bounded_and_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rows = crate::limits::CHUNK_ROWS + 10;
+    let mut text = String::new();
+    for i in 0..rows {
+        text.push_str(&format!(
+            "{{\"user_id\":\"u{i}\",\"event_type\":\"e\",\"time\":{}}}\n",
+            1_700_000_000_000i64 + i as i64
+        ));
+    }
+    let path = write_file(&dir, "many.ndjson", &text);
+    let mut reader = open_event_reader(&path, &ReadOptions::default()).expect("open");
+    let first = reader.next_chunk().expect("read").expect("a chunk");
+    assert_eq!(first.len(), crate::limits::CHUNK_ROWS);
+    let second = reader.next_chunk().expect("read").expect("a chunk");
+    assert_eq!(second.len(), 10);
+    assert_eq!(second.source_line[0], crate::limits::CHUNK_ROWS as u64 + 1);
+    assert_eq!(second.user_id.get(9), Some(format!("u{}", rows - 1).as_str()));
+    assert!(reader.next_chunk().expect("read").is_none());
+    assert_eq!(reader.bytes_read(), text.len() as u64);
+    assert_eq!(reader.total_bytes(), Some(text.len() as u64));
+}
+
+#[test]
+fn str_column_layout() {
+    let mut column = StrColumn::with_capacity(4, 16);
+    assert!(column.is_empty());
+    column.push(Some("ab"));
+    column.push(None);
+    column.push(Some(""));
+    column.push(Some("é"));
+    assert_eq!(column.len(), 4);
+    assert_eq!(column.iter().collect::<Vec<_>>(), [Some("ab"), None, Some(""), Some("é")]);
+    assert_eq!(column.byte_len(), 4);
+    column.extend_utf8(b"xxhelloworld", &[2i32, 7, 7, 12]);
+    assert_eq!(column.iter().skip(4).collect::<Vec<_>>(), [Some("hello"), None, Some("world")]);
+    column.clear();
+    assert!(column.is_empty());
+    column.push(Some("z"));
+    assert_eq!(column.get(0), Some("z"));
+}

@@ -1,0 +1,554 @@
+//! Session and event writers: NDJSON, CSV and Parquet.
+//!
+//! Every format has the same columns, named exactly like the fields of
+//! [`SessionRow`] and [`EventRow`] and in the same order. `None` is JSON
+//! `null`, an empty CSV cell, or a Parquet null.
+//!
+//! Call `finish` at the end: it flushes buffered rows and, for Parquet, writes
+//! the footer without which the file is unreadable.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+
+use crate::error::WriteError;
+use crate::read::FileFormat;
+
+/// One session, as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionRow<'a> {
+    /// The session's key: the user id, or for anonymous sessions the device id
+    /// (exactly one of the two is set).
+    pub user_id: Option<&'a str>,
+    pub device_id: Option<&'a str>,
+    pub session_id: i64,
+    pub session_uid: &'a str,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub length_ms: i64,
+    pub event_count: u64,
+    pub end_reason: &'a str,
+    pub entry_event_type: &'a str,
+    pub entry_page: Option<&'a str>,
+    pub exit_event_type: &'a str,
+    pub exit_page: Option<&'a str>,
+}
+
+/// One event with its session, as written; the session fields are `None` for
+/// events outside any session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventRow<'a> {
+    pub user_id: Option<&'a str>,
+    pub device_id: Option<&'a str>,
+    pub event_type: &'a str,
+    pub time_ms: i64,
+    pub insert_id: Option<&'a str>,
+    pub page: Option<&'a str>,
+    pub passive: bool,
+    pub session_id: Option<i64>,
+    pub session_uid: Option<&'a str>,
+}
+
+/// A destination for sessions.
+pub trait SessionSink {
+    fn write(&mut self, row: &SessionRow<'_>) -> Result<(), WriteError>;
+    /// Flushes everything and completes the file.
+    fn finish(self: Box<Self>) -> Result<(), WriteError>;
+}
+
+/// A destination for events.
+pub trait EventSink {
+    fn write(&mut self, row: &EventRow<'_>) -> Result<(), WriteError>;
+    /// Flushes everything and completes the file.
+    fn finish(self: Box<Self>) -> Result<(), WriteError>;
+}
+
+/// Writes sessions to `path` in the format of its extension, or NDJSON to
+/// standard output for `None` or `-`.
+pub fn create_session_writer(path: Option<&Path>) -> Result<Box<dyn SessionSink>, WriteError> {
+    Ok(Box::new(Writer::<SessionRow<'static>>::create(path)?))
+}
+
+/// Writes events to `path` in the format of its extension, or NDJSON to
+/// standard output for `None` or `-`.
+pub fn create_event_writer(path: Option<&Path>) -> Result<Box<dyn EventSink>, WriteError> {
+    Ok(Box::new(Writer::<EventRow<'static>>::create(path)?))
+}
+
+/// The type of a column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Str,
+    OptStr,
+    I64,
+    OptI64,
+    U64,
+    Bool,
+}
+
+/// A row type: its columns and how to visit its values in column order.
+trait Row {
+    const COLUMNS: &'static [(&'static str, Kind)];
+    fn visit<V: Visit>(&self, visitor: &mut V) -> Result<(), WriteError>;
+}
+
+/// Receives a row's values, in column order.
+trait Visit {
+    fn str(&mut self, value: Option<&str>) -> Result<(), WriteError>;
+    fn i64(&mut self, value: Option<i64>) -> Result<(), WriteError>;
+    fn u64(&mut self, value: u64) -> Result<(), WriteError>;
+    fn bool(&mut self, value: bool) -> Result<(), WriteError>;
+}
+
+impl Row for SessionRow<'_> {
+    const COLUMNS: &'static [(&'static str, Kind)] = &[
+        ("user_id", Kind::OptStr),
+        ("device_id", Kind::OptStr),
+        ("session_id", Kind::I64),
+        ("session_uid", Kind::Str),
+        ("start_ms", Kind::I64),
+        ("end_ms", Kind::I64),
+        ("length_ms", Kind::I64),
+        ("event_count", Kind::U64),
+        ("end_reason", Kind::Str),
+        ("entry_event_type", Kind::Str),
+        ("entry_page", Kind::OptStr),
+        ("exit_event_type", Kind::Str),
+        ("exit_page", Kind::OptStr),
+    ];
+
+    fn visit<V: Visit>(&self, v: &mut V) -> Result<(), WriteError> {
+        v.str(self.user_id)?;
+        v.str(self.device_id)?;
+        v.i64(Some(self.session_id))?;
+        v.str(Some(self.session_uid))?;
+        v.i64(Some(self.start_ms))?;
+        v.i64(Some(self.end_ms))?;
+        v.i64(Some(self.length_ms))?;
+        v.u64(self.event_count)?;
+        v.str(Some(self.end_reason))?;
+        v.str(Some(self.entry_event_type))?;
+        v.str(self.entry_page)?;
+        v.str(Some(self.exit_event_type))?;
+        v.str(self.exit_page)
+    }
+}
+
+impl Row for EventRow<'_> {
+    const COLUMNS: &'static [(&'static str, Kind)] = &[
+        ("user_id", Kind::OptStr),
+        ("device_id", Kind::OptStr),
+        ("event_type", Kind::Str),
+        ("time_ms", Kind::I64),
+        ("insert_id", Kind::OptStr),
+        ("page", Kind::OptStr),
+        ("passive", Kind::Bool),
+        ("session_id", Kind::OptI64),
+        ("session_uid", Kind::OptStr),
+    ];
+
+    fn visit<V: Visit>(&self, v: &mut V) -> Result<(), WriteError> {
+        v.str(self.user_id)?;
+        v.str(self.device_id)?;
+        v.str(Some(self.event_type))?;
+        v.i64(Some(self.time_ms))?;
+        v.str(self.insert_id)?;
+        v.str(self.page)?;
+        v.bool(self.passive)?;
+        v.i64(self.session_id)?;
+        v.str(self.session_uid)
+    }
+}
+
+/// A writer of one row type in one format.
+struct Writer<R> {
+    format: Format,
+    _row: std::marker::PhantomData<fn(&R)>,
+}
+
+enum Format {
+    Ndjson(NdjsonOut),
+    Csv(Box<CsvOut>),
+    #[cfg(feature = "parquet")]
+    Parquet(Box<parquet_out::ParquetOut>),
+}
+
+impl<R: Row> Writer<R> {
+    fn create(path: Option<&Path>) -> Result<Self, WriteError> {
+        let format = match path {
+            None => Format::Ndjson(NdjsonOut::new(Box::new(std::io::stdout().lock()))),
+            Some(path) if path == Path::new("-") => Format::Ndjson(NdjsonOut::new(Box::new(std::io::stdout().lock()))),
+            Some(path) => {
+                let format =
+                    FileFormat::from_path(path).map_err(|_| WriteError::UnknownFormat(path.display().to_string()))?;
+                match format {
+                    FileFormat::Ndjson => Format::Ndjson(NdjsonOut::new(Box::new(File::create(path)?))),
+                    FileFormat::Csv => Format::Csv(Box::new(CsvOut::new(Box::new(File::create(path)?), R::COLUMNS)?)),
+                    #[cfg(feature = "parquet")]
+                    FileFormat::Parquet => {
+                        Format::Parquet(Box::new(parquet_out::ParquetOut::new(File::create(path)?, R::COLUMNS)?))
+                    }
+                    #[cfg(not(feature = "parquet"))]
+                    FileFormat::Parquet => {
+                        return Err(WriteError::Parquet(
+                            "this build has no Parquet support (cargo feature \"parquet\")".to_owned(),
+                        ));
+                    }
+                }
+            }
+        };
+        Ok(Self { format, _row: std::marker::PhantomData })
+    }
+
+    fn finish_format(self) -> Result<(), WriteError> {
+        match self.format {
+            Format::Ndjson(out) => out.finish(),
+            Format::Csv(out) => out.finish(),
+            #[cfg(feature = "parquet")]
+            Format::Parquet(out) => out.finish(),
+        }
+    }
+}
+
+impl SessionSink for Writer<SessionRow<'static>> {
+    fn write(&mut self, row: &SessionRow<'_>) -> Result<(), WriteError> {
+        match &mut self.format {
+            Format::Ndjson(out) => out.write_row(row),
+            Format::Csv(out) => out.write_row(row),
+            #[cfg(feature = "parquet")]
+            Format::Parquet(out) => out.write_row(row),
+        }
+    }
+
+    fn finish(self: Box<Self>) -> Result<(), WriteError> {
+        self.finish_format()
+    }
+}
+
+impl EventSink for Writer<EventRow<'static>> {
+    fn write(&mut self, row: &EventRow<'_>) -> Result<(), WriteError> {
+        match &mut self.format {
+            Format::Ndjson(out) => out.write_row(row),
+            Format::Csv(out) => out.write_row(row),
+            #[cfg(feature = "parquet")]
+            Format::Parquet(out) => out.write_row(row),
+        }
+    }
+
+    fn finish(self: Box<Self>) -> Result<(), WriteError> {
+        self.finish_format()
+    }
+}
+
+/// Bytes buffered before a write to the output.
+const FLUSH_BYTES: usize = 64 * 1024;
+
+/// NDJSON: one compact object per line, built in a buffer.
+struct NdjsonOut {
+    out: Box<dyn Write>,
+    buffer: Vec<u8>,
+}
+
+impl NdjsonOut {
+    fn new(out: Box<dyn Write>) -> Self {
+        Self { out, buffer: Vec::with_capacity(FLUSH_BYTES + 4096) }
+    }
+
+    fn write_row<R: Row>(&mut self, row: &R) -> Result<(), WriteError> {
+        self.buffer.push(b'{');
+        row.visit(&mut JsonVisit { buffer: &mut self.buffer, columns: R::COLUMNS, index: 0 })?;
+        self.buffer.extend_from_slice(b"}\n");
+        if self.buffer.len() >= FLUSH_BYTES {
+            self.out.write_all(&self.buffer)?;
+            self.buffer.clear();
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<(), WriteError> {
+        self.out.write_all(&self.buffer)?;
+        self.buffer.clear();
+        self.out.flush()?;
+        Ok(())
+    }
+}
+
+struct JsonVisit<'b> {
+    buffer: &'b mut Vec<u8>,
+    columns: &'static [(&'static str, Kind)],
+    index: usize,
+}
+
+impl JsonVisit<'_> {
+    /// Writes `"name":` (with a leading comma after the first column).
+    #[inline]
+    fn key(&mut self) {
+        if self.index > 0 {
+            self.buffer.push(b',');
+        }
+        // Column names are plain ASCII identifiers: nothing to escape.
+        self.buffer.push(b'"');
+        self.buffer.extend_from_slice(self.columns[self.index].0.as_bytes());
+        self.buffer.extend_from_slice(b"\":");
+        self.index += 1;
+    }
+}
+
+impl Visit for JsonVisit<'_> {
+    #[inline]
+    fn str(&mut self, value: Option<&str>) -> Result<(), WriteError> {
+        self.key();
+        match value {
+            // Writing a string into a Vec cannot fail.
+            Some(s) => serde_json::to_writer(&mut *self.buffer, s).map_err(std::io::Error::from)?,
+            None => self.buffer.extend_from_slice(b"null"),
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn i64(&mut self, value: Option<i64>) -> Result<(), WriteError> {
+        self.key();
+        match value {
+            Some(v) => self.buffer.extend_from_slice(itoa::Buffer::new().format(v).as_bytes()),
+            None => self.buffer.extend_from_slice(b"null"),
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn u64(&mut self, value: u64) -> Result<(), WriteError> {
+        self.key();
+        self.buffer.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+        Ok(())
+    }
+
+    #[inline]
+    fn bool(&mut self, value: bool) -> Result<(), WriteError> {
+        self.key();
+        self.buffer.extend_from_slice(if value { b"true" } else { b"false" });
+        Ok(())
+    }
+}
+
+/// CSV: a header row of the column names, then one record per row.
+struct CsvOut {
+    writer: csv::Writer<Box<dyn Write>>,
+}
+
+fn csv_error(error: csv::Error) -> WriteError {
+    match error.into_kind() {
+        csv::ErrorKind::Io(e) => WriteError::Io(e),
+        other => WriteError::Csv(format!("{other:?}")),
+    }
+}
+
+impl CsvOut {
+    fn new(out: Box<dyn Write>, columns: &[(&str, Kind)]) -> Result<Self, WriteError> {
+        let mut writer = csv::WriterBuilder::new().buffer_capacity(FLUSH_BYTES).from_writer(out);
+        writer.write_record(columns.iter().map(|(name, _)| name)).map_err(csv_error)?;
+        Ok(Self { writer })
+    }
+
+    fn write_row<R: Row>(&mut self, row: &R) -> Result<(), WriteError> {
+        row.visit(&mut CsvVisit(&mut self.writer))?;
+        self.writer.write_record(std::iter::empty::<&[u8]>()).map_err(csv_error)
+    }
+
+    fn finish(mut self) -> Result<(), WriteError> {
+        self.writer.flush()?;
+        Ok(())
+    }
+}
+
+struct CsvVisit<'w>(&'w mut csv::Writer<Box<dyn Write>>);
+
+impl Visit for CsvVisit<'_> {
+    #[inline]
+    fn str(&mut self, value: Option<&str>) -> Result<(), WriteError> {
+        self.0.write_field(value.unwrap_or("")).map_err(csv_error)
+    }
+
+    #[inline]
+    fn i64(&mut self, value: Option<i64>) -> Result<(), WriteError> {
+        match value {
+            Some(v) => self.0.write_field(itoa::Buffer::new().format(v)),
+            None => self.0.write_field(""),
+        }
+        .map_err(csv_error)
+    }
+
+    #[inline]
+    fn u64(&mut self, value: u64) -> Result<(), WriteError> {
+        self.0.write_field(itoa::Buffer::new().format(value)).map_err(csv_error)
+    }
+
+    #[inline]
+    fn bool(&mut self, value: bool) -> Result<(), WriteError> {
+        self.0.write_field(if value { "true" } else { "false" }).map_err(csv_error)
+    }
+}
+
+#[cfg(feature = "parquet")]
+mod parquet_out {
+    //! Parquet through arrow builders; a row group every [`ROW_GROUP_ROWS`].
+
+    use std::fs::File;
+    use std::sync::Arc;
+
+    use arrow_array::builder::{BooleanBuilder, Int64Builder, StringBuilder, UInt64Builder};
+    use arrow_array::{ArrayRef, RecordBatch};
+    use arrow_schema::{DataType, Field, Schema, SchemaRef};
+    use parquet::arrow::ArrowWriter;
+    use parquet::basic::{Compression, ZstdLevel};
+    use parquet::file::properties::WriterProperties;
+
+    use super::{Kind, Row, Visit, WriteError};
+
+    /// Rows per row group: large enough for good compression, small enough to
+    /// keep the builders' memory modest.
+    const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+    enum Builder {
+        Str(StringBuilder),
+        I64(Int64Builder),
+        U64(UInt64Builder),
+        Bool(BooleanBuilder),
+    }
+
+    pub(super) struct ParquetOut {
+        writer: ArrowWriter<File>,
+        schema: SchemaRef,
+        builders: Vec<Builder>,
+        rows: usize,
+    }
+
+    fn parquet_error(error: impl std::fmt::Display) -> WriteError {
+        WriteError::Parquet(error.to_string())
+    }
+
+    impl ParquetOut {
+        pub(super) fn new(file: File, columns: &[(&str, Kind)]) -> Result<Self, WriteError> {
+            let fields: Vec<Field> = columns
+                .iter()
+                .map(|&(name, kind)| {
+                    let (data_type, nullable) = match kind {
+                        Kind::Str => (DataType::Utf8, false),
+                        Kind::OptStr => (DataType::Utf8, true),
+                        Kind::I64 => (DataType::Int64, false),
+                        Kind::OptI64 => (DataType::Int64, true),
+                        Kind::U64 => (DataType::UInt64, false),
+                        Kind::Bool => (DataType::Boolean, false),
+                    };
+                    Field::new(name, data_type, nullable)
+                })
+                .collect();
+            let schema = Arc::new(Schema::new(fields));
+            let properties = WriterProperties::builder()
+                .set_compression(Compression::ZSTD(ZstdLevel::default()))
+                .set_max_row_group_size(ROW_GROUP_ROWS)
+                .build();
+            let writer = ArrowWriter::try_new(file, schema.clone(), Some(properties)).map_err(parquet_error)?;
+            let builders = columns
+                .iter()
+                .map(|&(_, kind)| match kind {
+                    Kind::Str | Kind::OptStr => Builder::Str(StringBuilder::new()),
+                    Kind::I64 | Kind::OptI64 => Builder::I64(Int64Builder::new()),
+                    Kind::U64 => Builder::U64(UInt64Builder::new()),
+                    Kind::Bool => Builder::Bool(BooleanBuilder::new()),
+                })
+                .collect();
+            Ok(Self { writer, schema, builders, rows: 0 })
+        }
+
+        pub(super) fn write_row<R: Row>(&mut self, row: &R) -> Result<(), WriteError> {
+            row.visit(&mut ParquetVisit { builders: &mut self.builders, index: 0 })?;
+            self.rows += 1;
+            if self.rows >= ROW_GROUP_ROWS {
+                self.flush()?;
+            }
+            Ok(())
+        }
+
+        /// Writes the buffered rows as one row group.
+        fn flush(&mut self) -> Result<(), WriteError> {
+            if self.rows == 0 {
+                return Ok(());
+            }
+            let arrays: Vec<ArrayRef> = self
+                .builders
+                .iter_mut()
+                .map(|builder| -> ArrayRef {
+                    match builder {
+                        Builder::Str(b) => Arc::new(b.finish()),
+                        Builder::I64(b) => Arc::new(b.finish()),
+                        Builder::U64(b) => Arc::new(b.finish()),
+                        Builder::Bool(b) => Arc::new(b.finish()),
+                    }
+                })
+                .collect();
+            let batch = RecordBatch::try_new(self.schema.clone(), arrays).map_err(parquet_error)?;
+            self.writer.write(&batch).map_err(parquet_error)?;
+            self.writer.flush().map_err(parquet_error)?;
+            self.rows = 0;
+            Ok(())
+        }
+
+        pub(super) fn finish(mut self) -> Result<(), WriteError> {
+            self.flush()?;
+            let file = self.writer.into_inner().map_err(parquet_error)?;
+            file.sync_all().ok();
+            Ok(())
+        }
+    }
+
+    struct ParquetVisit<'b> {
+        builders: &'b mut [Builder],
+        index: usize,
+    }
+
+    impl ParquetVisit<'_> {
+        #[inline]
+        fn next(&mut self) -> &mut Builder {
+            self.index += 1;
+            &mut self.builders[self.index - 1]
+        }
+    }
+
+    impl Visit for ParquetVisit<'_> {
+        #[inline]
+        fn str(&mut self, value: Option<&str>) -> Result<(), WriteError> {
+            if let Builder::Str(b) = self.next() {
+                b.append_option(value);
+            }
+            Ok(())
+        }
+
+        #[inline]
+        fn i64(&mut self, value: Option<i64>) -> Result<(), WriteError> {
+            if let Builder::I64(b) = self.next() {
+                b.append_option(value);
+            }
+            Ok(())
+        }
+
+        #[inline]
+        fn u64(&mut self, value: u64) -> Result<(), WriteError> {
+            if let Builder::U64(b) = self.next() {
+                b.append_value(value);
+            }
+            Ok(())
+        }
+
+        #[inline]
+        fn bool(&mut self, value: bool) -> Result<(), WriteError> {
+            if let Builder::Bool(b) = self.next() {
+                b.append_value(value);
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
