@@ -12,7 +12,7 @@ pub(crate) fn parse_duration_ms(text: &str) -> Result<i64, String> {
         return Err("empty duration".to_string());
     }
     if let Ok(seconds) = text.parse::<f64>() {
-        if !seconds.is_finite() || seconds < 0.0 || seconds > 1e12 {
+        if !seconds.is_finite() || !(0.0..=1e12).contains(&seconds) {
             return Err(format!("duration {text:?} is out of range"));
         }
         return Ok((seconds * 1000.0).round() as i64);

@@ -11,12 +11,12 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use jiff::tz::TimeZone;
 use sessionizer_engine::{
-    BatchEvents, BatchSession, BatchSessions, EventClass, EventClassifier, InsertIdSet, MAX_BATCH_EVENTS, NO_DEVICE,
-    NO_SESSION, SessionRules, UserKey, insert_key, session_uid, sessionize_batch, tiebreak,
+    BatchEvents, BatchSession, BatchSessions, EventClass, EventClassifier, MAX_BATCH_EVENTS, NO_DEVICE, NO_SESSION,
+    SessionRules, UserKey, duplicate_rows, session_uid, sessionize_batch, tiebreak,
 };
 use sessionizer_formats::{
-    EventChunk, EventRow, FieldNames, FileFormat, ReadErrorKind, ReadOptions, SessionRow, WriteError, create_event_writer, create_session_writer,
-    open_event_reader,
+    EventChunk, EventRow, FieldNames, FileFormat, ReadErrorKind, ReadOptions, SessionRow, WriteError,
+    create_event_writer, create_session_writer, open_event_reader,
 };
 
 use crate::duration::parse_duration_ms;
@@ -106,7 +106,11 @@ pub(crate) fn run(args: SessionizeArgs) -> anyhow::Result<()> {
     let classifier = classifier_of(&args)?;
     check_output_formats(&args)?;
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
-    let progress = if args.quiet { ProgressBar::hidden() } else { ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()) };
+    let progress = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
+    };
     let mut timings = Timings::default();
 
     let (chunks, read_stats) = read_inputs(&args, threads, &progress)?;
@@ -117,7 +121,16 @@ pub(crate) fn run(args: SessionizeArgs) -> anyhow::Result<()> {
     let table = EventTable::build(&chunks, &classifier, threads);
     timings.prepare = seconds_since(phase);
     let phase = Instant::now();
-    let result = sessionize_batch(&table.batch_events(), &rules);
+    let tiebreak = |row: u32| table.tiebreak(row);
+    let events = BatchEvents {
+        user: &table.user,
+        user_count: table.users.len() as u32,
+        device: &table.device,
+        time_ms: &table.time_ms,
+        class: &table.class,
+        tiebreak: &tiebreak,
+    };
+    let result = sessionize_batch(&events, &rules);
     timings.sessionize = seconds_since(phase);
     progress.set_message("writing");
     let phase = Instant::now();
@@ -155,14 +168,19 @@ fn seconds_since(since: Instant) -> f64 {
 }
 
 fn rules_of(args: &SessionizeArgs) -> Result<SessionRules, Exit> {
-    let usage = |flag: &str, error: &dyn std::fmt::Display| Exit::new(Failure::Usage, anyhow::anyhow!("invalid {flag}: {error}"));
+    let usage = |flag: &str, error: &dyn std::fmt::Display| {
+        Exit::new(Failure::Usage, anyhow::anyhow!("invalid {flag}: {error}"))
+    };
     let mut rules = SessionRules::new(args.timeout).map_err(|e| usage("--timeout", &e))?;
     if let Some(max_length_ms) = args.max_length {
         rules = rules.with_max_length_ms(max_length_ms).map_err(|e| usage("--max-length", &e))?;
     }
     if let Some(name) = &args.midnight_split {
         let time_zone = TimeZone::get(name).map_err(|_| {
-            usage("--midnight-split", &format!("unknown time zone {name:?}: use an IANA name such as Europe/Berlin or UTC"))
+            usage(
+                "--midnight-split",
+                &format!("unknown time zone {name:?}: use an IANA name such as Europe/Berlin or UTC"),
+            )
         })?;
         rules = rules.with_midnight_split(time_zone);
     }
@@ -173,14 +191,16 @@ fn rules_of(args: &SessionizeArgs) -> Result<SessionRules, Exit> {
 fn check_output_formats(args: &SessionizeArgs) -> Result<(), Exit> {
     for (flag, path) in [("--output", &args.output), ("--events-out", &args.events_out)] {
         if let Some(path) = path.as_deref().filter(|p| p.as_os_str() != "-") {
-            FileFormat::from_path(path).map_err(|e| Exit::new(Failure::Usage, anyhow::anyhow!("invalid {flag}: {e}")))?;
+            FileFormat::from_path(path)
+                .map_err(|e| Exit::new(Failure::Usage, anyhow::anyhow!("invalid {flag}: {e}")))?;
         }
     }
     Ok(())
 }
 
 fn classifier_of(args: &SessionizeArgs) -> Result<EventClassifier, Exit> {
-    let non_empty = |names: &[String]| names.iter().map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect::<Vec<_>>();
+    let non_empty =
+        |names: &[String]| names.iter().map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect::<Vec<_>>();
     let passive = non_empty(&args.passive_event_types);
     let result = match &args.exclude_event_types {
         Some(excluded) => EventClassifier::new(non_empty(excluded), passive),
@@ -196,7 +216,11 @@ struct ReadStats {
     first_skipped: Option<String>,
 }
 
-fn read_inputs(args: &SessionizeArgs, threads: usize, progress: &ProgressBar) -> anyhow::Result<(Vec<EventChunk>, ReadStats)> {
+fn read_inputs(
+    args: &SessionizeArgs,
+    threads: usize,
+    progress: &ProgressBar,
+) -> anyhow::Result<(Vec<EventChunk>, ReadStats)> {
     let fields = FieldNames {
         user_id: args.user_id_field.clone(),
         device_id: args.device_id_field.clone(),
@@ -223,7 +247,8 @@ fn read_inputs(args: &SessionizeArgs, threads: usize, progress: &ProgressBar) ->
     if let Some(total) = total_bytes {
         progress.set_length(total);
         progress.set_style(
-            ProgressStyle::with_template("reading {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}").expect("valid template"),
+            ProgressStyle::with_template("reading {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                .expect("valid template"),
         );
     }
     let mut chunks = Vec::new();
@@ -244,7 +269,9 @@ fn read_inputs(args: &SessionizeArgs, threads: usize, progress: &ProgressBar) ->
         }
     }
     if stats.rows as usize > MAX_BATCH_EVENTS {
-        return Err(Exit::new(Failure::DataError, anyhow::anyhow!("more than {MAX_BATCH_EVENTS} events in one run")).into());
+        return Err(
+            Exit::new(Failure::DataError, anyhow::anyhow!("more than {MAX_BATCH_EVENTS} events in one run")).into()
+        );
     }
     Ok((chunks, stats))
 }
@@ -260,103 +287,114 @@ struct EventTable<'a> {
     device: Vec<u32>,
     time_ms: Vec<i64>,
     class: Vec<EventClass>,
-    tiebreak: Vec<u64>,
-    /// Rows whose insert id was seen before: not sessionized, not written.
+    /// Rows whose insert id was seen on an earlier row: not sessionized, not written.
     duplicate: Vec<bool>,
     duplicates: u64,
     excluded: u64,
 }
 
 impl<'a> EventTable<'a> {
+    /// Interns users and devices and finds duplicate insert ids, split over
+    /// `threads`: interning by runs of chunks (merged in order afterwards, so
+    /// indices do not depend on the thread count), dedup by hash partition.
     fn build(chunks: &'a [EventChunk], classifier: &EventClassifier, threads: usize) -> EventTable<'a> {
-        let rows: usize = chunks.iter().map(EventChunk::len).sum();
         let mut chunk_starts = Vec::with_capacity(chunks.len());
-        let mut start = 0;
+        let mut rows = 0;
         for chunk in chunks {
-            chunk_starts.push(start);
-            start += chunk.len();
+            chunk_starts.push(rows);
+            rows += chunk.len();
         }
-        // Hashing and dedup are independent of interning: run them side by side.
-        let hash = || hash_and_dedup(chunks, rows);
-        let (Hashed { tiebreak, duplicate, duplicates }, interned) = if threads > 1 {
-            std::thread::scope(|scope| {
-                let hashing = scope.spawn(hash);
-                let interned = intern_rows(chunks, rows, classifier);
-                (hashing.join().expect("hashing thread panicked"), interned)
-            })
-        } else {
-            (hash(), intern_rows(chunks, rows, classifier))
+        let parts = threads.clamp(1, 16).min(chunks.len()).max(1);
+        let groups = split_chunks(chunks, parts);
+        let work = |part: usize| {
+            let interned = intern_rows(groups[part], classifier);
+            let ids = || chunks.iter().flat_map(|chunk| chunk.insert_id.iter());
+            (interned, duplicate_rows(ids, part as u64, parts as u64))
         };
-        let Interned { users, user, device, mut class } = interned;
-        for (row, &is_duplicate) in duplicate.iter().enumerate() {
-            if is_duplicate {
-                class[row] = EventClass::Excluded;
-            }
+        let results: Vec<(LocalInterned<'a>, Vec<u32>)> = if parts == 1 {
+            vec![work(0)]
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..parts).map(|part| scope.spawn(move || work(part))).collect();
+                handles.into_iter().map(|handle| handle.join().expect("worker thread panicked")).collect()
+            })
+        };
+        let (locals, duplicate_lists): (Vec<_>, Vec<_>) = results.into_iter().unzip();
+        let Merged { users, user, device, mut class } = merge_interned(locals, rows);
+        let mut duplicate = vec![false; rows];
+        let mut duplicates = 0;
+        for row in duplicate_lists.into_iter().flatten() {
+            duplicate[row as usize] = true;
+            class[row as usize] = EventClass::Excluded;
+            duplicates += 1;
         }
         let excluded = class.iter().filter(|&&c| c == EventClass::Excluded).count() as u64 - duplicates;
-        let time_ms = chunks.iter().flat_map(|c| c.time_ms.iter().copied()).collect();
-        EventTable { chunks, chunk_starts, users, user, device, time_ms, class, tiebreak, duplicate, duplicates, excluded }
-    }
-
-    fn batch_events(&self) -> BatchEvents<'_> {
-        BatchEvents {
-            user: &self.user,
-            user_count: self.users.len() as u32,
-            device: &self.device,
-            time_ms: &self.time_ms,
-            class: &self.class,
-            tiebreak: &self.tiebreak,
+        let mut time_ms = Vec::with_capacity(rows);
+        for chunk in chunks {
+            time_ms.extend_from_slice(&chunk.time_ms);
         }
+        EventTable { chunks, chunk_starts, users, user, device, time_ms, class, duplicate, duplicates, excluded }
     }
 
     /// The chunk and the row within it of a global row.
     fn locate(&self, row: u32) -> (&'a EventChunk, usize) {
-        let row = row as usize;
-        let chunk = self.chunk_starts.partition_point(|&start| start <= row) - 1;
-        (&self.chunks[chunk], row - self.chunk_starts[chunk])
+        locate(self.chunks, &self.chunk_starts, row)
+    }
+
+    /// The content hash that orders events sharing user, time and class.
+    fn tiebreak(&self, row: u32) -> u64 {
+        let (chunk, row) = self.locate(row);
+        tiebreak(chunk.event_type.get(row).unwrap_or(""), chunk.page.get(row), chunk.insert_id.get(row))
     }
 }
 
-struct Hashed {
-    tiebreak: Vec<u64>,
-    /// Rows whose insert id appeared on an earlier row.
-    duplicate: Vec<bool>,
-    duplicates: u64,
+fn locate<'a>(chunks: &'a [EventChunk], chunk_starts: &[usize], row: u32) -> (&'a EventChunk, usize) {
+    let row = row as usize;
+    let chunk = chunk_starts.partition_point(|&start| start <= row) - 1;
+    (&chunks[chunk], row - chunk_starts[chunk])
 }
 
-fn hash_and_dedup(chunks: &[EventChunk], rows: usize) -> Hashed {
-    let mut hashed = Hashed { tiebreak: Vec::with_capacity(rows), duplicate: Vec::with_capacity(rows), duplicates: 0 };
-    let mut seen = InsertIdSet::with_capacity(rows);
-    for chunk in chunks {
-        for row in 0..chunk.len() {
-            let event_type = chunk.event_type.get(row).unwrap_or("");
-            let insert_id = chunk.insert_id.get(row);
-            hashed.tiebreak.push(tiebreak(event_type, chunk.page.get(row), insert_id));
-            // The first copy of an insert id wins; later copies are retries.
-            let is_duplicate = insert_id.is_some_and(|id| !seen.insert(insert_key(id)));
-            hashed.duplicate.push(is_duplicate);
-            hashed.duplicates += u64::from(is_duplicate);
+/// `parts` runs of consecutive chunks with about equal row counts.
+fn split_chunks(chunks: &[EventChunk], parts: usize) -> Vec<&[EventChunk]> {
+    let rows: usize = chunks.iter().map(EventChunk::len).sum();
+    let mut groups = Vec::with_capacity(parts);
+    let mut start = 0;
+    let mut seen = 0;
+    for part in 1..parts {
+        let target = rows * part / parts;
+        let mut end = start;
+        while end < chunks.len() && seen < target {
+            seen += chunks[end].len();
+            end += 1;
         }
+        groups.push(&chunks[start..end]);
+        start = end;
     }
-    hashed
+    groups.push(&chunks[start..]);
+    groups
 }
 
-struct Interned {
-    users: Vec<UserKey>,
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
+
+/// Interned ids of one run of chunks, numbered locally in first-seen order.
+struct LocalInterned<'a> {
+    /// (is a device key, id) of each local user.
+    users: Vec<(bool, &'a str)>,
     user: Vec<u32>,
+    devices: Vec<&'a str>,
     device: Vec<u32>,
     class: Vec<EventClass>,
 }
 
-fn intern_rows(chunks: &[EventChunk], rows: usize, classifier: &EventClassifier) -> Interned {
-    type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
+fn intern_rows<'a>(chunks: &'a [EventChunk], classifier: &EventClassifier) -> LocalInterned<'a> {
+    let rows: usize = chunks.iter().map(EventChunk::len).sum();
     let mut user_index: FastMap<(bool, &str), u32> = FastMap::default();
     let mut device_index: FastMap<&str, u32> = FastMap::default();
     let mut class_of_type: FastMap<(&str, bool), EventClass> = FastMap::default();
-    let mut users = Vec::new();
-    let mut interned = Interned {
+    let mut local = LocalInterned {
         users: Vec::new(),
         user: Vec::with_capacity(rows),
+        devices: Vec::new(),
         device: Vec::with_capacity(rows),
         class: Vec::with_capacity(rows),
     };
@@ -368,33 +406,81 @@ fn intern_rows(chunks: &[EventChunk], rows: usize, classifier: &EventClassifier)
                 Some(user_id) => (false, user_id),
                 None => (true, device_id.expect("reader guarantees a user or device id")),
             };
-            let next = users.len() as u32;
+            let next = local.users.len() as u32;
             let user = *user_index.entry(key).or_insert_with(|| {
-                users.push(key);
+                local.users.push(key);
                 next
             });
-            interned.user.push(user);
+            local.user.push(user);
             let device = match device_id {
                 Some(id) => {
-                    let next = device_index.len() as u32;
-                    *device_index.entry(id).or_insert(next)
+                    let next = local.devices.len() as u32;
+                    *device_index.entry(id).or_insert_with(|| {
+                        local.devices.push(id);
+                        next
+                    })
                 }
                 None => NO_DEVICE,
             };
-            interned.device.push(device);
+            local.device.push(device);
             let event_type = chunk.event_type.get(row).unwrap_or("");
             let marked_passive = chunk.passive[row];
             let class = *class_of_type
                 .entry((event_type, marked_passive))
                 .or_insert_with(|| classifier.classify(event_type, marked_passive));
-            interned.class.push(class);
+            local.class.push(class);
         }
     }
-    interned.users = users
-        .into_iter()
-        .map(|(is_device, id)| if is_device { UserKey::Device(id.into()) } else { UserKey::User(id.into()) })
-        .collect();
-    interned
+    local
+}
+
+struct Merged {
+    users: Vec<UserKey>,
+    user: Vec<u32>,
+    device: Vec<u32>,
+    class: Vec<EventClass>,
+}
+
+/// Renumbers the parts' local ids into global ones, in part order, so the
+/// result equals interning all rows on one thread.
+fn merge_interned(locals: Vec<LocalInterned<'_>>, rows: usize) -> Merged {
+    let mut user_index: FastMap<(bool, &str), u32> = FastMap::default();
+    let mut device_index: FastMap<&str, u32> = FastMap::default();
+    let mut merged = Merged {
+        users: Vec::new(),
+        user: Vec::with_capacity(rows),
+        device: Vec::with_capacity(rows),
+        class: Vec::with_capacity(rows),
+    };
+    for local in locals {
+        let user_map: Vec<u32> = local
+            .users
+            .iter()
+            .map(|&key| {
+                let next = user_index.len() as u32;
+                *user_index.entry(key).or_insert_with(|| {
+                    let (is_device, id) = key;
+                    merged.users.push(if is_device { UserKey::Device(id.into()) } else { UserKey::User(id.into()) });
+                    next
+                })
+            })
+            .collect();
+        let device_map: Vec<u32> = local
+            .devices
+            .iter()
+            .map(|&id| {
+                let next = device_index.len() as u32;
+                *device_index.entry(id).or_insert(next)
+            })
+            .collect();
+        merged.user.extend(local.user.iter().map(|&user| user_map[user as usize]));
+        merged.device.extend(local.device.iter().map(|&device| match device {
+            NO_DEVICE => NO_DEVICE,
+            device => device_map[device as usize],
+        }));
+        merged.class.extend_from_slice(&local.class);
+    }
+    merged
 }
 
 /// Sessions in output order: by start, then user.
@@ -413,7 +499,12 @@ fn output_error(path: Option<&Path>, error: WriteError) -> anyhow::Error {
     Exit::new(failure, anyhow::anyhow!("cannot write {target}: {error}")).into()
 }
 
-fn write_sessions(args: &SessionizeArgs, table: &EventTable<'_>, result: &BatchSessions, order: &[u32]) -> anyhow::Result<()> {
+fn write_sessions(
+    args: &SessionizeArgs,
+    table: &EventTable<'_>,
+    result: &BatchSessions,
+    order: &[u32],
+) -> anyhow::Result<()> {
     let path = args.output.as_deref().filter(|p| p.as_os_str() != "-");
     let mut sink = match create_session_writer(path) {
         Ok(sink) => sink,

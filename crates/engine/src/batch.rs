@@ -16,7 +16,7 @@ pub const MAX_BATCH_EVENTS: usize = u32::MAX as usize - 1;
 
 /// Columns of events, one row per event; all slices have the same length
 /// (`device` may also be empty, meaning no event has a device).
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct BatchEvents<'a> {
     /// Dense index of the event's [`crate::UserKey`], below `user_count`.
     pub user: &'a [u32],
@@ -25,8 +25,16 @@ pub struct BatchEvents<'a> {
     pub device: &'a [u32],
     pub time_ms: &'a [i64],
     pub class: &'a [EventClass],
-    /// [`crate::tiebreak`] of each event.
-    pub tiebreak: &'a [u64],
+    /// [`crate::tiebreak`] of a row. Called only for events that share their
+    /// user, time and class with another (rare with millisecond times), so the
+    /// caller need not hash every event.
+    pub tiebreak: &'a (dyn Fn(u32) -> u64 + Sync),
+}
+
+impl std::fmt::Debug for BatchEvents<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchEvents").field("rows", &self.user.len()).field("user_count", &self.user_count).finish()
+    }
 }
 
 /// One session found by the batch kernel; events are referred to by row.
@@ -61,13 +69,23 @@ pub struct BatchSessions {
     pub event_session: Vec<u32>,
 }
 
-/// Sort key of one included event. Packed so that sorting compares two integers.
+/// Sort key of one included event: time and class packed into one integer
+/// (`time_ms << 1 | passive`), so sorting compares one `u64`. Event times are
+/// at least 0 and far below 2⁶², which every reader guarantees.
 #[derive(Clone, Copy)]
 struct SortKey {
-    time_ms: i64,
-    /// Passive flag in the top bit (active sorts first), tiebreak below.
-    order: u64,
+    time_class: u64,
     row: u32,
+}
+
+impl SortKey {
+    fn time_ms(self) -> i64 {
+        (self.time_class >> 1) as i64
+    }
+
+    fn active(self) -> bool {
+        self.time_class & 1 == 0
+    }
 }
 
 /// Sessionizes every event at once. The result depends only on the set of
@@ -81,20 +99,15 @@ pub fn sessionize_batch(events: &BatchEvents<'_>, rules: &SessionRules) -> Batch
     assert!(row_count <= MAX_BATCH_EVENTS, "too many events for one batch");
     assert_eq!(events.time_ms.len(), row_count);
     assert_eq!(events.class.len(), row_count);
-    assert_eq!(events.tiebreak.len(), row_count);
     assert!(events.device.is_empty() || events.device.len() == row_count);
 
-    let keys = group_by_user(events);
+    let (keys, offsets) = group_by_user(events);
     let mut result = BatchSessions { sessions: Vec::new(), event_session: vec![NO_SESSION; row_count] };
-    let mut segment_start = 0;
-    while segment_start < keys.len() {
-        let user = events.user[keys[segment_start].row as usize];
-        let mut segment_end = segment_start + 1;
-        while segment_end < keys.len() && events.user[keys[segment_end].row as usize] == user {
-            segment_end += 1;
+    for user in 0..events.user_count {
+        let segment = &keys[offsets[user as usize]..offsets[user as usize + 1]];
+        if !segment.is_empty() {
+            scan_user(user, segment, rules, &mut result);
         }
-        scan_user(user, &keys[segment_start..segment_end], rules, &mut result);
-        segment_start = segment_end;
     }
     if !events.device.is_empty() {
         mark_user_changes(events, rules, &mut result.sessions);
@@ -103,9 +116,10 @@ pub fn sessionize_batch(events: &BatchEvents<'_>, rules: &SessionRules) -> Batch
 }
 
 /// Counting sort of the included events by user, then a sort of each user's
-/// events by (time, class, tiebreak). Arrival order is usually close to time
-/// order, which the adaptive sort exploits.
-fn group_by_user(events: &BatchEvents<'_>) -> Vec<SortKey> {
+/// events by (time, class), then by tiebreak within runs of equal (time, class).
+/// Arrival order is usually close to time order, which the adaptive sort exploits.
+/// Returns the keys and, for user `u`, its segment `offsets[u]..offsets[u + 1]`.
+fn group_by_user(events: &BatchEvents<'_>) -> (Vec<SortKey>, Vec<usize>) {
     let mut offsets = vec![0usize; events.user_count as usize + 1];
     for (row, &user) in events.user.iter().enumerate() {
         if events.class[row] != EventClass::Excluded {
@@ -116,23 +130,42 @@ fn group_by_user(events: &BatchEvents<'_>) -> Vec<SortKey> {
         offsets[user + 1] += offsets[user];
     }
     let included = offsets[events.user_count as usize];
-    let mut keys = vec![SortKey { time_ms: 0, order: 0, row: 0 }; included];
+    let mut keys = vec![SortKey { time_class: 0, row: 0 }; included];
     let mut cursor = offsets.clone();
     for (row, &user) in events.user.iter().enumerate() {
         let class = events.class[row];
         if class == EventClass::Excluded {
             continue;
         }
-        let passive_bit = u64::from(class == EventClass::Passive) << 63;
+        let time_ms = events.time_ms[row];
+        assert!((0..1 << 62).contains(&time_ms), "event time out of range: {time_ms}");
         let slot = &mut cursor[user as usize];
         keys[*slot] =
-            SortKey { time_ms: events.time_ms[row], order: passive_bit | (events.tiebreak[row] >> 1), row: row as u32 };
+            SortKey { time_class: ((time_ms as u64) << 1) | u64::from(class == EventClass::Passive), row: row as u32 };
         *slot += 1;
     }
     for user in 0..events.user_count as usize {
-        keys[offsets[user]..offsets[user + 1]].sort_by(|a, b| (a.time_ms, a.order).cmp(&(b.time_ms, b.order)));
+        let segment = &mut keys[offsets[user]..offsets[user + 1]];
+        segment.sort_by_key(|key| key.time_class);
+        order_ties(segment, events.tiebreak);
     }
-    keys
+    (keys, offsets)
+}
+
+/// Orders runs of equal (time, class) by the events' content hash, so entry and
+/// exit events do not depend on row order.
+fn order_ties(segment: &mut [SortKey], tiebreak: &(dyn Fn(u32) -> u64 + Sync)) {
+    let mut start = 0;
+    while start < segment.len() {
+        let mut end = start + 1;
+        while end < segment.len() && segment[end].time_class == segment[start].time_class {
+            end += 1;
+        }
+        if end - start > 1 {
+            segment[start..end].sort_by_cached_key(|key| (tiebreak(key.row), key.row));
+        }
+        start = end;
+    }
 }
 
 fn scan_user(user: u32, keys: &[SortKey], rules: &SessionRules, result: &mut BatchSessions) {
@@ -146,9 +179,8 @@ fn scan_user(user: u32, keys: &[SortKey], rules: &SessionRules, result: &mut Bat
         exit_event: keys[span.exit_pos].row,
         end_reason,
     };
-    for key in keys {
-        let active = key.order >> 63 == 0;
-        match state.step(rules, key.time_ms, active) {
+    for &key in keys {
+        match state.step(rules, key.time_ms(), key.active()) {
             Step::Opened(closed) => {
                 if let Some((span, reason)) = closed {
                     result.sessions.push(session_of(span, reason));

@@ -25,14 +25,16 @@ pub fn session_uid(project: &str, user: &UserKey, start_ms: i64) -> Uuid {
         UserKey::User(id) => (b'u', &**id),
         UserKey::Device(id) => (b'd', &**id),
     };
-    let mut hasher = Xxh3::new();
-    hasher.update(&(project.len() as u64).to_le_bytes());
-    hasher.update(project.as_bytes());
-    hasher.update(&[namespace]);
-    hasher.update(&(id.len() as u64).to_le_bytes());
-    hasher.update(id.as_bytes());
-    hasher.update(&start_ms.to_le_bytes());
-    let bits = hasher.digest128().to_le_bytes();
+    // One-shot hashing of a small buffer is several times faster than XXH3's
+    // streaming state for inputs this short.
+    let mut input = Vec::with_capacity(project.len() + id.len() + 25);
+    input.extend_from_slice(&(project.len() as u64).to_le_bytes());
+    input.extend_from_slice(project.as_bytes());
+    input.push(namespace);
+    input.extend_from_slice(&(id.len() as u64).to_le_bytes());
+    input.extend_from_slice(id.as_bytes());
+    input.extend_from_slice(&start_ms.to_le_bytes());
+    let bits = xxh3_128(&input).to_le_bytes();
     let mut random = [0u8; 10];
     random.copy_from_slice(&bits[..10]);
     // Event times are validated to be at or after 1970 by every reader.

@@ -16,24 +16,22 @@
 
 mod batch;
 mod config;
+mod dedup;
 mod ids;
 mod key;
 mod live;
 mod scan;
 
-pub use batch::{
-    BatchEvents, BatchSession, BatchSessions, MAX_BATCH_EVENTS, NO_DEVICE, NO_SESSION, sessionize_batch,
-};
+pub use batch::{BatchEvents, BatchSession, BatchSessions, MAX_BATCH_EVENTS, NO_DEVICE, NO_SESSION, sessionize_batch};
 pub use config::{
     ConfigError, DEFAULT_EXCLUDED_EVENT_TYPES, DEFAULT_LATENESS_HORIZON_MS, DEFAULT_MAX_EVENTS_PER_USER,
     DEFAULT_MAX_USERS, DEFAULT_TIMEOUT_MS, EventClass, EventClassifier, LiveConfig, MAX_CLASSIFIED_EVENT_TYPES,
     MAX_EVENT_TYPE_BYTES, MAX_MAX_LENGTH_MS, MAX_TIMEOUT_MS, MIN_TIMEOUT_MS, SessionRules,
 };
+pub use dedup::duplicate_rows;
 pub use ids::{InsertIdSet, PrehashedHasher, insert_key, session_id, session_uid, tiebreak};
 pub use key::UserKey;
-pub use live::{
-    Assignment, ChangeKind, DeferReason, Event, IngestOutcome, SessionChange, SessionRecord, Sessionizer,
-};
+pub use live::{Assignment, ChangeKind, DeferReason, Event, IngestOutcome, SessionChange, SessionRecord, Sessionizer};
 pub use scan::EndReason;
 
 #[cfg(test)]

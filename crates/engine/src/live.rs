@@ -116,7 +116,10 @@ pub enum DeferReason {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Assignment {
     /// In this session (as of the end of this ingest call).
-    Session { session_id: i64, session_uid: Uuid },
+    Session {
+        session_id: i64,
+        session_uid: Uuid,
+    },
     /// An excluded event type: no session.
     Excluded,
     /// A passive event with no session open within the timeout: no session (yet).
@@ -356,7 +359,7 @@ impl Sessionizer {
     }
 
     fn ingest_user(&mut self, key: &UserKey, mut points: Vec<(usize, Point)>, outcome: &mut IngestOutcome) {
-        points.sort_by(|a, b| a.1.sort_key().cmp(&b.1.sort_key()));
+        points.sort_by_key(|(_, point)| point.sort_key());
         let max_points = self.config.max_events_per_user;
         let now_ms = self.now_ms;
         let timeout_ms = self.timeout_ms();
@@ -380,7 +383,8 @@ impl Sessionizer {
         // Rebuild the touched islands' records and publish the differences.
         let mut new_records: Vec<SessionRecord> = Vec::new();
         for island in user.islands.iter_mut() {
-            let touched = touched_first_ms.iter().any(|&ms| island.first_active_ms <= ms && ms <= island.last_active_ms);
+            let touched =
+                touched_first_ms.iter().any(|&ms| island.first_active_ms <= ms && ms <= island.last_active_ms);
             if !touched && !island.needs_rescan {
                 continue;
             }
@@ -641,7 +645,7 @@ fn place_point(
         match host {
             Some(index) => {
                 let island = &mut user.islands[index];
-                old_records.extend(island.records.drain(..));
+                old_records.append(&mut island.records);
                 insert_point(island, point, rules);
                 return island.first_active_ms;
             }
@@ -673,7 +677,7 @@ fn place_point(
         }
         island
     };
-    old_records.extend(island.records.drain(..));
+    old_records.append(&mut island.records);
     island.first_active_ms = island.first_active_ms.min(time_ms);
     island.last_active_ms = island.last_active_ms.max(time_ms);
     insert_point(&mut island, point, rules);
@@ -718,7 +722,7 @@ fn fold_step(island: &mut Island, rules: &crate::config::SessionRules, time_ms: 
 }
 
 fn rescan(island: &mut Island, rules: &crate::config::SessionRules) {
-    island.points.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+    island.points.sort_by_key(Point::sort_key);
     island.scan = ScanState::default();
     island.closed.clear();
     island.needs_rescan = false;
@@ -735,9 +739,7 @@ fn assignment_of(user: &UserState, time_ms: i64, order: u64) -> Assignment {
             && point.sort_key() == (time_ms, order)
         {
             return match island.records.get(point.span as usize) {
-                Some(record) => {
-                    Assignment::Session { session_id: record.session_id, session_uid: record.session_uid }
-                }
+                Some(record) => Assignment::Session { session_id: record.session_id, session_uid: record.session_uid },
                 None => Assignment::NoOpenSession,
             };
         }

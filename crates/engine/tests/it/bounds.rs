@@ -43,7 +43,9 @@ fn events_beyond_the_lateness_horizon_are_deferred_and_old_state_is_evicted() {
     assert!(late.changes.is_empty());
     // Inside the horizon a late event is still sessionized.
     let inside = engine.ingest(vec![event("a", 90, None)], T0 + 3 * HOUR_MS);
-    assert!(matches!(inside.assignments[0], Assignment::Session { session_id, .. } if session_id == T0 + 90 * MINUTE_MS));
+    assert!(
+        matches!(inside.assignments[0], Assignment::Session { session_id, .. } if session_id == T0 + 90 * MINUTE_MS)
+    );
 }
 
 #[test]
@@ -73,7 +75,9 @@ fn an_event_before_the_start_supersedes_the_session_with_a_new_id() {
     let kinds: Vec<ChangeKind> = outcome.changes.iter().map(|c| c.kind).collect();
     let new_id = T0;
     assert!(kinds.contains(&ChangeKind::Started));
-    assert!(kinds.iter().any(|k| matches!(k, ChangeKind::Superseded { by_session_id, .. } if *by_session_id == new_id)));
+    assert!(
+        kinds.iter().any(|k| matches!(k, ChangeKind::Superseded { by_session_id, .. } if *by_session_id == new_id))
+    );
     assert_eq!(engine.sessions().len(), 1);
     assert_eq!(engine.sessions()[0].session_id, new_id);
 }

@@ -75,7 +75,8 @@ fn event_strategy() -> impl Strategy<Value = TestEvent> {
         4 => (0u8..3).prop_map(|n| UserKey::User(Arc::from(format!("user-{n}")))),
         1 => (0u8..2).prop_map(|n| UserKey::Device(Arc::from(format!("device-{n}")))),
     ];
-    let event_type = prop_oneof![4 => Just("view"), 3 => Just("click"), 2 => Just("poll"), 1 => Just("Notification Sent")];
+    let event_type =
+        prop_oneof![4 => Just("view"), 3 => Just("click"), 2 => Just("poll"), 1 => Just("Notification Sent")];
     let page = prop_oneof![Just(None), Just(Some("/home")), Just(Some("/cart"))];
     // Minutes, so equal times and gaps equal to the timeout are common.
     let time_ms = (0i64..240).prop_map(|minute| BASE_MS + minute * MINUTE_MS);
@@ -98,7 +99,11 @@ fn event_strategy() -> impl Strategy<Value = TestEvent> {
 
 /// Events plus exact retries of some of them (same insert id), so dedup is exercised.
 fn case_strategy() -> impl Strategy<Value = Case> {
-    (rules_strategy(), prop::collection::vec(event_strategy(), 0..60), prop::collection::vec(any::<prop::sample::Index>(), 0..5))
+    (
+        rules_strategy(),
+        prop::collection::vec(event_strategy(), 0..60),
+        prop::collection::vec(any::<prop::sample::Index>(), 0..5),
+    )
         .prop_map(|(rules, mut events, retries)| {
             // Insert ids must be unique among distinct events.
             for (n, event) in events.iter_mut().enumerate() {
@@ -228,14 +233,17 @@ fn batch(case: &Case) -> Vec<Canon> {
     let device: Vec<u32> = events.iter().map(|e| e.device.map_or(NO_DEVICE, u32::from)).collect();
     let time_ms: Vec<i64> = events.iter().map(|e| e.time_ms).collect();
     let class: Vec<EventClass> = events.iter().map(|e| class_of(case, e)).collect();
-    let ties: Vec<u64> = events.iter().map(|e| tiebreak(e.event_type, e.page, e.insert_id.as_deref())).collect();
+    let tie = |row: u32| {
+        let e = events[row as usize];
+        tiebreak(e.event_type, e.page, e.insert_id.as_deref())
+    };
     let input = BatchEvents {
         user: &user,
         user_count: keys.len() as u32,
         device: &device,
         time_ms: &time_ms,
         class: &class,
-        tiebreak: &ties,
+        tiebreak: &tie,
     };
     let result = sessionize_batch(&input, &case.rules);
     // Every event is in the session the kernel says, or in none for a reason.

@@ -97,18 +97,17 @@ fn batch_sessions(scenario: &Scenario, rules: &SessionRules) -> Vec<ExpectedSess
     let mut users: Vec<String> = scenario.events.iter().map(|e| e.user_id.clone()).collect();
     users.sort();
     users.dedup();
-    let user: Vec<u32> =
-        scenario.events.iter().map(|e| users.binary_search(&e.user_id).unwrap() as u32).collect();
+    let user: Vec<u32> = scenario.events.iter().map(|e| users.binary_search(&e.user_id).unwrap() as u32).collect();
     let time_ms: Vec<i64> = scenario.events.iter().map(|e| ms(&e.time)).collect();
     let class: Vec<_> = scenario.events.iter().map(|e| classifier.classify(&e.event_type, false)).collect();
-    let ties: Vec<u64> = scenario.events.iter().map(|e| tiebreak(&e.event_type, None, None)).collect();
+    let tie = |row: u32| tiebreak(&scenario.events[row as usize].event_type, None, None);
     let events = BatchEvents {
         user: &user,
         user_count: users.len() as u32,
         device: &[],
         time_ms: &time_ms,
         class: &class,
-        tiebreak: &ties,
+        tiebreak: &tie,
     };
     let result = sessionize_batch(&events, rules);
     let mut sessions: Vec<ExpectedSession> = result
