@@ -63,8 +63,7 @@ struct Columns {
 fn generate(events: usize) -> Columns {
     let mut rng = Rng(42);
     let user_count = (events / 100).max(1) as u64;
-    let mut columns =
-        Columns { users: vec![], types: vec![], times: vec![], insert_ids: Vec::with_capacity(events) };
+    let mut columns = Columns { users: vec![], types: vec![], times: vec![], insert_ids: Vec::with_capacity(events) };
     let mut time = 1_704_067_200_000i64;
     for _ in 0..events {
         // Skewed users: the square of a uniform draw favours low ids.
@@ -152,8 +151,13 @@ fn main() {
     if files.is_empty() {
         files = vec![ndjson, parquet, parquet_u64];
     }
+    // THREADS=n times only that thread count.
+    let thread_counts: Vec<usize> = match std::env::var("THREADS").ok().and_then(|t| t.parse().ok()) {
+        Some(threads) => vec![threads],
+        None => vec![1, 2],
+    };
     for file in &files {
-        for threads in [1, 2] {
+        for &threads in &thread_counts {
             time_read(file, threads);
         }
     }

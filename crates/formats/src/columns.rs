@@ -8,7 +8,9 @@
 /// below `u32::MAX` bytes (see `CHUNK_ROWS` and `MAX_FIELD_BYTES`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StrColumn {
-    data: Vec<u8>,
+    /// A `String`, not bytes: reading a row is then a slice, with no UTF-8
+    /// check per read (the check happens once, when bytes come in).
+    data: String,
     offsets: Vec<u32>,
     valid: Vec<bool>,
 }
@@ -29,7 +31,7 @@ impl StrColumn {
     pub fn with_capacity(rows: usize, bytes: usize) -> Self {
         let mut offsets = Vec::with_capacity(rows + 1);
         offsets.push(0);
-        Self { data: Vec::with_capacity(bytes), offsets, valid: Vec::with_capacity(rows) }
+        Self { data: String::with_capacity(bytes), offsets, valid: Vec::with_capacity(rows) }
     }
 
     /// Appends a row: `Some` string (possibly empty) or `None`.
@@ -40,7 +42,7 @@ impl StrColumn {
     #[inline]
     pub fn push(&mut self, value: Option<&str>) {
         match value {
-            Some(s) => self.push_bytes(s.as_bytes()),
+            Some(s) => self.push_str(s),
             None => self.push_null(),
         }
     }
@@ -53,10 +55,18 @@ impl StrColumn {
         self.valid.push(false);
     }
 
-    /// Appends a present row from bytes that the caller knows are UTF-8.
+    /// Appends `n` `None` rows.
+    #[cfg_attr(not(feature = "parquet"), expect(dead_code, reason = "used by the Parquet reader"))]
+    pub(crate) fn push_nulls(&mut self, n: usize) {
+        let end = self.end_offset();
+        self.offsets.resize(self.offsets.len() + n, end);
+        self.valid.resize(self.valid.len() + n, false);
+    }
+
+    /// Appends a present row.
     #[inline]
-    pub(crate) fn push_bytes(&mut self, bytes: &[u8]) {
-        self.data.extend_from_slice(bytes);
+    pub(crate) fn push_str(&mut self, value: &str) {
+        self.data.push_str(value);
         self.close_row(true);
     }
 
@@ -64,28 +74,36 @@ impl StrColumn {
     #[inline]
     pub(crate) fn push_int<I: itoa::Integer>(&mut self, value: I) {
         let mut buffer = itoa::Buffer::new();
-        self.push_bytes(buffer.format(value).as_bytes());
+        self.push_str(buffer.format(value));
     }
 
-    /// Appends the rows of an Arrow string array without nulls: `values` and
+    /// Appends the rows of an Arrow string array in bulk: `values` and
     /// `offsets` (`len + 1` of them, possibly not starting at 0) in Arrow's
-    /// layout, copied in bulk. Empty strings become `None`.
+    /// layout, and whether each row is valid. Empty strings become `None`.
     #[cfg_attr(not(any(feature = "parquet", test)), expect(dead_code, reason = "used by the Parquet reader"))]
-    pub(crate) fn extend_utf8<O: Copy + Into<i64>>(&mut self, values: &[u8], offsets: &[O]) {
+    pub(crate) fn extend_utf8<O: Copy + Into<i64>>(
+        &mut self,
+        values: &[u8],
+        offsets: &[O],
+        is_valid: impl Fn(usize) -> bool,
+    ) {
         let (Some(&first), Some(&last)) = (offsets.first(), offsets.last()) else {
             return;
         };
         let (first, last) = (first.into(), last.into());
-        self.data.extend_from_slice(&values[first as usize..last as usize]);
+        // Arrow string arrays hold valid UTF-8 values, so their concatenation is
+        // valid too; one check per batch (SIMD-fast) instead of one per read.
+        let text = std::str::from_utf8(&values[first as usize..last as usize]).expect("Arrow strings are UTF-8");
+        self.data.push_str(text);
         let base = i64::from(self.end_offset()) - first;
         let end = u32::try_from(base + last).expect("StrColumn holds more than u32::MAX bytes");
         self.offsets.reserve(offsets.len() - 1);
         self.valid.reserve(offsets.len() - 1);
-        for pair in offsets.windows(2) {
+        for (i, pair) in offsets.windows(2).enumerate() {
             let (start, stop) = (pair[0].into(), pair[1].into());
             // In range: `base + stop <= end`, checked above.
             self.offsets.push((base + stop) as u32);
-            self.valid.push(stop > start);
+            self.valid.push(stop > start && is_valid(i));
         }
         debug_assert_eq!(self.end_offset(), end);
     }
@@ -114,11 +132,8 @@ impl StrColumn {
         if !self.valid[i] {
             return None;
         }
-        let bytes = &self.data[self.offsets[i] as usize..self.offsets[i + 1] as usize];
-        // Every push path appends whole UTF-8 strings (`push` takes `&str`, the
-        // readers validate before `push_bytes`), so this cannot fail; checking
-        // keeps the crate free of `unsafe`, and it is cheap next to parsing.
-        Some(std::str::from_utf8(bytes).expect("StrColumn holds only UTF-8"))
+        // Rows are whole strings, so the offsets are on char boundaries.
+        Some(&self.data[self.offsets[i] as usize..self.offsets[i + 1] as usize])
     }
 
     /// Number of rows.

@@ -17,7 +17,7 @@
 //! midnight UTC. A time zone annotation (`[Europe/Paris]`) applies only when
 //! there is no offset.
 //!
-//! Every time must lie in [`EVENT_TIME_MIN_MS`, `EVENT_TIME_MAX_MS`].
+//! Every time must lie between [`EVENT_TIME_MIN_MS`] and [`EVENT_TIME_MAX_MS`], inclusive.
 
 use std::fmt;
 
@@ -107,8 +107,18 @@ pub(crate) fn check_instant_ms(ms: i64, shown: impl fmt::Display) -> Result<i64,
 /// Used for JSON integers and integer Parquet columns, without going through
 /// `f64`, so no precision is lost.
 pub fn parse_event_time_int(v: i64) -> Result<i64, TimeError> {
+    match number_rule_ms(v) {
+        Some(ms) => Ok(ms),
+        None => check_range(if v.unsigned_abs() < SECONDS_BELOW { v * 1000 } else { v }, v),
+    }
+}
+
+/// The number rule on an integer, `None` when out of range: the hot path of
+/// [`parse_event_time_int`], for whole columns.
+#[inline]
+pub(crate) fn number_rule_ms(v: i64) -> Option<i64> {
     let ms = if v.unsigned_abs() < SECONDS_BELOW { v * 1000 } else { v };
-    check_range(ms, v)
+    (EVENT_TIME_MIN_MS..=EVENT_TIME_MAX_MS).contains(&ms).then_some(ms)
 }
 
 /// An unsigned integer epoch time (number rule) in ms.

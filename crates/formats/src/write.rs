@@ -273,6 +273,16 @@ impl NdjsonOut {
     }
 }
 
+impl Drop for NdjsonOut {
+    /// Best effort for a writer dropped without `finish` (say, on an error
+    /// path): rows already accepted are not silently lost.
+    fn drop(&mut self) {
+        if !self.buffer.is_empty() && self.out.write_all(&self.buffer).is_ok() {
+            drop(self.out.flush());
+        }
+    }
+}
+
 struct JsonVisit<'b> {
     buffer: &'b mut Vec<u8>,
     columns: &'static [(&'static str, Kind)],

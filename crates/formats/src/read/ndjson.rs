@@ -5,6 +5,7 @@
 //! everything else with `IgnoredAny`: no `serde_json::Value`, no map per line.
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::fmt;
 use std::io::{BufRead, BufReader, Read};
 
@@ -347,6 +348,7 @@ fn wrong_type(field: &str, expected: &'static str) -> ReadErrorKind {
 /// `Ok(false)` for a blank line.
 #[inline]
 fn push_line(line: &[u8], fields: &FieldNames, chunk: &mut EventChunk, line_no: u64) -> Result<bool, ReadErrorKind> {
+    let line = if line_no == 1 { line.strip_prefix(b"\xef\xbb\xbf").unwrap_or(line) } else { line };
     if line.first() != Some(&b'{') && line.iter().all(u8::is_ascii_whitespace) {
         return Ok(false);
     }
@@ -378,24 +380,129 @@ fn strip_cr(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
+/// Where the reader puts the lines it splits off: parsed straight into a
+/// chunk (one thread), or copied into a block for a worker to parse.
+trait LineSink {
+    /// Takes one line (newline and `\r` removed); an error is a bad row.
+    fn line(&mut self, line: &[u8], line_no: u64, fields: &FieldNames) -> Result<(), ReadErrorKind>;
+    /// Takes a line over [`MAX_LINE_BYTES`], consumed without being kept; an
+    /// error is the bad row to report now.
+    fn too_long(&mut self, line_no: u64) -> Result<(), ReadErrorKind>;
+    /// Whether the sink is full.
+    fn is_full(&self) -> bool;
+}
+
+impl LineSink for EventChunk {
+    #[inline]
+    fn line(&mut self, line: &[u8], line_no: u64, fields: &FieldNames) -> Result<(), ReadErrorKind> {
+        push_line(line, fields, self, line_no).map(drop)
+    }
+
+    fn too_long(&mut self, _line_no: u64) -> Result<(), ReadErrorKind> {
+        Err(ReadErrorKind::LineTooLong { limit: MAX_LINE_BYTES })
+    }
+
+    #[inline]
+    fn is_full(&self) -> bool {
+        self.len() >= CHUNK_ROWS || self.max_column_bytes() >= CHUNK_BYTES
+    }
+}
+
+/// Lines copied out of the input for a worker thread, in order.
+#[derive(Debug, Default)]
+struct Block {
+    bytes: Vec<u8>,
+    entries: Vec<Entry>,
+}
+
+#[derive(Debug)]
+enum Entry {
+    /// A line: its end in `bytes` (it starts where the previous line ended).
+    Line { end: usize, line_no: u64 },
+    /// A line over [`MAX_LINE_BYTES`], not kept.
+    TooLong { line_no: u64 },
+}
+
+impl LineSink for Block {
+    #[inline]
+    fn line(&mut self, line: &[u8], line_no: u64, _fields: &FieldNames) -> Result<(), ReadErrorKind> {
+        if line.first() != Some(&b'{') && line.iter().all(u8::is_ascii_whitespace) {
+            return Ok(());
+        }
+        self.bytes.extend_from_slice(line);
+        self.entries.push(Entry::Line { end: self.bytes.len(), line_no });
+        Ok(())
+    }
+
+    fn too_long(&mut self, line_no: u64) -> Result<(), ReadErrorKind> {
+        self.entries.push(Entry::TooLong { line_no });
+        Ok(())
+    }
+
+    #[inline]
+    fn is_full(&self) -> bool {
+        // Each column of the resulting chunk holds at most the block's bytes.
+        self.entries.len() >= CHUNK_ROWS || self.bytes.len() >= BLOCK_BYTES
+    }
+}
+
+impl Block {
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.entries.clear();
+    }
+
+    /// Parses the block into a chunk and its bad rows (in line order). Without
+    /// `skip_invalid`, stops at the first bad row.
+    fn parse(&self, fields: &FieldNames, skip_invalid: bool) -> (EventChunk, Vec<(u64, ReadErrorKind)>) {
+        let mut chunk = EventChunk::with_capacity(self.entries.len());
+        let mut errors = Vec::new();
+        let mut start = 0;
+        for entry in &self.entries {
+            let result = match entry {
+                Entry::Line { end, line_no } => {
+                    let line = &self.bytes[start..*end];
+                    start = *end;
+                    push_line(line, fields, &mut chunk, *line_no).map(drop).map_err(|kind| (*line_no, kind))
+                }
+                Entry::TooLong { line_no } => Err((*line_no, ReadErrorKind::LineTooLong { limit: MAX_LINE_BYTES })),
+            };
+            if let Err(error) = result {
+                errors.push(error);
+                if !skip_invalid {
+                    break;
+                }
+            }
+        }
+        (chunk, errors)
+    }
+}
+
 /// Reads NDJSON from any byte stream, enforcing [`MAX_LINE_BYTES`] while
 /// reading (an over-long line is consumed without being kept).
+///
+/// With one thread, lines are parsed in place from the read buffer. With
+/// more, the reader splits lines into one block per thread and the threads
+/// parse the blocks at the same time; chunks come out in file order.
 pub(crate) struct NdjsonReader {
     input: BufReader<Box<dyn Read + Send>>,
     path: String,
     fields: FieldNames,
     skips: Skips,
+    threads: usize,
     /// Lines seen so far (the number of the last line started).
     line_no: u64,
     bytes_read: u64,
     total_bytes: Option<u64>,
     /// The start of a line that crosses the end of the read buffer.
     partial: Vec<u8>,
-    /// Whether the line being assembled in `partial` is already too long.
-    overlong: bool,
     /// The largest capacity `partial` reached: the memory bound under test.
     peak_partial: usize,
     at_end: bool,
+    /// Blocks for the worker threads, reused.
+    blocks: Vec<Block>,
+    /// Parsed chunks not handed out yet.
+    ready: VecDeque<EventChunk>,
 }
 
 impl fmt::Debug for NdjsonReader {
@@ -406,6 +513,13 @@ impl fmt::Debug for NdjsonReader {
 
 /// Read buffer size: large reads, and most lines parsed in place.
 const BUFFER_BYTES: usize = 256 * 1024;
+
+/// Bytes of lines in one block for a worker thread: with [`MAX_THREADS`],
+/// bounds the memory of blocks in flight to 256 MiB whatever the lines.
+const BLOCK_BYTES: usize = 16 * 1024 * 1024;
+
+/// The most parsing threads; more would not help and would cost memory.
+const MAX_THREADS: usize = 16;
 
 impl NdjsonReader {
     pub(crate) fn new(
@@ -419,13 +533,15 @@ impl NdjsonReader {
             path,
             fields: options.fields.clone(),
             skips: Skips::new(options.skip_invalid),
+            threads: options.threads.clamp(1, MAX_THREADS),
             line_no: 0,
             bytes_read: 0,
             total_bytes,
             partial: Vec::new(),
-            overlong: false,
             peak_partial: 0,
             at_end: false,
+            blocks: Vec::new(),
+            ready: VecDeque::new(),
         }
     }
 
@@ -443,9 +559,19 @@ impl NdjsonReader {
         ReadError { path: self.path.clone(), line: None, kind: error.into() }
     }
 
-    /// Parses the complete lines in the read buffer into `chunk`, until the
-    /// chunk is full. Returns whether the buffer had a complete line.
-    fn read_buffered_lines(&mut self, chunk: &mut EventChunk) -> Result<bool, ReadError> {
+    /// Feeds lines to `sink` until it is full or the input ends.
+    fn fill<S: LineSink>(&mut self, sink: &mut S) -> Result<(), ReadError> {
+        while !self.at_end && !sink.is_full() {
+            if !self.read_buffered_lines(sink)? {
+                self.read_long_line(sink)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Feeds the complete lines in the read buffer to `sink`, until it is
+    /// full. Returns whether the buffer had a complete line.
+    fn read_buffered_lines<S: LineSink>(&mut self, sink: &mut S) -> Result<bool, ReadError> {
         let buffer = match self.input.fill_buf() {
             Ok(buffer) => buffer,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Ok(true),
@@ -456,16 +582,16 @@ impl NdjsonReader {
         }
         let mut consumed = 0;
         let mut error = None;
+        // The buffer is smaller than MAX_LINE_BYTES: lines found here are short enough.
         while let Some(newline) = memchr::memchr(b'\n', &buffer[consumed..]) {
             let line = strip_cr(&buffer[consumed..consumed + newline]);
             consumed += newline + 1;
             self.line_no += 1;
-            if line.len() > MAX_LINE_BYTES {
-                error = Some((self.line_no, ReadErrorKind::LineTooLong { limit: MAX_LINE_BYTES }));
-            } else if let Err(kind) = push_line(line, &self.fields, chunk, self.line_no) {
+            if let Err(kind) = sink.line(line, self.line_no, &self.fields) {
                 error = Some((self.line_no, kind));
+                break;
             }
-            if error.is_some() || chunk.len() >= CHUNK_ROWS || chunk.max_column_bytes() >= CHUNK_BYTES {
+            if sink.is_full() {
                 break;
             }
         }
@@ -479,10 +605,10 @@ impl NdjsonReader {
     }
 
     /// Reads one line that crosses the read buffer into `partial` (at most
-    /// `MAX_LINE_BYTES` of it) and parses it into `chunk`.
-    fn read_long_line(&mut self, chunk: &mut EventChunk) -> Result<(), ReadError> {
+    /// `MAX_LINE_BYTES` of it) and feeds it to `sink`.
+    fn read_long_line<S: LineSink>(&mut self, sink: &mut S) -> Result<(), ReadError> {
         self.partial.clear();
-        self.overlong = false;
+        let mut overlong = false;
         let line_no = self.line_no + 1;
         loop {
             let buffer = match self.input.fill_buf() {
@@ -492,7 +618,7 @@ impl NdjsonReader {
             };
             if buffer.is_empty() {
                 self.at_end = true;
-                if self.partial.is_empty() && !self.overlong {
+                if self.partial.is_empty() && !overlong {
                     return Ok(());
                 }
                 break;
@@ -501,13 +627,13 @@ impl NdjsonReader {
                 Some(newline) => (&buffer[..newline], newline + 1, true),
                 None => (buffer, buffer.len(), false),
             };
-            if !self.overlong {
+            if !overlong {
+                let needed = self.partial.len() + piece.len();
                 // A trailing `\r` is not content; allow for it before rejecting.
-                if self.partial.len() + piece.len() > MAX_LINE_BYTES + 1 {
-                    self.overlong = true;
+                if needed > MAX_LINE_BYTES + 1 {
+                    overlong = true;
                     self.partial = Vec::new();
                 } else {
-                    let needed = self.partial.len() + piece.len();
                     if needed > self.partial.capacity() {
                         // Grow geometrically but never past the bound.
                         let target = (self.partial.capacity() * 2).max(needed).min(MAX_LINE_BYTES + 1);
@@ -525,10 +651,10 @@ impl NdjsonReader {
         }
         self.line_no = line_no;
         let line = strip_cr(&self.partial);
-        let result = if self.overlong || line.len() > MAX_LINE_BYTES {
-            Err(ReadErrorKind::LineTooLong { limit: MAX_LINE_BYTES })
+        let result = if overlong || line.len() > MAX_LINE_BYTES {
+            sink.too_long(line_no)
         } else {
-            push_line(line, &self.fields, chunk, line_no).map(|_| ())
+            sink.line(line, line_no, &self.fields)
         };
         if self.partial.capacity() > BUFFER_BYTES {
             self.partial = Vec::new();
@@ -538,16 +664,57 @@ impl NdjsonReader {
             Err(kind) => self.row_error(line_no, kind),
         }
     }
+
+    /// Splits up to one block per thread, parses them in parallel and queues
+    /// the chunks in order.
+    fn read_blocks(&mut self) -> Result<(), ReadError> {
+        let mut blocks = std::mem::take(&mut self.blocks);
+        blocks.resize_with(self.threads, Block::default);
+        let mut used = 0;
+        for block in &mut blocks {
+            block.clear();
+            if let Err(error) = self.fill(block) {
+                self.blocks = blocks;
+                return Err(error);
+            }
+            if block.entries.is_empty() {
+                break;
+            }
+            used += 1;
+        }
+        let (fields, skip_invalid) = (&self.fields, self.skips.skip_invalid);
+        let results: Vec<_> = std::thread::scope(|scope| {
+            let workers: Vec<_> =
+                blocks[1..used].iter().map(|block| scope.spawn(move || block.parse(fields, skip_invalid))).collect();
+            let first = blocks[..used.min(1)].iter().map(|block| block.parse(fields, skip_invalid));
+            let rest = workers
+                .into_iter()
+                .map(|worker| worker.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
+            first.chain(rest).collect()
+        });
+        self.blocks = blocks;
+        for (chunk, errors) in results {
+            for (line_no, kind) in errors {
+                self.row_error(line_no, kind)?;
+            }
+            if !chunk.is_empty() {
+                self.ready.push_back(chunk);
+            }
+        }
+        Ok(())
+    }
 }
 
 impl super::EventReader for NdjsonReader {
     fn next_chunk(&mut self) -> Result<Option<EventChunk>, ReadError> {
-        let mut chunk = EventChunk::with_capacity(CHUNK_ROWS);
-        while !self.at_end && chunk.len() < CHUNK_ROWS && chunk.max_column_bytes() < CHUNK_BYTES {
-            if !self.read_buffered_lines(&mut chunk)? {
-                self.read_long_line(&mut chunk)?;
+        if self.threads > 1 {
+            while self.ready.is_empty() && !self.at_end {
+                self.read_blocks()?;
             }
+            return Ok(self.ready.pop_front());
         }
+        let mut chunk = EventChunk::with_capacity(CHUNK_ROWS);
+        self.fill(&mut chunk)?;
         Ok(if chunk.is_empty() { None } else { Some(chunk) })
     }
 

@@ -30,9 +30,10 @@ use parquet::arrow::arrow_reader::{
 use super::{FieldNames, ReadOptions, Skips, check_len, missing_user};
 use crate::columns::{EventChunk, StrColumn};
 use crate::error::{ReadError, ReadErrorKind};
-use crate::limits::CHUNK_ROWS;
+use crate::limits::{CHUNK_ROWS, MAX_FIELD_BYTES};
 use crate::time::{
-    check_instant_ms, parse_event_time, parse_event_time_int, parse_event_time_number, parse_event_time_u64,
+    EVENT_TIME_MAX_MS, EVENT_TIME_MIN_MS, check_instant_ms, number_rule_ms, parse_event_time, parse_event_time_int,
+    parse_event_time_number, parse_event_time_u64,
 };
 
 /// Chunks a worker may decode ahead of the consumer.
@@ -141,8 +142,8 @@ impl ParquetReader {
     pub(crate) fn open(path: &Path, display: String, options: &ReadOptions) -> Result<Self, ReadError> {
         let fail = |kind| ReadError { path: display.clone(), line: None, kind };
         let file = File::open(path).map_err(|e| fail(e.into()))?;
-        let metadata = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
-            .map_err(|e| fail(ReadErrorKind::Parquet(e.to_string())))?;
+        let parquet_error = |e: parquet::errors::ParquetError| fail(ReadErrorKind::Parquet(e.to_string()));
+        let metadata = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new()).map_err(parquet_error)?;
         let indices = project(metadata.schema(), &options.fields).map_err(fail)?;
         let mask = ProjectionMask::roots(metadata.parquet_schema(), indices);
         let row_groups = metadata.metadata().row_groups();
@@ -533,16 +534,50 @@ impl<'a> StrSource<'a> {
         }
     }
 
+    /// What a scan of the whole column says, to skip per-row checks.
+    fn summary(&self) -> Summary {
+        match self {
+            StrSource::Absent => Summary { every_row_present: false, lengths_ok: true },
+            StrSource::Utf8(a) => Summary::of_offsets(a.value_offsets(), a.null_count() == 0),
+            StrSource::LargeUtf8(a) => Summary::of_offsets(a.value_offsets(), a.null_count() == 0),
+            StrSource::View(a) => {
+                // A view's low 32 bits are the string's length.
+                let (min, max) = a.views().iter().fold((u32::MAX, 0), |(min, max), view| {
+                    let len = *view as u32;
+                    (min.min(len), max.max(len))
+                });
+                Summary {
+                    every_row_present: a.null_count() == 0 && min > 0,
+                    lengths_ok: max as usize <= MAX_FIELD_BYTES,
+                }
+            }
+            StrSource::Dictionary { keys, values } => {
+                let values = values.summary();
+                Summary {
+                    every_row_present: values.every_row_present && keys.iter().all(Option::is_some),
+                    lengths_ok: values.lengths_ok,
+                }
+            }
+            StrSource::Int { nulls, .. } => {
+                Summary { every_row_present: nulls.is_none_or(|n| n.null_count() == 0), lengths_ok: true }
+            }
+        }
+    }
+
     /// Appends the `rows` of this column to `column` (all `len` rows when
-    /// `None`), copying whole buffers when the layout allows.
-    fn append(&self, column: &mut StrColumn, rows: Option<&[usize]>, len: usize) {
+    /// `None`). `bulk` says every value is within the field limit, so
+    /// buffers may be copied whole.
+    fn append(&self, column: &mut StrColumn, rows: Option<&[usize]>, len: usize, bulk: bool) {
+        fn extend<O: arrow_array::OffsetSizeTrait + Into<i64>>(column: &mut StrColumn, a: &GenericStringArray<O>) {
+            match a.nulls() {
+                None => column.extend_utf8(a.value_data(), a.value_offsets(), |_| true),
+                Some(nulls) => column.extend_utf8(a.value_data(), a.value_offsets(), |i| nulls.is_valid(i)),
+            }
+        }
         match (self, rows) {
-            (StrSource::Utf8(a), None) if a.null_count() == 0 => {
-                column.extend_utf8(a.value_data(), a.value_offsets());
-            }
-            (StrSource::LargeUtf8(a), None) if a.null_count() == 0 => {
-                column.extend_utf8(a.value_data(), a.value_offsets());
-            }
+            (StrSource::Utf8(a), None) if bulk => extend(column, a),
+            (StrSource::LargeUtf8(a), None) if bulk => extend(column, a),
+            (StrSource::Absent, None) => column.push_nulls(len),
             (_, Some(rows)) => rows.iter().for_each(|&i| self.push(column, i)),
             (_, None) => (0..len).for_each(|i| self.push(column, i)),
         }
@@ -552,10 +587,31 @@ impl<'a> StrSource<'a> {
     fn push(&self, column: &mut StrColumn, i: usize) {
         match self.value(i) {
             Value::Null | Value::Str("") => column.push_null(),
-            Value::Str(s) => column.push_bytes(s.as_bytes()),
+            Value::Str(s) => column.push_str(s),
             Value::Int(v) => column.push_int(v),
             Value::UInt(v) => column.push_int(v),
         }
+    }
+}
+
+/// A column-wide view of a string column.
+#[derive(Debug, Clone, Copy)]
+struct Summary {
+    /// No row is null or empty.
+    every_row_present: bool,
+    /// No value is longer than [`MAX_FIELD_BYTES`].
+    lengths_ok: bool,
+}
+
+impl Summary {
+    fn of_offsets<O: Copy + Into<i64>>(offsets: &[O], no_nulls: bool) -> Self {
+        let (mut min, mut max) = (i64::MAX, 0);
+        for pair in offsets.windows(2) {
+            let len = pair[1].into() - pair[0].into();
+            min = min.min(len);
+            max = max.max(len);
+        }
+        Summary { every_row_present: no_nulls && min > 0, lengths_ok: max <= MAX_FIELD_BYTES as i64 }
     }
 }
 
@@ -603,6 +659,33 @@ impl<'a> TimeSource<'a> {
                 Some(values) => TimeSource::Int { values, nulls },
                 None => TimeSource::Text(StrSource::new(Some(array))),
             },
+        }
+    }
+
+    /// Every row's time in ms when all are valid numbers or timestamps (the
+    /// common case, in one tight loop); `None` otherwise.
+    fn all_times(&self) -> Option<Vec<i64>> {
+        let no_nulls = |nulls: &Option<&NullBuffer>| nulls.is_none_or(|n| n.null_count() == 0);
+        match self {
+            TimeSource::Int { values, nulls } if no_nulls(nulls) => match values {
+                Ints::I64(v) => v.iter().map(|&v| number_rule_ms(v)).collect(),
+                Ints::I32(v) => v.iter().map(|&v| number_rule_ms(v.into())).collect(),
+                Ints::U64(v) => v.iter().map(|&v| i64::try_from(v).ok().and_then(number_rule_ms)).collect(),
+                _ => None,
+            },
+            TimeSource::Float { values, nulls } if no_nulls(nulls) => {
+                values.iter().map(|&v| parse_event_time_number(v).ok()).collect()
+            }
+            TimeSource::Timestamp { values, nulls, unit } if no_nulls(nulls) => {
+                let in_range = |ms: i64| (EVENT_TIME_MIN_MS..=EVENT_TIME_MAX_MS).contains(&ms).then_some(ms);
+                match unit {
+                    TimeUnit::Second => values.iter().map(|&v| v.checked_mul(1000).and_then(in_range)).collect(),
+                    TimeUnit::Millisecond => values.iter().map(|&v| in_range(v)).collect(),
+                    TimeUnit::Microsecond => values.iter().map(|&v| in_range(v.div_euclid(1000))).collect(),
+                    TimeUnit::Nanosecond => values.iter().map(|&v| in_range(v.div_euclid(1_000_000))).collect(),
+                }
+            }
+            _ => None,
         }
     }
 
@@ -663,6 +746,31 @@ impl<'a> TimeSource<'a> {
     }
 }
 
+/// Checks row `i` one value at a time; returns its time.
+fn check_row(
+    fields: &FieldNames,
+    i: usize,
+    strings: [&StrSource<'_>; 5],
+    time: &TimeSource<'_>,
+) -> Result<i64, ReadErrorKind> {
+    let [user_id, device_id, event_type, insert_id, page] = strings;
+    let user = user_id.optional(&fields.user_id, i)?;
+    let device = device_id.optional(&fields.device_id, i)?;
+    if matches!((user, device), (Value::Null, Value::Null)) {
+        return Err(missing_user(fields));
+    }
+    match event_type.value(i) {
+        Value::Null => return Err(ReadErrorKind::MissingField(fields.event_type.clone())),
+        Value::Str("") => return Err(ReadErrorKind::EmptyField(fields.event_type.clone())),
+        Value::Str(s) => check_len(&fields.event_type, s)?,
+        Value::Int(_) | Value::UInt(_) => {}
+    }
+    let ms = time.time_ms(i, &fields.time)?.ok_or_else(|| ReadErrorKind::MissingField(fields.time.clone()))?;
+    insert_id.optional(&fields.insert_id, i)?;
+    page.optional(&fields.page, i)?;
+    Ok(ms)
+}
+
 /// Converts one batch into a chunk; bad rows are skipped (counted in
 /// `skips`) or returned as the error.
 fn decode_batch(plan: &Plan, batch: &RecordBatch, first_row: u64, skips: &mut Skips) -> Result<EventChunk, ReadError> {
@@ -680,40 +788,43 @@ fn decode_batch(plan: &Plan, batch: &RecordBatch, first_row: u64, skips: &mut Sk
     let time = TimeSource::new(time_array);
 
     let rows = batch.num_rows();
-    let mut time_ms = Vec::with_capacity(rows);
+    // The common case: column-wide checks prove every row valid.
+    let quick = {
+        let (user, device) = (user_id.summary(), device_id.summary());
+        let event = event_type.summary();
+        let all_ok = (user.every_row_present || device.every_row_present)
+            && user.lengths_ok
+            && device.lengths_ok
+            && event.every_row_present
+            && event.lengths_ok
+            && insert_id.summary().lengths_ok
+            && page.summary().lengths_ok;
+        if all_ok { time.all_times() } else { None }
+    };
+    let bulk = quick.is_some();
     // Indexes of the rows kept, only once a row has been dropped.
     let mut kept: Option<Vec<usize>> = None;
-    for i in 0..rows {
-        let check = || -> Result<i64, ReadErrorKind> {
-            let user = user_id.optional(&fields.user_id, i)?;
-            let device = device_id.optional(&fields.device_id, i)?;
-            if matches!((user, device), (Value::Null, Value::Null)) {
-                return Err(missing_user(fields));
-            }
-            match event_type.value(i) {
-                Value::Null => return Err(ReadErrorKind::MissingField(fields.event_type.clone())),
-                Value::Str("") => return Err(ReadErrorKind::EmptyField(fields.event_type.clone())),
-                Value::Str(s) => check_len(&fields.event_type, s)?,
-                Value::Int(_) | Value::UInt(_) => {}
-            }
-            let ms = time.time_ms(i, &fields.time)?.ok_or_else(|| ReadErrorKind::MissingField(fields.time.clone()))?;
-            insert_id.optional(&fields.insert_id, i)?;
-            page.optional(&fields.page, i)?;
-            Ok(ms)
-        };
-        match check() {
-            Ok(ms) => {
-                time_ms.push(ms);
-                if let Some(kept) = &mut kept {
-                    kept.push(i);
+    let time_ms = match quick {
+        Some(time_ms) => time_ms,
+        None => {
+            let mut time_ms = Vec::with_capacity(rows);
+            for i in 0..rows {
+                match check_row(fields, i, [&user_id, &device_id, &event_type, &insert_id, &page], &time) {
+                    Ok(ms) => {
+                        time_ms.push(ms);
+                        if let Some(kept) = &mut kept {
+                            kept.push(i);
+                        }
+                    }
+                    Err(kind) => {
+                        skips.absorb(plan.error(Some(first_row + i as u64 + 1), kind))?;
+                        kept.get_or_insert_with(|| (0..i).collect());
+                    }
                 }
             }
-            Err(kind) => {
-                skips.absorb(plan.error(Some(first_row + i as u64 + 1), kind))?;
-                kept.get_or_insert_with(|| (0..i).collect());
-            }
+            time_ms
         }
-    }
+    };
     let kept = kept.as_deref();
     let n = time_ms.len();
     let mut chunk = EventChunk {
@@ -726,11 +837,11 @@ fn decode_batch(plan: &Plan, batch: &RecordBatch, first_row: u64, skips: &mut Sk
         passive: Vec::with_capacity(n),
         source_line: Vec::with_capacity(n),
     };
-    user_id.append(&mut chunk.user_id, kept, rows);
-    device_id.append(&mut chunk.device_id, kept, rows);
-    event_type.append(&mut chunk.event_type, kept, rows);
-    insert_id.append(&mut chunk.insert_id, kept, rows);
-    page.append(&mut chunk.page, kept, rows);
+    user_id.append(&mut chunk.user_id, kept, rows, bulk);
+    device_id.append(&mut chunk.device_id, kept, rows, bulk);
+    event_type.append(&mut chunk.event_type, kept, rows, bulk);
+    insert_id.append(&mut chunk.insert_id, kept, rows, bulk);
+    page.append(&mut chunk.page, kept, rows, bulk);
     let passive_of = |i: usize| passive.is_some_and(|p| p.is_valid(i) && p.value(i));
     match kept {
         None => {

@@ -238,8 +238,10 @@ fn str_column_layout() {
     assert_eq!(column.len(), 4);
     assert_eq!(column.iter().collect::<Vec<_>>(), [Some("ab"), None, Some(""), Some("é")]);
     assert_eq!(column.byte_len(), 4);
-    column.extend_utf8(b"xxhelloworld", &[2i32, 7, 7, 12]);
+    column.extend_utf8(b"xxhelloworld", &[2i32, 7, 7, 12], |_| true);
     assert_eq!(column.iter().skip(4).collect::<Vec<_>>(), [Some("hello"), None, Some("world")]);
+    column.extend_utf8(b"abc", &[0i64, 1, 2, 3], |i| i != 1);
+    assert_eq!(column.iter().skip(7).collect::<Vec<_>>(), [Some("a"), None, Some("c")]);
     column.clear();
     assert!(column.is_empty());
     column.push(Some("z"));

@@ -9,7 +9,8 @@ const TRICKY: &str = "quote \" backslash \\ newline \n tab \t comma , unicode é
 fn sessions() -> Vec<SessionRow<'static>> {
     vec![
         SessionRow {
-            user_id: "u1",
+            user_id: Some("u1"),
+            device_id: None,
             session_id: 1_767_610_800_000,
             session_uid: "0f8fad5b-d9cb-469f-a165-70867728950e",
             start_ms: 1_767_610_800_000,
@@ -23,7 +24,8 @@ fn sessions() -> Vec<SessionRow<'static>> {
             exit_page: None,
         },
         SessionRow {
-            user_id: TRICKY,
+            user_id: None,
+            device_id: Some(TRICKY),
             session_id: -1,
             session_uid: "",
             start_ms: 0,
@@ -69,7 +71,7 @@ fn events() -> Vec<EventRow<'static>> {
 /// The JSON object each row must produce (field names and order included).
 fn session_json(s: &SessionRow<'_>) -> Value {
     json!({
-        "user_id": s.user_id, "session_id": s.session_id, "session_uid": s.session_uid,
+        "user_id": s.user_id, "device_id": s.device_id, "session_id": s.session_id, "session_uid": s.session_uid,
         "start_ms": s.start_ms, "end_ms": s.end_ms, "length_ms": s.length_ms,
         "event_count": s.event_count, "end_reason": s.end_reason,
         "entry_event_type": s.entry_event_type, "entry_page": s.entry_page,
@@ -85,8 +87,9 @@ fn event_json(e: &EventRow<'_>) -> Value {
     })
 }
 
-const SESSION_COLUMNS: [&str; 12] = [
+const SESSION_COLUMNS: [&str; 13] = [
     "user_id",
+    "device_id",
     "session_id",
     "session_uid",
     "start_ms",
@@ -142,7 +145,7 @@ fn ndjson_sessions_and_events() {
     let expected: Vec<Value> = sessions().iter().map(session_json).collect();
     assert_eq!(read_ndjson(&path, &SESSION_COLUMNS), expected);
     let text = std::fs::read_to_string(&path).expect("read");
-    assert!(text.starts_with(r#"{"user_id":"u1","session_id":1767610800000,"#), "{text}");
+    assert!(text.starts_with(r#"{"user_id":"u1","device_id":null,"session_id":1767610800000,"#), "{text}");
     assert!(text.contains(r#""exit_page":null}"#));
     assert_eq!(text.lines().count(), 2, "newlines inside strings are escaped");
 
@@ -165,7 +168,8 @@ fn csv_sessions_and_events() {
         .iter()
         .map(|s| {
             vec![
-                s.user_id.to_owned(),
+                s.user_id.unwrap_or("").to_owned(),
+                s.device_id.unwrap_or("").to_owned(),
                 s.session_id.to_string(),
                 s.session_uid.to_owned(),
                 s.start_ms.to_string(),
@@ -232,7 +236,8 @@ fn parquet_sessions_and_events() {
     assert_eq!(names, SESSION_COLUMNS);
     let rows = sessions();
     let own = |s: &str| Some(s.to_owned());
-    assert_eq!(strs(&batch, "user_id"), rows.iter().map(|s| own(s.user_id)).collect::<Vec<_>>());
+    assert_eq!(strs(&batch, "user_id"), [own("u1"), None]);
+    assert_eq!(strs(&batch, "device_id"), [None, own(TRICKY)]);
     assert_eq!(ints(&batch, "session_id"), [Some(1_767_610_800_000), Some(-1)]);
     assert_eq!(strs(&batch, "session_uid"), rows.iter().map(|s| own(s.session_uid)).collect::<Vec<_>>());
     assert_eq!(ints(&batch, "start_ms"), [Some(1_767_610_800_000), Some(0)]);
@@ -246,7 +251,7 @@ fn parquet_sessions_and_events() {
     assert_eq!(strs(&batch, "entry_page"), [own("/home"), None]);
     assert_eq!(strs(&batch, "exit_event_type"), [own("Login"), own("e")]);
     assert_eq!(strs(&batch, "exit_page"), [None, own(TRICKY)]);
-    assert!(!batch.schema().field_with_name("user_id").expect("field").is_nullable());
+    assert!(!batch.schema().field_with_name("session_uid").expect("field").is_nullable());
     assert!(batch.schema().field_with_name("exit_page").expect("field").is_nullable());
 
     let path = dir.path().join("e.pq");
@@ -342,4 +347,15 @@ fn a_closed_pipe_is_an_io_error_not_a_panic() {
         }
     }
     assert!(result.expect_err("closed").is_broken_pipe());
+}
+
+#[test]
+fn a_dropped_ndjson_writer_still_flushes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("dropped.ndjson");
+    {
+        let mut sink = create_event_writer(Some(&path)).expect("create");
+        sink.write(&events()[0]).expect("write");
+    }
+    assert_eq!(read_ndjson(&path, &EVENT_COLUMNS), [event_json(&events()[0])]);
 }

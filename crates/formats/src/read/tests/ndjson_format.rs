@@ -272,3 +272,56 @@ fn a_huge_line_never_enters_memory() {
     assert!(reader.peak_line_capacity() <= MAX_LINE_BYTES + 1, "{}", reader.peak_line_capacity());
     assert_eq!(reader.bytes_read(), 256 * 1024 * 1024 + 1 + GOOD.len() as u64 + 1);
 }
+
+#[test]
+fn parallel_parsing_matches_sequential() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rows = crate::limits::CHUNK_ROWS * 3 + 17;
+    let mut content = String::new();
+    for i in 0..rows {
+        match i {
+            100 | 70_000 => content.push_str("{\"user_id\":\"u\"\n"),
+            140_000 => content.push_str(&format!("{{\"page\":\"{}\"}}\n", "x".repeat(2 * MAX_LINE_BYTES))),
+            _ if i % 1000 == 7 => content.push('\n'),
+            _ => content.push_str(&format!(
+                "{{\"user_id\":\"u{}\",\"event_type\":\"e{}\",\"time\":{}}}\n",
+                i % 13,
+                i % 3,
+                1_700_000_000_000u64 + i as u64
+            )),
+        }
+    }
+    let path = write_file(&dir, "many.ndjson", &content);
+    let read = |threads: usize, skip_invalid: bool| {
+        let options = ReadOptions { threads, skip_invalid, ..ReadOptions::default() };
+        let (events, reader) = drain(open_event_reader(&path, &options).expect("open"));
+        (events, reader.skipped_rows(), reader.first_skipped_error().map(ToString::to_string), reader.bytes_read())
+    };
+    let (sequential, skipped, first, bytes) = read(1, true);
+    let sequential = sequential.expect("skips");
+    assert_eq!(skipped, 3);
+    assert_eq!(
+        first,
+        Some(format!("{}:101: invalid JSON: EOF while parsing an object at line 1 column 14", path.display()))
+    );
+    assert_eq!(bytes, content.len() as u64);
+    assert_eq!(sequential.len(), rows - 3 - rows.div_ceil(1000));
+    for threads in [2, 3, 8] {
+        let (events, skipped, first_error, bytes) = read(threads, true);
+        assert_eq!(events.expect("skips"), sequential, "threads = {threads}");
+        assert_eq!((skipped, &first_error, bytes), (3, &first, content.len() as u64), "threads = {threads}");
+        let (events, ..) = read(threads, false);
+        let error = events.expect_err("the first bad line fails");
+        assert_eq!(error.line, Some(101), "threads = {threads}");
+    }
+}
+
+#[test]
+fn a_utf8_bom_on_the_first_line_is_ignored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_file(&dir, "bom.ndjson", format!("\u{feff}{GOOD}\n{GOOD}\n"));
+    assert_eq!(read_ok(&path).iter().map(|e| e.line).collect::<Vec<_>>(), [1, 2]);
+    // Elsewhere it is not whitespace.
+    let path = write_file(&dir, "bom2.ndjson", format!("{GOOD}\n\u{feff}{GOOD}\n"));
+    assert!(read_err(&path).starts_with(&format!("{}:2: invalid JSON: ", path.display())));
+}

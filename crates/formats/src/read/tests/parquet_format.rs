@@ -213,3 +213,82 @@ fn dropping_a_parallel_reader_early_stops_its_threads() {
     assert!(reader.next_chunk().expect("read").is_some());
     drop(reader); // Must not hang.
 }
+
+#[test]
+fn bad_values_in_typed_columns() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let long = "x".repeat(crate::limits::MAX_FIELD_BYTES + 1);
+    let time = |t: Option<i64>| -> ArrayRef { Arc::new(TimestampMillisecondArray::from(vec![Some(1), t])) };
+    let cases: Vec<(Vec<(&str, ArrayRef)>, &str)> = vec![
+        (
+            vec![
+                ("user_id", strings(&[Some("u"), Some("u")])),
+                ("event_type", strings(&[Some("e"), Some("e")])),
+                ("time", time(Some(-1000))),
+            ],
+            "invalid time: timestamp -1000 ms is before 1970-01-01T00:00:00Z",
+        ),
+        (
+            vec![
+                ("user_id", strings(&[Some("u"), Some("u")])),
+                ("event_type", strings(&[Some("e"), Some("e")])),
+                ("time", time(None)),
+            ],
+            "missing field \"time\"",
+        ),
+        (
+            vec![
+                ("user_id", strings(&[Some("u"), Some("u")])),
+                ("event_type", strings(&[Some("e"), Some("")])),
+                ("time", time(Some(2))),
+            ],
+            "field \"event_type\" is empty",
+        ),
+        (
+            vec![
+                ("user_id", strings(&[Some("u"), Some("u")])),
+                ("event_type", strings(&[Some("e"), None])),
+                ("time", time(Some(2))),
+            ],
+            "missing field \"event_type\"",
+        ),
+        (
+            vec![
+                ("user_id", strings(&[Some("u"), Some("u")])),
+                ("event_type", strings(&[Some("e"), Some("e")])),
+                ("time", time(Some(2))),
+                ("page", strings(&[None, Some(&long)])),
+            ],
+            "field \"page\" is longer than 8192 bytes",
+        ),
+        (
+            vec![
+                ("user_id", strings(&[Some("u"), Some("")])),
+                ("device_id", Arc::new(UInt64Array::from(vec![None, None]))),
+                ("event_type", strings(&[Some("e"), Some("e")])),
+                ("time", time(Some(2))),
+            ],
+            "no user: neither \"user_id\" nor \"device_id\" is set to a non-empty value",
+        ),
+        (
+            vec![
+                ("user_id", strings(&[Some("u"), Some("u")])),
+                ("event_type", strings(&[Some("e"), Some("e")])),
+                ("time", strings(&[Some("0.001"), Some("tomorrow")])),
+            ],
+            "invalid time: \"tomorrow\" is neither an epoch number nor an ISO-8601 date-time (like 2026-01-05T11:00:00Z)",
+        ),
+    ];
+    for (i, (columns, message)) in cases.into_iter().enumerate() {
+        let path = dir.path().join(format!("bad{i}.parquet"));
+        write_parquet(&path, columns, 1024);
+        assert_eq!(read_err(&path), format!("{}:2: {message}", path.display()));
+        let (events, reader) = drain(open_event_reader(&path, &skipping()).expect("open"));
+        assert_eq!(
+            events.expect("skips").iter().map(|e| (e.line, e.time_ms)).collect::<Vec<_>>(),
+            [(1, 1)],
+            "{message}"
+        );
+        assert_eq!(reader.skipped_rows(), 1);
+    }
+}
