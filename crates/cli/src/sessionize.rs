@@ -12,7 +12,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use jiff::tz::TimeZone;
 use sessionizer_engine::{
     BatchEvents, BatchSession, BatchSessions, EventClass, EventClassifier, MAX_BATCH_EVENTS, NO_DEVICE, NO_SESSION,
-    SessionRules, UserKey, duplicate_rows, session_uid, sessionize_batch, tiebreak,
+    RepeatedHashes, SessionRules, UserKey, duplicate_rows_among, insert_id_hash, repeated_hashes, session_uid,
+    sessionize_batch, tiebreak,
 };
 use sessionizer_formats::{
     EventChunk, EventRow, FieldNames, FileFormat, ReadErrorKind, ReadOptions, SessionRow, WriteError,
@@ -306,20 +307,22 @@ impl<'a> EventTable<'a> {
         }
         let parts = threads.clamp(1, 16).min(chunks.len()).max(1);
         let groups = split_chunks(chunks, parts);
+        // Phase 1, per run of chunks: intern ids and hash insert ids.
         let work = |part: usize| {
             let interned = intern_rows(groups[part], classifier);
-            let ids = || chunks.iter().flat_map(|chunk| chunk.insert_id.iter());
-            (interned, duplicate_rows(ids, part as u64, parts as u64))
+            let hashes: Vec<u64> =
+                groups[part].iter().flat_map(|chunk| chunk.insert_id.iter().flatten()).map(insert_id_hash).collect();
+            (interned, hashes)
         };
-        let results: Vec<(LocalInterned<'a>, Vec<u32>)> = if parts == 1 {
-            vec![work(0)]
-        } else {
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = (0..parts).map(|part| scope.spawn(move || work(part))).collect();
-                handles.into_iter().map(|handle| handle.join().expect("worker thread panicked")).collect()
-            })
-        };
-        let (locals, duplicate_lists): (Vec<_>, Vec<_>) = results.into_iter().unzip();
+        let (locals, hash_lists): (Vec<LocalInterned<'a>>, Vec<Vec<u64>>) = run_parts(parts, work).into_iter().unzip();
+        // Phase 2, per hash partition: which hashes repeat. Phase 3, only if any
+        // do: compare those rows' ids exactly, in row order.
+        let lists: Vec<&[u64]> = hash_lists.iter().map(Vec::as_slice).collect();
+        let repeated: RepeatedHashes =
+            run_parts(parts, |part| repeated_hashes(&lists, part as u64, parts as u64)).into_iter().flatten().collect();
+        drop(hash_lists);
+        let ids = chunks.iter().flat_map(|chunk| chunk.insert_id.iter());
+        let duplicate_lists = [duplicate_rows_among(ids, &repeated, insert_id_hash)];
         let Merged { users, user, device, mut class } = merge_interned(locals, rows);
         let mut duplicate = vec![false; rows];
         let mut duplicates = 0;
@@ -352,6 +355,18 @@ fn locate<'a>(chunks: &'a [EventChunk], chunk_starts: &[usize], row: u32) -> (&'
     let row = row as usize;
     let chunk = chunk_starts.partition_point(|&start| start <= row) - 1;
     (&chunks[chunk], row - chunk_starts[chunk])
+}
+
+/// Runs `work(0..parts)`, on one thread per part when there is more than one.
+fn run_parts<T: Send>(parts: usize, work: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    if parts == 1 {
+        return vec![work(0)];
+    }
+    std::thread::scope(|scope| {
+        let work = &work;
+        let handles: Vec<_> = (0..parts).map(|part| scope.spawn(move || work(part))).collect();
+        handles.into_iter().map(|handle| handle.join().expect("worker thread panicked")).collect()
+    })
 }
 
 /// `parts` runs of consecutive chunks with about equal row counts.

@@ -17,46 +17,71 @@ use crate::ids::PrehashedHasher;
 
 const BUCKET_BITS: u32 = 16;
 
-/// Rows (in increasing order) whose insert id appeared on an earlier row, among
-/// the rows whose id hashes into partition `part` of `parts`.
+/// The 64-bit hash deduplication sorts on.
+pub fn insert_id_hash(insert_id: &str) -> u64 {
+    xxh3_64(insert_id.as_bytes())
+}
+
+/// Hashes that repeat, for the exact pass of [`duplicate_rows_among`].
+pub type RepeatedHashes = HashSet<u64, BuildHasherDefault<PrehashedHasher>>;
+
+/// Rows (in increasing order) whose insert id appeared on an earlier row.
 ///
-/// `insert_ids` is called to iterate every row's insert id in row order (twice
-/// when some hash repeats).
-///
-/// # Panics
-/// If `part >= parts` or there are more than `u32::MAX` rows.
-pub fn duplicate_rows<'s, I, F>(insert_ids: F, part: u64, parts: u64) -> Vec<u32>
+/// `insert_ids` is called to iterate every row's insert id in row order (a
+/// second time only when some hash repeats). The steps are public so that a
+/// caller can run them in parallel: hash disjoint runs of rows, find repeated
+/// hashes per partition ([`repeated_hashes`]), then [`duplicate_rows_among`].
+pub fn duplicate_rows<'s, I, F>(insert_ids: F) -> Vec<u32>
 where
     F: Fn() -> I,
     I: Iterator<Item = Option<&'s str>>,
 {
-    duplicate_rows_by(insert_ids, |id| xxh3_64(id.as_bytes()), part, parts)
+    duplicate_rows_by(insert_ids, insert_id_hash)
 }
 
 /// [`duplicate_rows`] with the hash as a parameter, so tests can force collisions.
-fn duplicate_rows_by<'s, I, F, H>(insert_ids: F, hash_of: H, part: u64, parts: u64) -> Vec<u32>
+fn duplicate_rows_by<'s, I, F, H>(insert_ids: F, hash_of: H) -> Vec<u32>
 where
     F: Fn() -> I,
     I: Iterator<Item = Option<&'s str>>,
     H: Fn(&str) -> u64,
 {
+    let hashes: Vec<u64> = insert_ids().flatten().map(&hash_of).collect();
+    let repeated = repeated_hashes(&[&hashes], 0, 1);
+    duplicate_rows_among(insert_ids(), &repeated, hash_of)
+}
+
+/// The hashes in partition `part` of `parts` (by `hash % parts`) that occur
+/// more than once across all `hash_lists`.
+///
+/// # Panics
+/// If `part >= parts`.
+pub fn repeated_hashes(hash_lists: &[&[u64]], part: u64, parts: u64) -> RepeatedHashes {
     assert!(part < parts, "partition {part} of {parts}");
-    let in_part = |hash: u64| hash % parts == part;
-    let hashes: Vec<u64> = insert_ids().flatten().map(&hash_of).filter(|&hash| in_part(hash)).collect();
-    let repeated = repeated_hashes(hashes);
+    let mine: Vec<u64> =
+        hash_lists.iter().flat_map(|list| list.iter().copied()).filter(|hash| hash % parts == part).collect();
+    repeated_in(mine)
+}
+
+/// The exact pass: among rows whose id's hash is in `repeated`, those whose id
+/// appeared on an earlier row (the first row wins). Ids are compared as strings,
+/// so a hash collision never drops an event.
+///
+/// # Panics
+/// If there are more than `u32::MAX` rows.
+pub fn duplicate_rows_among<'s, I, H>(insert_ids: I, repeated: &RepeatedHashes, hash_of: H) -> Vec<u32>
+where
+    I: Iterator<Item = Option<&'s str>>,
+    H: Fn(&str) -> u64,
+{
     if repeated.is_empty() {
         return Vec::new();
     }
-    // Only rows with a repeated hash: compare their ids exactly, first row wins.
     let mut seen: HashSet<&'s str> = HashSet::new();
     let mut duplicates = Vec::new();
-    for (row, insert_id) in insert_ids().enumerate() {
+    for (row, insert_id) in insert_ids.enumerate() {
         let Some(insert_id) = insert_id else { continue };
-        let hash = hash_of(insert_id);
-        if !in_part(hash) || !repeated.contains(&hash) {
-            continue;
-        }
-        if !seen.insert(insert_id) {
+        if repeated.contains(&hash_of(insert_id)) && !seen.insert(insert_id) {
             duplicates.push(u32::try_from(row).expect("at most u32::MAX rows"));
         }
     }
@@ -64,7 +89,7 @@ where
 }
 
 /// The hash values that occur more than once.
-fn repeated_hashes(hashes: Vec<u64>) -> HashSet<u64, BuildHasherDefault<PrehashedHasher>> {
+fn repeated_in(hashes: Vec<u64>) -> RepeatedHashes {
     // Scatter into buckets by the top bits, then sort each (small) bucket.
     let bucket_of = |hash: u64| (hash >> (64 - BUCKET_BITS)) as usize;
     let mut starts = vec![0usize; (1 << BUCKET_BITS) + 1];

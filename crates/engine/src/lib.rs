@@ -28,7 +28,7 @@ pub use config::{
     DEFAULT_MAX_USERS, DEFAULT_TIMEOUT_MS, EventClass, EventClassifier, LiveConfig, MAX_CLASSIFIED_EVENT_TYPES,
     MAX_EVENT_TYPE_BYTES, MAX_MAX_LENGTH_MS, MAX_TIMEOUT_MS, MIN_TIMEOUT_MS, SessionRules,
 };
-pub use dedup::duplicate_rows;
+pub use dedup::{RepeatedHashes, duplicate_rows, duplicate_rows_among, insert_id_hash, repeated_hashes};
 pub use ids::{InsertIdSet, PrehashedHasher, insert_key, session_id, session_uid, tiebreak};
 pub use key::UserKey;
 pub use live::{Assignment, ChangeKind, DeferReason, Event, IngestOutcome, SessionChange, SessionRecord, Sessionizer};
