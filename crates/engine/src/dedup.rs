@@ -122,12 +122,22 @@ fn repeated_in(hashes: Vec<u64>) -> RepeatedHashes {
 
 #[cfg(test)]
 mod tests {
-    use super::{duplicate_rows, duplicate_rows_by};
+    use super::{
+        RepeatedHashes, duplicate_rows, duplicate_rows_among, duplicate_rows_by, insert_id_hash, repeated_hashes,
+    };
 
+    /// The parallel composition: hash runs of rows separately, find repeats per
+    /// partition, then the exact pass; it must equal the one-call form.
     fn all_partitions(ids: &[Option<&str>], parts: u64) -> Vec<u32> {
-        let mut rows: Vec<u32> =
-            (0..parts).flat_map(|part| duplicate_rows(|| ids.iter().copied(), part, parts)).collect();
-        rows.sort_unstable();
+        let (first, second) = ids.split_at(ids.len() / 2);
+        let hash = |run: &[Option<&str>]| run.iter().flatten().map(|id| insert_id_hash(id)).collect::<Vec<u64>>();
+        let (first, second) = (hash(first), hash(second));
+        let mut repeated = RepeatedHashes::default();
+        for part in 0..parts {
+            repeated.extend(repeated_hashes(&[&first, &second], part, parts));
+        }
+        let rows = duplicate_rows_among(ids.iter().copied(), &repeated, insert_id_hash);
+        assert_eq!(rows, duplicate_rows(|| ids.iter().copied()), "same as the one-call form");
         rows
     }
 
@@ -143,6 +153,7 @@ mod tests {
     fn the_first_copy_wins_and_missing_ids_never_collide() {
         let ids = [None, None, Some("x"), Some("x")];
         assert_eq!(all_partitions(&ids, 1), vec![3]);
+        assert_eq!(all_partitions(&[None, None], 2), Vec::<u32>::new());
     }
 
     #[test]
@@ -150,11 +161,6 @@ mod tests {
         // Hash by length: "ab" and "cd" collide, as do "xyz" and "uvw".
         let ids = [Some("ab"), Some("cd"), Some("ab"), Some("cd"), Some("ef"), Some("xyz"), Some("uvw"), Some("ef")];
         let by_length = |id: &str| id.len() as u64;
-        for parts in [1, 2] {
-            let mut rows: Vec<u32> =
-                (0..parts).flat_map(|part| duplicate_rows_by(|| ids.iter().copied(), by_length, part, parts)).collect();
-            rows.sort_unstable();
-            assert_eq!(rows, vec![2, 3, 7], "{parts} partitions");
-        }
+        assert_eq!(duplicate_rows_by(|| ids.iter().copied(), by_length), vec![2, 3, 7]);
     }
 }

@@ -120,6 +120,15 @@ fn sessions_do_not_depend_on_input_order_or_format() {
     std::fs::write(&second, lines[10..].join("\n")).unwrap();
     assert_eq!(stdout(&run(&["sessionize", path_str(&second), path_str(&first), "--quiet"])), expected, "two files");
 
+    // The thread count changes how work is split, never the result.
+    for threads in ["1", "2", "3"] {
+        let split = run(&["sessionize", path_str(&example()), "--quiet", "--threads", threads, "--events-out", "-"]);
+        let first_lines: Vec<&str> = std::str::from_utf8(&split.stdout).unwrap().lines().collect();
+        assert!(first_lines.len() > expected.lines().count(), "sessions then events on stdout");
+        let sessions_only = run(&["sessionize", path_str(&example()), "--quiet", "--threads", threads]);
+        assert_eq!(stdout(&sessions_only), expected, "{threads} threads");
+    }
+
     for extension in ["csv", "parquet"] {
         let events = dir.path().join(format!("events.{extension}"));
         let write = run(&["sessionize", path_str(&example()), "--quiet", "-o", "-", "--events-out", path_str(&events)]);
