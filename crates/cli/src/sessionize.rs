@@ -11,9 +11,9 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use jiff::tz::TimeZone;
 use sessionizer_engine::{
-    BatchEvents, BatchSession, BatchSessions, EventClass, EventClassifier, MAX_BATCH_EVENTS, NO_DEVICE, NO_SESSION,
-    RepeatedHashes, SessionRules, UserKey, duplicate_rows_among, insert_id_hash, repeated_hashes, session_uid,
-    sessionize_batch, tiebreak,
+    BatchEvents, BatchOptions, BatchSession, BatchSessions, EventClass, EventClassifier, MAX_BATCH_EVENTS, NO_DEVICE,
+    NO_SESSION, RepeatedHashes, SessionRules, UserKey, duplicate_rows_among, insert_id_hash, repeated_hashes,
+    session_uid, sessionize_batch, tiebreak,
 };
 use sessionizer_formats::{
     EventChunk, EventRow, FieldNames, FileFormat, ReadErrorKind, ReadOptions, SessionRow, WriteError,
@@ -131,7 +131,7 @@ pub(crate) fn run(args: SessionizeArgs) -> anyhow::Result<()> {
         class: &table.class,
         tiebreak: &tiebreak,
     };
-    let result = sessionize_batch(&events, &rules);
+    let result = sessionize_batch(&events, &rules, BatchOptions { assign_events: args.events_out.is_some() });
     timings.sessionize = seconds_since(phase);
     progress.set_message("writing");
     let phase = Instant::now();
@@ -403,8 +403,12 @@ struct LocalInterned<'a> {
 
 fn intern_rows<'a>(chunks: &'a [EventChunk], classifier: &EventClassifier) -> LocalInterned<'a> {
     let rows: usize = chunks.iter().map(EventChunk::len).sum();
-    let mut user_index: FastMap<(bool, &str), u32> = FastMap::default();
-    let mut device_index: FastMap<&str, u32> = FastMap::default();
+    // Keys are owned copies, allocated one after another: comparing against
+    // them stays in cache, where a key borrowed from its first row would sit
+    // anywhere in the input's hundreds of megabytes.
+    let mut user_index: FastMap<Box<str>, u32> = FastMap::default();
+    let mut anonymous_index: FastMap<Box<str>, u32> = FastMap::default();
+    let mut device_index: FastMap<Box<str>, u32> = FastMap::default();
     let mut class_of_type: FastMap<(&str, bool), EventClass> = FastMap::default();
     let mut local = LocalInterned {
         users: Vec::new(),
@@ -417,24 +421,31 @@ fn intern_rows<'a>(chunks: &'a [EventChunk], classifier: &EventClassifier) -> Lo
         for row in 0..chunk.len() {
             let device_id = chunk.device_id.get(row).filter(|id| !id.is_empty());
             // Readers guarantee a user id or a device id on every row.
-            let key = match chunk.user_id.get(row).filter(|id| !id.is_empty()) {
+            let (is_device, id) = match chunk.user_id.get(row).filter(|id| !id.is_empty()) {
                 Some(user_id) => (false, user_id),
                 None => (true, device_id.expect("reader guarantees a user or device id")),
             };
-            let next = local.users.len() as u32;
-            let user = *user_index.entry(key).or_insert_with(|| {
-                local.users.push(key);
-                next
-            });
+            let index = if is_device { &mut anonymous_index } else { &mut user_index };
+            let user = match index.get(id) {
+                Some(&user) => user,
+                None => {
+                    let user = local.users.len() as u32;
+                    local.users.push((is_device, id));
+                    index.insert(Box::from(id), user);
+                    user
+                }
+            };
             local.user.push(user);
             let device = match device_id {
-                Some(id) => {
-                    let next = local.devices.len() as u32;
-                    *device_index.entry(id).or_insert_with(|| {
+                Some(id) => match device_index.get(id) {
+                    Some(&device) => device,
+                    None => {
+                        let device = local.devices.len() as u32;
                         local.devices.push(id);
-                        next
-                    })
-                }
+                        device_index.insert(Box::from(id), device);
+                        device
+                    }
+                },
                 None => NO_DEVICE,
             };
             local.device.push(device);
@@ -619,16 +630,13 @@ impl Summary {
         for session in &result.sessions {
             users_with_sessions[session.user as usize] = true;
         }
-        let passive_without_session = (0..table.class.len())
-            .filter(|&row| table.class[row] == EventClass::Passive && result.event_session[row] == NO_SESSION)
-            .count();
         Summary {
             events_read: read.rows,
             invalid_skipped: read.skipped,
             first_invalid: read.first_skipped.clone(),
             duplicates: table.duplicates,
             excluded: table.excluded,
-            passive_without_session: passive_without_session as u64,
+            passive_without_session: result.passive_without_session,
             users: users_with_sessions.iter().filter(|&&has| has).count() as u64,
             sessions: result.sessions.len() as u64,
             median_length_ms: percentile(&mut lengths, 50),

@@ -66,7 +66,18 @@ pub struct BatchSessions {
     pub sessions: Vec<BatchSession>,
     /// For each input row, the index of its session in `sessions`, or [`NO_SESSION`]
     /// (excluded events, and passive events with no session to join).
+    /// Empty unless [`BatchOptions::assign_events`] asked for it.
     pub event_session: Vec<u32>,
+    /// Passive events with no session to join.
+    pub passive_without_session: u64,
+}
+
+/// What the batch kernel computes besides the sessions.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BatchOptions {
+    /// Fill [`BatchSessions::event_session`]. Costs a random write per event,
+    /// so callers that do not export events skip it.
+    pub assign_events: bool,
 }
 
 /// Sort key of one included event: time and class packed into one integer
@@ -94,7 +105,7 @@ impl SortKey {
 /// # Panics
 /// If the columns have different lengths, a user index is out of range, or
 /// there are more than [`MAX_BATCH_EVENTS`] rows: callers build these columns.
-pub fn sessionize_batch(events: &BatchEvents<'_>, rules: &SessionRules) -> BatchSessions {
+pub fn sessionize_batch(events: &BatchEvents<'_>, rules: &SessionRules, options: BatchOptions) -> BatchSessions {
     let row_count = events.user.len();
     assert!(row_count <= MAX_BATCH_EVENTS, "too many events for one batch");
     assert_eq!(events.time_ms.len(), row_count);
@@ -102,7 +113,8 @@ pub fn sessionize_batch(events: &BatchEvents<'_>, rules: &SessionRules) -> Batch
     assert!(events.device.is_empty() || events.device.len() == row_count);
 
     let (keys, offsets) = group_by_user(events);
-    let mut result = BatchSessions { sessions: Vec::new(), event_session: vec![NO_SESSION; row_count] };
+    let event_session = if options.assign_events { vec![NO_SESSION; row_count] } else { Vec::new() };
+    let mut result = BatchSessions { sessions: Vec::new(), event_session, passive_without_session: 0 };
     for user in 0..events.user_count {
         let segment = &keys[offsets[user as usize]..offsets[user as usize + 1]];
         if !segment.is_empty() {
@@ -185,10 +197,16 @@ fn scan_user(user: u32, keys: &[SortKey], rules: &SessionRules, result: &mut Bat
                 if let Some((span, reason)) = closed {
                     result.sessions.push(session_of(span, reason));
                 }
-                result.event_session[key.row as usize] = result.sessions.len() as u32;
+                if let Some(slot) = result.event_session.get_mut(key.row as usize) {
+                    *slot = result.sessions.len() as u32;
+                }
             }
-            Step::Joined => result.event_session[key.row as usize] = result.sessions.len() as u32,
-            Step::Orphan => {}
+            Step::Joined => {
+                if let Some(slot) = result.event_session.get_mut(key.row as usize) {
+                    *slot = result.sessions.len() as u32;
+                }
+            }
+            Step::Orphan => result.passive_without_session += 1,
         }
     }
     if let Some(&span) = state.open_span() {

@@ -22,7 +22,9 @@ mod key;
 mod live;
 mod scan;
 
-pub use batch::{BatchEvents, BatchSession, BatchSessions, MAX_BATCH_EVENTS, NO_DEVICE, NO_SESSION, sessionize_batch};
+pub use batch::{
+    BatchEvents, BatchOptions, BatchSession, BatchSessions, MAX_BATCH_EVENTS, NO_DEVICE, NO_SESSION, sessionize_batch,
+};
 pub use config::{
     ConfigError, DEFAULT_EXCLUDED_EVENT_TYPES, DEFAULT_LATENESS_HORIZON_MS, DEFAULT_MAX_EVENTS_PER_USER,
     DEFAULT_MAX_USERS, DEFAULT_TIMEOUT_MS, EventClass, EventClassifier, LiveConfig, MAX_CLASSIFIED_EVENT_TYPES,

@@ -412,12 +412,26 @@ mod parquet_out {
     use parquet::arrow::ArrowWriter;
     use parquet::basic::{Compression, ZstdLevel};
     use parquet::file::properties::WriterProperties;
+    use parquet::schema::types::ColumnPath;
 
     use super::{Kind, Row, Visit, WriteError};
 
     /// Rows per row group: large enough for good compression, small enough to
     /// keep the builders' memory modest.
     const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+    /// Columns whose values repeat across rows, worth dictionary encoding.
+    const REPEATING_COLUMNS: [&str; 9] = [
+        "user_id",
+        "device_id",
+        "event_type",
+        "page",
+        "end_reason",
+        "entry_event_type",
+        "entry_page",
+        "exit_event_type",
+        "exit_page",
+    ];
 
     enum Builder {
         Str(StringBuilder),
@@ -454,10 +468,16 @@ mod parquet_out {
                 })
                 .collect();
             let schema = Arc::new(Schema::new(fields));
-            let properties = WriterProperties::builder()
+            // Dictionary encoding only where values repeat: on unique columns
+            // (ids, times) the writer would build a dictionary and throw it away.
+            let mut properties = WriterProperties::builder()
                 .set_compression(Compression::ZSTD(ZstdLevel::default()))
                 .set_max_row_group_size(ROW_GROUP_ROWS)
-                .build();
+                .set_dictionary_enabled(false);
+            for &(name, _) in columns.iter().filter(|(name, _)| REPEATING_COLUMNS.contains(name)) {
+                properties = properties.set_column_dictionary_enabled(ColumnPath::from(name), true);
+            }
+            let properties = properties.build();
             let writer = ArrowWriter::try_new(file, schema.clone(), Some(properties)).map_err(parquet_error)?;
             let builders = columns
                 .iter()

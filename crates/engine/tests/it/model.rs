@@ -13,8 +13,8 @@ use jiff::Timestamp;
 use jiff::tz::TimeZone;
 use proptest::prelude::*;
 use sessionizer_engine::{
-    BatchEvents, ChangeKind, EndReason, Event, EventClass, EventClassifier, LiveConfig, NO_DEVICE, NO_SESSION,
-    SessionRecord, SessionRules, Sessionizer, UserKey, sessionize_batch, tiebreak,
+    BatchEvents, BatchOptions, ChangeKind, EndReason, Event, EventClass, EventClassifier, LiveConfig, NO_DEVICE,
+    NO_SESSION, SessionRecord, SessionRules, Sessionizer, UserKey, sessionize_batch, tiebreak,
 };
 
 const BASE_MS: i64 = 1_767_648_600_000; // 2026-01-05T21:30:00Z: the range crosses midnight UTC and Berlin
@@ -245,7 +245,11 @@ fn batch(case: &Case) -> Vec<Canon> {
         class: &class,
         tiebreak: &tie,
     };
-    let result = sessionize_batch(&input, &case.rules);
+    let result = sessionize_batch(&input, &case.rules, BatchOptions { assign_events: true });
+    let orphans = (0..class.len())
+        .filter(|&row| class[row] == EventClass::Passive && result.event_session[row] == NO_SESSION)
+        .count() as u64;
+    assert_eq!(result.passive_without_session, orphans);
     // Every event is in the session the kernel says, or in none for a reason.
     for (row, &index) in result.event_session.iter().enumerate() {
         if index == NO_SESSION {

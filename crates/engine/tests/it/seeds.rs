@@ -8,8 +8,8 @@ use std::sync::Arc;
 use jiff::Timestamp;
 use serde::Deserialize;
 use sessionizer_engine::{
-    BatchEvents, ChangeKind, DEFAULT_TIMEOUT_MS, Event, EventClassifier, LiveConfig, SessionRules, Sessionizer,
-    UserKey, sessionize_batch, tiebreak,
+    BatchEvents, BatchOptions, ChangeKind, DEFAULT_TIMEOUT_MS, Event, EventClassifier, LiveConfig, SessionRules,
+    Sessionizer, UserKey, sessionize_batch, tiebreak,
 };
 
 #[derive(Deserialize)]
@@ -109,7 +109,7 @@ fn batch_sessions(scenario: &Scenario, rules: &SessionRules) -> Vec<ExpectedSess
         class: &class,
         tiebreak: &tie,
     };
-    let result = sessionize_batch(&events, rules);
+    let result = sessionize_batch(&events, rules, BatchOptions { assign_events: true });
     let mut sessions: Vec<ExpectedSession> = result
         .sessions
         .iter()
