@@ -12,8 +12,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use jiff::tz::TimeZone;
 use sessionizer_engine::{
     BatchEvents, BatchOptions, BatchSession, BatchSessions, EventClass, EventClassifier, MAX_BATCH_EVENTS, NO_DEVICE,
-    NO_SESSION, RepeatedHashes, SessionRules, UserKey, duplicate_rows_among, insert_id_hash, repeated_hashes,
-    session_uid, sessionize_batch, tiebreak,
+    NO_SESSION, RepeatedHashes, SessionRules, UserKey, duplicate_rows_among, insert_id_hash, label_user_changes,
+    repeated_hashes, session_uid, sessionize_users, tiebreak,
 };
 use sessionizer_formats::{
     EventChunk, EventRow, FieldNames, FileFormat, ReadErrorKind, ReadOptions, SessionRow, WriteError,
@@ -131,7 +131,8 @@ pub(crate) fn run(args: SessionizeArgs) -> anyhow::Result<()> {
         class: &table.class,
         tiebreak: &tiebreak,
     };
-    let result = sessionize_batch(&events, &rules, BatchOptions { assign_events: args.events_out.is_some() });
+    let result =
+        sessionize_parallel(&events, &rules, BatchOptions { assign_events: args.events_out.is_some() }, threads);
     timings.sessionize = seconds_since(phase);
     progress.set_message("writing");
     let phase = Instant::now();
@@ -355,6 +356,36 @@ fn locate<'a>(chunks: &'a [EventChunk], chunk_starts: &[usize], row: u32) -> (&'
     let row = row as usize;
     let chunk = chunk_starts.partition_point(|&start| start <= row) - 1;
     (&chunks[chunk], row - chunk_starts[chunk])
+}
+
+/// The batch kernel over disjoint user ranges, one per thread, then the
+/// user-change labels over all sessions: the same result as `sessionize_batch`.
+fn sessionize_parallel(
+    events: &BatchEvents<'_>,
+    rules: &SessionRules,
+    options: BatchOptions,
+    threads: usize,
+) -> BatchSessions {
+    let parts = threads.clamp(1, 16).min(events.user_count.max(1) as usize);
+    let bounds: Vec<u32> = (0..=parts).map(|part| (events.user_count as usize * part / parts) as u32).collect();
+    let results = run_parts(parts, |part| sessionize_users(events, rules, options, bounds[part]..bounds[part + 1]));
+    let mut merged = BatchSessions::default();
+    for result in results {
+        let offset = merged.sessions.len() as u32;
+        if merged.event_session.is_empty() {
+            merged.event_session = result.event_session;
+        } else {
+            for (slot, &index) in merged.event_session.iter_mut().zip(&result.event_session) {
+                if index != NO_SESSION {
+                    *slot = index + offset;
+                }
+            }
+        }
+        merged.sessions.extend(result.sessions);
+        merged.passive_without_session += result.passive_without_session;
+    }
+    label_user_changes(events, rules, &mut merged.sessions);
+    merged
 }
 
 /// Runs `work(0..parts)`, on one thread per part when there is more than one.

@@ -4,6 +4,8 @@
 //! already-interned values (users and devices as dense `u32` indices), so it
 //! never touches a string and runs at memory speed.
 
+use std::ops::Range;
+
 use crate::config::{EventClass, SessionRules};
 use crate::scan::{EndReason, ScanState, Span, Step};
 
@@ -102,61 +104,85 @@ impl SortKey {
 /// Sessionizes every event at once. The result depends only on the set of
 /// events, never on their row order.
 ///
+/// The same as [`sessionize_users`] over all users followed by
+/// [`label_user_changes`]; a caller may instead run `sessionize_users` on
+/// disjoint user ranges in parallel and label the concatenated sessions.
+///
 /// # Panics
 /// If the columns have different lengths, a user index is out of range, or
 /// there are more than [`MAX_BATCH_EVENTS`] rows: callers build these columns.
 pub fn sessionize_batch(events: &BatchEvents<'_>, rules: &SessionRules, options: BatchOptions) -> BatchSessions {
+    let mut result = sessionize_users(events, rules, options, 0..events.user_count);
+    label_user_changes(events, rules, &mut result.sessions);
+    result
+}
+
+/// Sessionizes the events of the users in `users` only (other rows are left in
+/// no session), without the user-change labels, which need every user's
+/// sessions: see [`label_user_changes`].
+///
+/// # Panics
+/// As [`sessionize_batch`], and if `users` reaches past `user_count`.
+pub fn sessionize_users(
+    events: &BatchEvents<'_>,
+    rules: &SessionRules,
+    options: BatchOptions,
+    users: Range<u32>,
+) -> BatchSessions {
     let row_count = events.user.len();
     assert!(row_count <= MAX_BATCH_EVENTS, "too many events for one batch");
     assert_eq!(events.time_ms.len(), row_count);
     assert_eq!(events.class.len(), row_count);
     assert!(events.device.is_empty() || events.device.len() == row_count);
+    assert!(users.end <= events.user_count, "user range past user_count");
 
-    let (keys, offsets) = group_by_user(events);
+    let (keys, offsets) = group_by_user(events, users.clone());
     let event_session = if options.assign_events { vec![NO_SESSION; row_count] } else { Vec::new() };
     let mut result = BatchSessions { sessions: Vec::new(), event_session, passive_without_session: 0 };
-    for user in 0..events.user_count {
-        let segment = &keys[offsets[user as usize]..offsets[user as usize + 1]];
+    for (local, user) in users.enumerate() {
+        let segment = &keys[offsets[local]..offsets[local + 1]];
         if !segment.is_empty() {
             scan_user(user, segment, rules, &mut result);
         }
     }
-    if !events.device.is_empty() {
-        mark_user_changes(events, rules, &mut result.sessions);
-    }
     result
 }
 
-/// Counting sort of the included events by user, then a sort of each user's
-/// events by (time, class), then by tiebreak within runs of equal (time, class).
-/// Arrival order is usually close to time order, which the adaptive sort exploits.
-/// Returns the keys and, for user `u`, its segment `offsets[u]..offsets[u + 1]`.
-fn group_by_user(events: &BatchEvents<'_>) -> (Vec<SortKey>, Vec<usize>) {
-    let mut offsets = vec![0usize; events.user_count as usize + 1];
+/// Counting sort of the included events of `users` by user, then a sort of each
+/// user's events by (time, class), then by tiebreak within runs of equal (time,
+/// class). Arrival order is usually close to time order, which the adaptive sort
+/// exploits. Returns the keys and, for the `i`-th user of the range, its segment
+/// `offsets[i]..offsets[i + 1]`.
+fn group_by_user(events: &BatchEvents<'_>, users: Range<u32>) -> (Vec<SortKey>, Vec<usize>) {
+    let user_count = users.len();
+    let local = |user: u32| users.contains(&user).then(|| (user - users.start) as usize);
+    let mut offsets = vec![0usize; user_count + 1];
     for (row, &user) in events.user.iter().enumerate() {
-        if events.class[row] != EventClass::Excluded {
-            offsets[user as usize + 1] += 1;
+        if let Some(local) = local(user)
+            && events.class[row] != EventClass::Excluded
+        {
+            offsets[local + 1] += 1;
         }
     }
-    for user in 0..events.user_count as usize {
+    for user in 0..user_count {
         offsets[user + 1] += offsets[user];
     }
-    let included = offsets[events.user_count as usize];
-    let mut keys = vec![SortKey { time_class: 0, row: 0 }; included];
+    let mut keys = vec![SortKey { time_class: 0, row: 0 }; offsets[user_count]];
     let mut cursor = offsets.clone();
     for (row, &user) in events.user.iter().enumerate() {
         let class = events.class[row];
+        let Some(local) = local(user) else { continue };
         if class == EventClass::Excluded {
             continue;
         }
         let time_ms = events.time_ms[row];
         assert!((0..1 << 62).contains(&time_ms), "event time out of range: {time_ms}");
-        let slot = &mut cursor[user as usize];
+        let slot = &mut cursor[local];
         keys[*slot] =
             SortKey { time_class: ((time_ms as u64) << 1) | u64::from(class == EventClass::Passive), row: row as u32 };
         *slot += 1;
     }
-    for user in 0..events.user_count as usize {
+    for user in 0..user_count {
         let segment = &mut keys[offsets[user]..offsets[user + 1]];
         segment.sort_by_key(|key| key.time_class);
         order_ties(segment, events.tiebreak);
@@ -216,8 +242,11 @@ fn scan_user(user: u32, keys: &[SortKey], rules: &SessionRules, result: &mut Bat
 
 /// A session that ended by inactivity ends by user change instead when another
 /// user's active event happened on the device of its last event within the
-/// timeout after it.
-fn mark_user_changes(events: &BatchEvents<'_>, rules: &SessionRules, sessions: &mut [BatchSession]) {
+/// timeout after it. Needs every user's sessions (a device is shared across users).
+pub fn label_user_changes(events: &BatchEvents<'_>, rules: &SessionRules, sessions: &mut [BatchSession]) {
+    if events.device.is_empty() {
+        return;
+    }
     let mut device_times: Vec<(u32, i64)> = (0..events.device.len())
         .filter(|&row| events.device[row] != NO_DEVICE && events.class[row] == EventClass::Active)
         .map(|row| (events.device[row], events.time_ms[row]))

@@ -23,7 +23,8 @@ mod live;
 mod scan;
 
 pub use batch::{
-    BatchEvents, BatchOptions, BatchSession, BatchSessions, MAX_BATCH_EVENTS, NO_DEVICE, NO_SESSION, sessionize_batch,
+    BatchEvents, BatchOptions, BatchSession, BatchSessions, MAX_BATCH_EVENTS, NO_DEVICE, NO_SESSION,
+    label_user_changes, sessionize_batch, sessionize_users,
 };
 pub use config::{
     ConfigError, DEFAULT_EXCLUDED_EVENT_TYPES, DEFAULT_LATENESS_HORIZON_MS, DEFAULT_MAX_EVENTS_PER_USER,

@@ -14,7 +14,8 @@ use jiff::tz::TimeZone;
 use proptest::prelude::*;
 use sessionizer_engine::{
     BatchEvents, BatchOptions, ChangeKind, EndReason, Event, EventClass, EventClassifier, LiveConfig, NO_DEVICE,
-    NO_SESSION, SessionRecord, SessionRules, Sessionizer, UserKey, sessionize_batch, tiebreak,
+    NO_SESSION, SessionRecord, SessionRules, Sessionizer, UserKey, label_user_changes, sessionize_batch,
+    sessionize_users, tiebreak,
 };
 
 const BASE_MS: i64 = 1_767_648_600_000; // 2026-01-05T21:30:00Z: the range crosses midnight UTC and Berlin
@@ -246,6 +247,15 @@ fn batch(case: &Case) -> Vec<Canon> {
         tiebreak: &tie,
     };
     let result = sessionize_batch(&input, &case.rules, BatchOptions { assign_events: true });
+    // The parallel composition: disjoint user ranges, then user-change labels.
+    let split = keys.len() as u32 / 2;
+    let options = BatchOptions { assign_events: true };
+    let first = sessionize_users(&input, &case.rules, options, 0..split);
+    let second = sessionize_users(&input, &case.rules, options, split..keys.len() as u32);
+    let mut sessions: Vec<_> = first.sessions.iter().chain(&second.sessions).copied().collect();
+    label_user_changes(&input, &case.rules, &mut sessions);
+    assert_eq!(sessions, result.sessions, "split by user range");
+    assert_eq!(first.passive_without_session + second.passive_without_session, result.passive_without_session);
     let orphans = (0..class.len())
         .filter(|&row| class[row] == EventClass::Passive && result.event_session[row] == NO_SESSION)
         .count() as u64;
