@@ -28,14 +28,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 from bench_common import CK_BASE, EXCLUDED_TYPES, bucket_sql, make_checksum  # noqa: E402
-
-
-def size_label(n):
-    if n % 1_000_000 == 0:
-        return f"{n // 1_000_000}M"
-    if n % 1_000 == 0:
-        return f"{n // 1_000}K"
-    return str(n)
+from gen_events import size_label  # noqa: E402
 
 
 def run_measured(cmd, **kwargs):
