@@ -68,6 +68,8 @@ def main():
     p.add_argument("--data-dir", default=os.path.join(ROOT, "bench", "out"))
     p.add_argument("--binary", default=None, help="a built sessionizer binary (default: cargo build --release)")
     p.add_argument("--json", default=None, help="also write the figures to this file")
+    p.add_argument("--cross-check", action="store_true",
+                   help="only check that both find the same sessions (no speed figures: e.g. a debug binary in tests)")
     args = p.parse_args()
 
     data = os.path.join(args.data_dir, f"events_{size_label(args.events)}_s{args.seed}.parquet")
@@ -121,6 +123,10 @@ def main():
     d, s = figures["duckdb"], figures["sessionizer"]
     print(f"events: {events:,}  sessions: {figures['sessions']:,}  same sessions as DuckDB: {same}"
           f" (checksum {ck_ours['md5']} vs {ck_duck['md5']})")
+    if args.cross_check:
+        if not same:
+            print(json.dumps(dict(duckdb=ck_duck, sessionizer=ck_ours), indent=1), file=sys.stderr)
+        sys.exit(0 if same else 1)
     print(f"{'':14}{'end to end':>22}{'sessionize step':>24}{'peak RSS':>12}")
     print(f"{'DuckDB':14}{d['e2e_s']:>9.2f}s {d['e2e_events_per_s'] / 1e6:>7.2f}M ev/s"
           f"{d['sessionize_s']:>10.3f}s {d['sessionize_events_per_s'] / 1e6:>7.2f}M ev/s{d['peak_rss_mb']:>9.0f} MiB")

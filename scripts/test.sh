@@ -17,7 +17,7 @@ fi
 cargo build --locked -p sessionizer
 data_dir="$(mktemp -d)"
 trap 'rm -rf "$data_dir"' EXIT
-python3 bench/sessionize_vs_duckdb.py --events 200000 --repeat 1 \
+python3 bench/sessionize_vs_duckdb.py --events 200000 --repeat 1 --cross-check \
   --binary "$CARGO_TARGET_DIR/debug/sessionizer" --data-dir "$data_dir"
 
 cargo test --workspace --locked
