@@ -259,6 +259,11 @@ fn read_inputs(
     for mut reader in readers {
         while let Some(chunk) = reader.next_chunk().map_err(|e| Exit::new(Failure::DataError, e))? {
             stats.rows += chunk.len() as u64;
+            // Checked while reading, so an oversized input fails early instead of exhausting memory.
+            if stats.rows > MAX_BATCH_EVENTS as u64 {
+                let error = anyhow::anyhow!("more than {MAX_BATCH_EVENTS} events in one run: split the input");
+                return Err(Exit::new(Failure::DataError, error).into());
+            }
             progress.set_position(done_bytes + reader.bytes_read());
             if !chunk.is_empty() {
                 chunks.push(chunk);
@@ -269,11 +274,6 @@ fn read_inputs(
         if stats.first_skipped.is_none() {
             stats.first_skipped = reader.first_skipped_error().map(ToString::to_string);
         }
-    }
-    if stats.rows as usize > MAX_BATCH_EVENTS {
-        return Err(
-            Exit::new(Failure::DataError, anyhow::anyhow!("more than {MAX_BATCH_EVENTS} events in one run")).into()
-        );
     }
     Ok((chunks, stats))
 }
