@@ -26,15 +26,28 @@ pub fn session_uid(project: &str, user: &UserKey, start_ms: i64) -> Uuid {
         UserKey::Device(id) => (b'd', &**id),
     };
     // One-shot hashing of a small buffer is several times faster than XXH3's
-    // streaming state for inputs this short.
-    let mut input = Vec::with_capacity(project.len() + id.len() + 25);
-    input.extend_from_slice(&(project.len() as u64).to_le_bytes());
-    input.extend_from_slice(project.as_bytes());
-    input.push(namespace);
-    input.extend_from_slice(&(id.len() as u64).to_le_bytes());
-    input.extend_from_slice(id.as_bytes());
-    input.extend_from_slice(&start_ms.to_le_bytes());
-    let bits = xxh3_128(&input).to_le_bytes();
+    // streaming state for inputs this short; the buffer lives on the stack
+    // unless the ids are unusually long.
+    let length = 8 + project.len() + 1 + 8 + id.len() + 8;
+    let mut stack = [0u8; 256];
+    let mut heap = Vec::new();
+    let input: &mut [u8] = if length <= stack.len() {
+        &mut stack[..length]
+    } else {
+        heap.resize(length, 0);
+        &mut heap
+    };
+    let mut at = 0;
+    for part in [&(project.len() as u64).to_le_bytes()[..], project.as_bytes(), &[namespace]] {
+        input[at..at + part.len()].copy_from_slice(part);
+        at += part.len();
+    }
+    for part in [&(id.len() as u64).to_le_bytes()[..], id.as_bytes(), &start_ms.to_le_bytes()[..]] {
+        input[at..at + part.len()].copy_from_slice(part);
+        at += part.len();
+    }
+    debug_assert_eq!(at, length);
+    let bits = xxh3_128(input).to_le_bytes();
     let mut random = [0u8; 10];
     random.copy_from_slice(&bits[..10]);
     // Event times are validated to be at or after 1970 by every reader.
