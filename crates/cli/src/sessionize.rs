@@ -96,17 +96,23 @@ pub(crate) struct SessionizeArgs {
     #[arg(long, value_name = "FILE")]
     stats_json: Option<PathBuf>,
 
-    /// Threads for reading and preparing events [default: the number of CPUs].
+    /// Threads for reading and preparing events, at most 64 [default: the number of CPUs].
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
 }
+
+/// Bound on `--threads`: more than this only adds contention.
+const MAX_THREADS: usize = 64;
 
 pub(crate) fn run(args: SessionizeArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let rules = rules_of(&args)?;
     let classifier = classifier_of(&args)?;
     check_output_formats(&args)?;
-    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).max(1);
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .clamp(1, MAX_THREADS);
     let progress = if args.quiet {
         ProgressBar::hidden()
     } else {
