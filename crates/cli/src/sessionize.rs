@@ -19,6 +19,7 @@ use sessionizer_formats::{
     EventChunk, EventRow, FieldNames, FileFormat, ReadErrorKind, ReadOptions, SessionRow, WriteError,
     create_event_writer, create_session_writer, open_event_reader,
 };
+use uuid::Uuid;
 
 use crate::duration::parse_duration_ms;
 use crate::{Exit, Failure};
@@ -143,9 +144,12 @@ pub(crate) fn run(args: SessionizeArgs) -> anyhow::Result<()> {
     progress.set_message("writing");
     let phase = Instant::now();
     let order = output_order(&table, &result);
-    write_sessions(&args, &table, &result, &order)?;
+    // Computed once: both writers need them.
+    let uids: Vec<Uuid> =
+        result.sessions.iter().map(|s| session_uid(&args.project, &table.users[s.user as usize], s.start_ms)).collect();
+    write_sessions(&args, &table, &result, &uids, &order)?;
     if let Some(path) = &args.events_out {
-        write_events(path, &args.project, &table, &result)?;
+        write_events(path, &table, &result, &uids)?;
     }
     timings.write = seconds_since(phase);
     timings.total = seconds_since(started);
@@ -329,15 +333,14 @@ impl<'a> EventTable<'a> {
             run_parts(parts, |part| repeated_hashes(&lists, part as u64, parts as u64)).into_iter().flatten().collect();
         drop(hash_lists);
         let ids = chunks.iter().flat_map(|chunk| chunk.insert_id.iter());
-        let duplicate_lists = [duplicate_rows_among(ids, &repeated, insert_id_hash)];
+        let duplicate_rows = duplicate_rows_among(ids, &repeated, insert_id_hash);
         let Merged { users, user, device, mut class } = merge_interned(locals, rows);
         let mut duplicate = vec![false; rows];
-        let mut duplicates = 0;
-        for row in duplicate_lists.into_iter().flatten() {
+        for &row in &duplicate_rows {
             duplicate[row as usize] = true;
             class[row as usize] = EventClass::Excluded;
-            duplicates += 1;
         }
+        let duplicates = duplicate_rows.len() as u64;
         let excluded = class.iter().filter(|&&c| c == EventClass::Excluded).count() as u64 - duplicates;
         let mut time_ms = Vec::with_capacity(rows);
         for chunk in chunks {
@@ -566,18 +569,16 @@ fn write_sessions(
     args: &SessionizeArgs,
     table: &EventTable<'_>,
     result: &BatchSessions,
+    uids: &[Uuid],
     order: &[u32],
 ) -> anyhow::Result<()> {
     let path = args.output.as_deref().filter(|p| p.as_os_str() != "-");
-    let mut sink = match create_session_writer(path) {
-        Ok(sink) => sink,
-        Err(error) => return Err(output_error(path, error)),
-    };
-    let mut uid_buffer = uuid::Uuid::encode_buffer();
+    let mut sink = create_session_writer(path).map_err(|error| output_error(path, error))?;
+    let mut uid_buffer = Uuid::encode_buffer();
     for &index in order {
         let session = &result.sessions[index as usize];
         let user = &table.users[session.user as usize];
-        let uid = session_uid(&args.project, user, session.start_ms);
+        let uid = uids[index as usize];
         let (entry_chunk, entry_row) = table.locate(session.entry_event);
         let (exit_chunk, exit_row) = table.locate(session.exit_event);
         let row = SessionRow {
@@ -607,14 +608,10 @@ fn finish_after_error(path: Option<&Path>, error: WriteError) -> anyhow::Result<
     if path.is_none() && error.is_broken_pipe() { Ok(()) } else { Err(output_error(path, error)) }
 }
 
-fn write_events(path: &Path, project: &str, table: &EventTable<'_>, result: &BatchSessions) -> anyhow::Result<()> {
+fn write_events(path: &Path, table: &EventTable<'_>, result: &BatchSessions, uids: &[Uuid]) -> anyhow::Result<()> {
     let path = Some(path).filter(|p| p.as_os_str() != "-");
     let mut sink = create_event_writer(path).map_err(|error| output_error(path, error))?;
-    let uids: Vec<String> = result
-        .sessions
-        .iter()
-        .map(|s| session_uid(project, &table.users[s.user as usize], s.start_ms).to_string())
-        .collect();
+    let mut uid_buffer = Uuid::encode_buffer();
     let mut global_row = 0usize;
     for chunk in table.chunks {
         for row in 0..chunk.len() {
@@ -624,7 +621,7 @@ fn write_events(path: &Path, project: &str, table: &EventTable<'_>, result: &Bat
             if duplicate {
                 continue;
             }
-            let session: Option<&BatchSession> = (index != NO_SESSION).then(|| &result.sessions[index as usize]);
+            let session = (index != NO_SESSION).then_some(index as usize);
             let event = EventRow {
                 user_id: chunk.user_id.get(row),
                 device_id: chunk.device_id.get(row),
@@ -633,8 +630,8 @@ fn write_events(path: &Path, project: &str, table: &EventTable<'_>, result: &Bat
                 insert_id: chunk.insert_id.get(row),
                 page: chunk.page.get(row),
                 passive: chunk.passive[row],
-                session_id: session.map(|s| s.start_ms),
-                session_uid: (index != NO_SESSION).then(|| uids[index as usize].as_str()),
+                session_id: session.map(|index| result.sessions[index].start_ms),
+                session_uid: session.map(|index| &*uids[index].hyphenated().encode_lower(&mut uid_buffer)),
             };
             if let Err(error) = sink.write(&event) {
                 return finish_after_error(path, error);
