@@ -139,7 +139,7 @@ fn sessions_do_not_depend_on_input_order_or_format() {
 }
 
 #[test]
-fn parquet_output_round_trips_through_events_out() {
+fn parquet_sessions_output_and_stats_json() {
     let dir = temp_dir();
     let sessions = dir.path().join("sessions.parquet");
     let stats = dir.path().join("stats.json");
