@@ -16,7 +16,7 @@ use sessionizer_engine::{
     repeated_hashes, session_uid, sessionize_users, tiebreak,
 };
 use sessionizer_formats::{
-    EventChunk, EventRow, FieldNames, FileFormat, ReadErrorKind, ReadOptions, SessionRow, WriteError,
+    EventChunk, EventRow, FieldNames, FileFormat, ReadErrorKind, ReadOptions, SessionRow, StrColumn, WriteError,
     create_event_writer, create_session_writer, open_event_reader,
 };
 use uuid::Uuid;
@@ -297,6 +297,10 @@ struct EventTable<'a> {
     users: Vec<UserKey>,
     user: Vec<u32>,
     device: Vec<u32>,
+    /// Distinct event types, and each row's index into them: what session
+    /// entry and exit types are read from, without touching the chunks.
+    event_types: Vec<&'a str>,
+    event_type: Vec<u32>,
     time_ms: Vec<i64>,
     class: Vec<EventClass>,
     /// Rows whose insert id was seen on an earlier row: not sessionized, not written.
@@ -334,7 +338,7 @@ impl<'a> EventTable<'a> {
         drop(hash_lists);
         let ids = chunks.iter().flat_map(|chunk| chunk.insert_id.iter());
         let duplicate_rows = duplicate_rows_among(ids, &repeated, insert_id_hash);
-        let Merged { users, user, device, mut class } = merge_interned(locals, rows);
+        let Merged { users, user, device, event_types, event_type, mut class } = merge_interned(locals, rows);
         let mut duplicate = vec![false; rows];
         for &row in &duplicate_rows {
             duplicate[row as usize] = true;
@@ -346,12 +350,29 @@ impl<'a> EventTable<'a> {
         for chunk in chunks {
             time_ms.extend_from_slice(&chunk.time_ms);
         }
-        EventTable { chunks, chunk_starts, users, user, device, time_ms, class, duplicate, duplicates, excluded }
+        EventTable {
+            chunks,
+            chunk_starts,
+            users,
+            user,
+            device,
+            event_types,
+            event_type,
+            time_ms,
+            class,
+            duplicate,
+            duplicates,
+            excluded,
+        }
     }
 
     /// The chunk and the row within it of a global row.
     fn locate(&self, row: u32) -> (&'a EventChunk, usize) {
         locate(self.chunks, &self.chunk_starts, row)
+    }
+
+    fn event_type_of(&self, row: u32) -> &'a str {
+        self.event_types[self.event_type[row as usize] as usize]
     }
 
     /// The content hash that orders events sharing user, time and class.
@@ -438,6 +459,9 @@ struct LocalInterned<'a> {
     user: Vec<u32>,
     devices: Vec<&'a str>,
     device: Vec<u32>,
+    /// Distinct event types with their class when not marked passive and when marked.
+    types: Vec<(&'a str, [EventClass; 2])>,
+    event_type: Vec<u32>,
     class: Vec<EventClass>,
 }
 
@@ -449,73 +473,149 @@ fn intern_rows<'a>(chunks: &'a [EventChunk], classifier: &EventClassifier) -> Lo
     let mut user_index: FastMap<Box<str>, u32> = FastMap::default();
     let mut anonymous_index: FastMap<Box<str>, u32> = FastMap::default();
     let mut device_index: FastMap<Box<str>, u32> = FastMap::default();
-    let mut class_of_type: FastMap<(&str, bool), EventClass> = FastMap::default();
+    let mut type_index: FastMap<&str, u32> = FastMap::default();
     let mut local = LocalInterned {
         users: Vec::new(),
         user: Vec::with_capacity(rows),
         devices: Vec::new(),
         device: Vec::with_capacity(rows),
+        types: Vec::new(),
+        event_type: Vec::with_capacity(rows),
         class: Vec::with_capacity(rows),
     };
     for chunk in chunks {
+        // Dictionary-encoded columns are resolved once per distinct value
+        // (on first use, so numbering stays in first-seen row order).
+        let mut user_of_key = KeyCache::new(&chunk.user_id);
+        let mut device_of_key = KeyCache::new(&chunk.device_id);
+        let mut type_of_key = KeyCache::new(&chunk.event_type);
         for row in 0..chunk.len() {
             let device_id = chunk.device_id.get(row).filter(|id| !id.is_empty());
-            // Readers guarantee a user id or a device id on every row.
-            let (is_device, id) = match chunk.user_id.get(row).filter(|id| !id.is_empty()) {
-                Some(user_id) => (false, user_id),
-                None => (true, device_id.expect("reader guarantees a user or device id")),
-            };
-            let index = if is_device { &mut anonymous_index } else { &mut user_index };
-            let user = match index.get(id) {
-                Some(&user) => user,
+            let user_key = user_of_key.key(row);
+            let user = match user_key.and_then(|key| user_of_key.get(key)) {
+                Some(user) => user,
                 None => {
-                    let user = local.users.len() as u32;
-                    local.users.push((is_device, id));
-                    index.insert(Box::from(id), user);
+                    // Readers guarantee a user id or a device id on every row.
+                    let (is_device, id) = match chunk.user_id.get(row).filter(|id| !id.is_empty()) {
+                        Some(user_id) => (false, user_id),
+                        None => (true, device_id.expect("reader guarantees a user or device id")),
+                    };
+                    let index = if is_device { &mut anonymous_index } else { &mut user_index };
+                    let user = match index.get(id) {
+                        Some(&user) => user,
+                        None => {
+                            let user = local.users.len() as u32;
+                            local.users.push((is_device, id));
+                            index.insert(Box::from(id), user);
+                            user
+                        }
+                    };
+                    // Only a present user id names the user; a null key falls back to the device.
+                    if let Some(key) = user_key.filter(|_| !is_device) {
+                        user_of_key.set(key, user);
+                    }
                     user
                 }
             };
             local.user.push(user);
-            let device = match device_id {
-                Some(id) => match device_index.get(id) {
-                    Some(&device) => device,
-                    None => {
-                        let device = local.devices.len() as u32;
-                        local.devices.push(id);
-                        device_index.insert(Box::from(id), device);
-                        device
+            let device_key = device_of_key.key(row);
+            let device = match device_key.and_then(|key| device_of_key.get(key)) {
+                Some(device) => device,
+                None => {
+                    let device = match device_id {
+                        Some(id) => match device_index.get(id) {
+                            Some(&device) => device,
+                            None => {
+                                let device = local.devices.len() as u32;
+                                local.devices.push(id);
+                                device_index.insert(Box::from(id), device);
+                                device
+                            }
+                        },
+                        None => NO_DEVICE,
+                    };
+                    if let Some(key) = device_key {
+                        device_of_key.set(key, device);
                     }
-                },
-                None => NO_DEVICE,
+                    device
+                }
             };
             local.device.push(device);
-            let event_type = chunk.event_type.get(row).unwrap_or("");
-            let marked_passive = chunk.passive[row];
-            let class = *class_of_type
-                .entry((event_type, marked_passive))
-                .or_insert_with(|| classifier.classify(event_type, marked_passive));
-            local.class.push(class);
+            let type_key = type_of_key.key(row);
+            let event_type = match type_key.and_then(|key| type_of_key.get(key)) {
+                Some(event_type) => event_type,
+                None => {
+                    let name = chunk.event_type.get(row).unwrap_or("");
+                    let event_type = *type_index.entry(name).or_insert_with(|| {
+                        let classes = [classifier.classify(name, false), classifier.classify(name, true)];
+                        local.types.push((name, classes));
+                        local.types.len() as u32 - 1
+                    });
+                    if let Some(key) = type_key {
+                        type_of_key.set(key, event_type);
+                    }
+                    event_type
+                }
+            };
+            local.event_type.push(event_type);
+            local.class.push(local.types[event_type as usize].1[usize::from(chunk.passive[row])]);
         }
     }
     local
 }
 
-struct Merged {
+/// For a dictionary-encoded column of one chunk, the interned id of each
+/// distinct value once known; inert for a plain column.
+struct KeyCache<'a> {
+    keys: Option<&'a [u32]>,
+    ids: Vec<u32>,
+}
+
+impl<'a> KeyCache<'a> {
+    const UNKNOWN: u32 = u32::MAX;
+
+    fn new(column: &'a StrColumn) -> Self {
+        Self { keys: column.dictionary_keys(), ids: vec![Self::UNKNOWN; column.dictionary_len()] }
+    }
+
+    /// The row's dictionary key, `None` for a plain column or a null row.
+    #[inline]
+    fn key(&self, row: usize) -> Option<u32> {
+        self.keys.map(|keys| keys[row]).filter(|&key| key != StrColumn::NULL_KEY)
+    }
+
+    #[inline]
+    fn get(&self, key: u32) -> Option<u32> {
+        Some(self.ids[key as usize]).filter(|&id| id != Self::UNKNOWN)
+    }
+
+    #[inline]
+    fn set(&mut self, key: u32, id: u32) {
+        self.ids[key as usize] = id;
+    }
+}
+
+struct Merged<'a> {
     users: Vec<UserKey>,
     user: Vec<u32>,
     device: Vec<u32>,
+    event_types: Vec<&'a str>,
+    event_type: Vec<u32>,
     class: Vec<EventClass>,
 }
 
 /// Renumbers the parts' local ids into global ones, in part order, so the
 /// result equals interning all rows on one thread.
-fn merge_interned(locals: Vec<LocalInterned<'_>>, rows: usize) -> Merged {
+fn merge_interned<'a>(locals: Vec<LocalInterned<'a>>, rows: usize) -> Merged<'a> {
     let mut user_index: FastMap<(bool, &str), u32> = FastMap::default();
     let mut device_index: FastMap<&str, u32> = FastMap::default();
+    let mut type_index: FastMap<&str, u32> = FastMap::default();
     let mut merged = Merged {
         users: Vec::new(),
         user: Vec::with_capacity(rows),
         device: Vec::with_capacity(rows),
+        event_types: Vec::new(),
+        event_type: Vec::with_capacity(rows),
         class: Vec::with_capacity(rows),
     };
     for local in locals {
@@ -544,6 +644,17 @@ fn merge_interned(locals: Vec<LocalInterned<'_>>, rows: usize) -> Merged {
             NO_DEVICE => NO_DEVICE,
             device => device_map[device as usize],
         }));
+        let type_map: Vec<u32> = local
+            .types
+            .iter()
+            .map(|&(name, _)| {
+                *type_index.entry(name).or_insert_with(|| {
+                    merged.event_types.push(name);
+                    merged.event_types.len() as u32 - 1
+                })
+            })
+            .collect();
+        merged.event_type.extend(local.event_type.iter().map(|&event_type| type_map[event_type as usize]));
         merged.class.extend_from_slice(&local.class);
     }
     merged
@@ -591,9 +702,9 @@ fn write_sessions(
             length_ms: session.length_ms(),
             event_count: session.event_count,
             end_reason: session.end_reason.as_str(),
-            entry_event_type: entry_chunk.event_type.get(entry_row).unwrap_or(""),
+            entry_event_type: table.event_type_of(session.entry_event),
             entry_page: entry_chunk.page.get(entry_row),
-            exit_event_type: exit_chunk.event_type.get(exit_row).unwrap_or(""),
+            exit_event_type: table.event_type_of(session.exit_event),
             exit_page: exit_chunk.page.get(exit_row),
         };
         if let Err(error) = sink.write(&row) {

@@ -6,14 +6,32 @@
 /// Pushing a row never allocates per row; the buffers grow amortised.
 /// Offsets are `u32`: the readers bound a chunk so that a column stays far
 /// below `u32::MAX` bytes (see `CHUNK_ROWS` and `MAX_FIELD_BYTES`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// A column may instead be *dictionary-encoded* (what the Parquet reader
+/// makes of dictionary-encoded columns such as user ids and event types):
+/// then the buffers hold each distinct value once and every row is a key into
+/// them. Readers see the same rows either way; consumers that intern values
+/// can use [`StrColumn::dictionary_keys`] to do it once per distinct value.
+#[derive(Debug, Clone)]
 pub struct StrColumn {
     /// A `String`, not bytes: reading a row is then a slice, with no UTF-8
     /// check per read (the check happens once, when bytes come in).
     data: String,
     offsets: Vec<u32>,
     valid: Vec<bool>,
+    /// Dictionary mode: the row's index into the values above, or
+    /// [`StrColumn::NULL_KEY`].
+    keys: Option<Vec<u32>>,
 }
+
+/// Columns are equal when their rows are, whatever their encoding.
+impl PartialEq for StrColumn {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for StrColumn {}
 
 impl Default for StrColumn {
     fn default() -> Self {
@@ -31,7 +49,59 @@ impl StrColumn {
     pub fn with_capacity(rows: usize, bytes: usize) -> Self {
         let mut offsets = Vec::with_capacity(rows + 1);
         offsets.push(0);
-        Self { data: String::with_capacity(bytes), offsets, valid: Vec::with_capacity(rows) }
+        Self { data: String::with_capacity(bytes), offsets, valid: Vec::with_capacity(rows), keys: None }
+    }
+
+    /// The key of a null row in a dictionary-encoded column.
+    pub const NULL_KEY: u32 = u32::MAX;
+
+    /// A dictionary-encoded column: `values` holds the distinct values (a
+    /// `None` or empty value reads as `None`), `keys` one index into them per
+    /// row, or [`StrColumn::NULL_KEY`].
+    ///
+    /// # Panics
+    /// If `values` is itself dictionary-encoded or a key is out of range.
+    pub fn from_dictionary(values: StrColumn, keys: Vec<u32>) -> Self {
+        assert!(values.keys.is_none(), "dictionary values must be plain");
+        let count = values.len() as u32;
+        assert!(keys.iter().all(|&k| k < count || k == Self::NULL_KEY), "dictionary key out of range");
+        Self { keys: Some(keys), ..values }
+    }
+
+    /// In dictionary mode, the key of every row (see
+    /// [`StrColumn::dictionary_value`]); `None` for a plain column.
+    #[inline]
+    pub fn dictionary_keys(&self) -> Option<&[u32]> {
+        self.keys.as_deref()
+    }
+
+    /// In dictionary mode, the value of a key, `None` for a null or empty
+    /// value and for [`StrColumn::NULL_KEY`].
+    ///
+    /// # Panics
+    /// If the column is plain or the key is out of range.
+    #[inline]
+    pub fn dictionary_value(&self, key: u32) -> Option<&str> {
+        assert!(self.keys.is_some(), "not a dictionary-encoded column");
+        if key == Self::NULL_KEY { None } else { self.value(key as usize) }
+    }
+
+    /// Number of distinct values of a dictionary-encoded column, 0 for a plain one.
+    pub fn dictionary_len(&self) -> usize {
+        if self.keys.is_some() { self.valid.len() } else { 0 }
+    }
+
+    /// Turns a dictionary-encoded column into a plain one (before appending).
+    #[cold]
+    fn make_plain(&mut self) {
+        let Some(keys) = self.keys.take() else {
+            return;
+        };
+        let dictionary = std::mem::replace(self, Self::with_capacity(keys.len(), 0));
+        for &key in &keys {
+            let value = if key == Self::NULL_KEY { None } else { dictionary.value(key as usize) };
+            self.push(value);
+        }
     }
 
     /// Appends a row: `Some` string (possibly empty) or `None`.
@@ -50,6 +120,7 @@ impl StrColumn {
     /// Appends a `None` row.
     #[inline]
     pub(crate) fn push_null(&mut self) {
+        self.make_plain();
         let end = self.end_offset();
         self.offsets.push(end);
         self.valid.push(false);
@@ -58,6 +129,7 @@ impl StrColumn {
     /// Appends `n` `None` rows.
     #[cfg_attr(not(feature = "parquet"), expect(dead_code, reason = "used by the Parquet reader"))]
     pub(crate) fn push_nulls(&mut self, n: usize) {
+        self.make_plain();
         let end = self.end_offset();
         self.offsets.resize(self.offsets.len() + n, end);
         self.valid.resize(self.valid.len() + n, false);
@@ -66,6 +138,7 @@ impl StrColumn {
     /// Appends a present row.
     #[inline]
     pub(crate) fn push_str(&mut self, value: &str) {
+        self.make_plain();
         self.data.push_str(value);
         self.close_row(true);
     }
@@ -90,6 +163,7 @@ impl StrColumn {
         let (Some(&first), Some(&last)) = (offsets.first(), offsets.last()) else {
             return;
         };
+        self.make_plain();
         let (first, last) = (first.into(), last.into());
         // Arrow string arrays hold valid UTF-8 values, so their concatenation is
         // valid too; one check per batch (SIMD-fast) instead of one per read.
@@ -112,6 +186,7 @@ impl StrColumn {
     /// previous row ended.
     #[inline]
     pub(crate) fn close_row(&mut self, valid: bool) {
+        debug_assert!(self.keys.is_none(), "bytes were appended to a dictionary-encoded column");
         let end = u32::try_from(self.data.len()).expect("StrColumn holds more than u32::MAX bytes");
         self.offsets.push(end);
         self.valid.push(valid);
@@ -129,6 +204,18 @@ impl StrColumn {
     /// If `i >= self.len()`.
     #[inline]
     pub fn get(&self, i: usize) -> Option<&str> {
+        match &self.keys {
+            None => self.value(i),
+            Some(keys) => match keys[i] {
+                Self::NULL_KEY => None,
+                key => self.value(key as usize),
+            },
+        }
+    }
+
+    /// Entry `i` of the buffers: row `i` of a plain column, value `i` of a dictionary.
+    #[inline]
+    fn value(&self, i: usize) -> Option<&str> {
         if !self.valid[i] {
             return None;
         }
@@ -139,16 +226,16 @@ impl StrColumn {
     /// Number of rows.
     #[inline]
     pub fn len(&self) -> usize {
-        self.valid.len()
+        self.keys.as_ref().map_or(self.valid.len(), Vec::len)
     }
 
     /// Whether the column has no rows.
     #[inline]
     pub fn is_empty(&self) -> bool {
-        self.valid.is_empty()
+        self.len() == 0
     }
 
-    /// Total bytes of all values.
+    /// Total bytes of all values (of the distinct values, for a dictionary).
     #[inline]
     pub fn byte_len(&self) -> usize {
         self.data.len()
@@ -161,6 +248,7 @@ impl StrColumn {
 
     /// Removes every row, keeping the allocations.
     pub fn clear(&mut self) {
+        self.keys = None;
         self.data.clear();
         self.offsets.truncate(1);
         self.valid.clear();

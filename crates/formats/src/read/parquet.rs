@@ -21,7 +21,7 @@ use arrow_array::types::{
 };
 use arrow_array::{Array, BooleanArray, GenericStringArray, RecordBatch, StringViewArray};
 use arrow_buffer::NullBuffer;
-use arrow_schema::{DataType, Schema, TimeUnit};
+use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder,
@@ -145,6 +145,7 @@ impl ParquetReader {
         let parquet_error = |e: parquet::errors::ParquetError| fail(ReadErrorKind::Parquet(e.to_string()));
         let metadata = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new()).map_err(parquet_error)?;
         let indices = project(metadata.schema(), &options.fields).map_err(fail)?;
+        let metadata = keep_dictionaries(metadata, &options.fields).map_err(parquet_error)?;
         let mask = ProjectionMask::roots(metadata.parquet_schema(), indices);
         let row_groups = metadata.metadata().row_groups();
         let mut row_group_starts = Vec::with_capacity(row_groups.len() + 1);
@@ -318,6 +319,46 @@ impl super::EventReader for ParquetReader {
     }
 }
 
+/// Reads the repeating string columns (user and device ids, event types,
+/// pages) as Arrow dictionaries when the file stores them dictionary-encoded
+/// in every row group: each distinct value is then decoded and copied once per
+/// batch instead of once per row, and consumers can intern by key.
+fn keep_dictionaries(
+    metadata: ArrowReaderMetadata,
+    fields: &FieldNames,
+) -> Result<ArrowReaderMetadata, parquet::errors::ParquetError> {
+    let schema = metadata.schema();
+    let repeating = [&fields.user_id, &fields.device_id, &fields.event_type, &fields.page];
+    let row_groups = metadata.metadata().row_groups();
+    let mut changed = false;
+    let new_fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(index, field)| {
+            let plain_string = matches!(field.data_type(), DataType::Utf8 | DataType::LargeUtf8);
+            // A flat schema (what `project` admits): root index = leaf index.
+            let dictionary_encoded = !row_groups.is_empty()
+                && row_groups
+                    .iter()
+                    .all(|group| index < group.num_columns() && group.column(index).dictionary_page_offset().is_some());
+            if plain_string && dictionary_encoded && repeating.contains(&field.name()) {
+                changed = true;
+                let dictionary = DataType::Dictionary(Box::new(DataType::Int32), Box::new(field.data_type().clone()));
+                field.as_ref().clone().with_data_type(dictionary)
+            } else {
+                field.as_ref().clone()
+            }
+        })
+        .collect();
+    let flat = schema.fields().len() == metadata.parquet_schema().num_columns();
+    if !changed || !flat {
+        return Ok(metadata);
+    }
+    let schema = Arc::new(Schema::new_with_metadata(new_fields, schema.metadata().clone()));
+    ArrowReaderMetadata::try_new(metadata.metadata().clone(), ArrowReaderOptions::new().with_schema(schema))
+}
+
 /// Checks the schema and returns the root indexes of the columns to decode.
 fn project(schema: &Schema, fields: &FieldNames) -> Result<Vec<usize>, ReadErrorKind> {
     let mut indices = Vec::new();
@@ -440,9 +481,9 @@ enum StrSource<'a> {
     Utf8(&'a GenericStringArray<i32>),
     LargeUtf8(&'a GenericStringArray<i64>),
     View(&'a StringViewArray),
-    /// Keys normalised to indexes into `values`; `None` for a null key.
+    /// Keys normalised to indexes into `values`; [`StrColumn::NULL_KEY`] for a null key.
     Dictionary {
-        keys: Vec<Option<usize>>,
+        keys: Vec<u32>,
         values: Box<StrSource<'a>>,
     },
     Int {
@@ -464,14 +505,18 @@ impl<'a> StrSource<'a> {
                 let dictionary = array.as_any_dictionary();
                 let values = dictionary.values();
                 let keys = if values.is_empty() {
-                    vec![None; array.len()]
+                    vec![StrColumn::NULL_KEY; array.len()]
                 } else {
+                    // A chunk has at most `CHUNK_ROWS` rows, so keys fit in `u32`.
                     let nulls = dictionary.keys().logical_nulls();
                     dictionary
                         .normalized_keys()
                         .into_iter()
                         .enumerate()
-                        .map(|(i, k)| nulls.as_ref().is_none_or(|n| n.is_valid(i)).then_some(k))
+                        .map(|(i, k)| match &nulls {
+                            Some(n) if n.is_null(i) => StrColumn::NULL_KEY,
+                            _ => k as u32,
+                        })
                         .collect()
                 };
                 StrSource::Dictionary { keys, values: Box::new(StrSource::new(Some(values.as_ref()))) }
@@ -510,8 +555,8 @@ impl<'a> StrSource<'a> {
                 }
             }
             StrSource::Dictionary { keys, values } => match keys[i] {
-                Some(k) => values.value(k),
-                None => Value::Null,
+                StrColumn::NULL_KEY => Value::Null,
+                k => values.value(k as usize),
             },
             StrSource::Int { values, nulls } => {
                 if nulls.is_some_and(|n| n.is_null(i)) {
@@ -554,7 +599,7 @@ impl<'a> StrSource<'a> {
             StrSource::Dictionary { keys, values } => {
                 let values = values.summary();
                 Summary {
-                    every_row_present: values.every_row_present && keys.iter().all(Option::is_some),
+                    every_row_present: values.every_row_present && keys.iter().all(|&k| k != StrColumn::NULL_KEY),
                     lengths_ok: values.lengths_ok,
                 }
             }
@@ -575,6 +620,20 @@ impl<'a> StrSource<'a> {
             }
         }
         match (self, rows) {
+            // Dictionary in, dictionary out: each distinct value is copied once.
+            (StrSource::Dictionary { keys, values }, rows)
+                if column.is_empty()
+                    && matches!(**values, StrSource::Utf8(_) | StrSource::LargeUtf8(_))
+                    && values.summary().lengths_ok =>
+            {
+                let mut distinct = StrColumn::with_capacity(0, 0);
+                values.append(&mut distinct, None, 0, true);
+                let keys = match rows {
+                    None => keys.clone(),
+                    Some(rows) => rows.iter().map(|&i| keys[i]).collect(),
+                };
+                *column = StrColumn::from_dictionary(distinct, keys);
+            }
             (StrSource::Utf8(a), None) if bulk => extend(column, a),
             (StrSource::LargeUtf8(a), None) if bulk => extend(column, a),
             (StrSource::Absent, None) => column.push_nulls(len),

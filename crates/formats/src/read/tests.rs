@@ -247,3 +247,33 @@ fn str_column_layout() {
     column.push(Some("z"));
     assert_eq!(column.get(0), Some("z"));
 }
+
+#[test]
+fn str_column_dictionary_mode() {
+    let values = {
+        let mut values = StrColumn::new();
+        values.push(Some("a"));
+        values.push(None);
+        values.push(Some("b"));
+        values
+    };
+    let null = StrColumn::NULL_KEY;
+    let mut column = StrColumn::from_dictionary(values, vec![0, 2, null, 1, 0]);
+    assert_eq!(column.len(), 5);
+    assert_eq!(column.iter().collect::<Vec<_>>(), [Some("a"), Some("b"), None, None, Some("a")]);
+    assert_eq!(column.dictionary_keys(), Some(&[0, 2, null, 1, 0][..]));
+    assert_eq!(column.dictionary_len(), 3);
+    assert_eq!(
+        (column.dictionary_value(2), column.dictionary_value(1), column.dictionary_value(null)),
+        (Some("b"), None, None)
+    );
+    let mut plain = StrColumn::new();
+    for value in [Some("a"), Some("b"), None, None, Some("a")] {
+        plain.push(value);
+    }
+    assert_eq!(column, plain, "equal by rows, whatever the encoding");
+    // Appending turns it plain, keeping every row.
+    column.push(Some("c"));
+    assert!(column.dictionary_keys().is_none());
+    assert_eq!(column.iter().collect::<Vec<_>>(), [Some("a"), Some("b"), None, None, Some("a"), Some("c")]);
+}

@@ -292,3 +292,42 @@ fn bad_values_in_typed_columns() {
         assert_eq!(reader.skipped_rows(), 1);
     }
 }
+
+#[test]
+fn dictionary_encoded_columns_stay_dictionaries() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("dictionary.parquet");
+    let expected = sample_events();
+    // The writer dictionary-encodes every column by default.
+    write_events(&path, &expected);
+    let mut reader = open_event_reader(&path, &ReadOptions::default()).expect("open");
+    let chunk = reader.next_chunk().expect("read").expect("a chunk");
+    for (name, column) in
+        [("user_id", &chunk.user_id), ("device_id", &chunk.device_id), ("event_type", &chunk.event_type)]
+    {
+        assert!(column.dictionary_keys().is_some(), "{name} is read as a dictionary");
+    }
+    // Unique per row: not worth a dictionary.
+    assert!(chunk.insert_id.dictionary_keys().is_none());
+    assert_eq!(without_lines(&events_of(&chunk)), expected);
+
+    // A file written without dictionaries reads the same, as plain columns.
+    let plain = dir.path().join("plain.parquet");
+    let batch = RecordBatch::try_from_iter(vec![
+        ("user_id", strings(&[Some("u1"), None, Some("u1")])),
+        ("device_id", strings(&[None, Some("d1"), Some("d1")])),
+        ("event_type", strings(&[Some("a"), Some("b"), Some("a")])),
+        ("time", Arc::new(Int64Array::from(vec![1_767_610_800_000, 1_767_610_800_001, 1_767_610_800_002])) as ArrayRef),
+    ])
+    .expect("batch");
+    let properties = WriterProperties::builder().set_dictionary_enabled(false).build();
+    let mut writer =
+        ArrowWriter::try_new(std::fs::File::create(&plain).unwrap(), batch.schema(), Some(properties)).expect("writer");
+    writer.write(&batch).expect("write");
+    writer.close().expect("close");
+    let mut reader = open_event_reader(&plain, &ReadOptions::default()).expect("open");
+    let chunk = reader.next_chunk().expect("read").expect("a chunk");
+    assert!(chunk.user_id.dictionary_keys().is_none());
+    assert_eq!(chunk.user_id.iter().collect::<Vec<_>>(), [Some("u1"), None, Some("u1")]);
+    assert_eq!(chunk.device_id.iter().collect::<Vec<_>>(), [None, Some("d1"), Some("d1")]);
+}
