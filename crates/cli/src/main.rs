@@ -1,10 +1,13 @@
 //! `sessionizer`: the binary and the composition root.
 //!
 //! This is the only crate that parses command lines, talks to the terminal and
-//! exits the process. It composes `sessionizer-formats` (files) with
-//! `sessionizer-engine` (what a session is).
+//! exits the process. It composes `sessionizer-formats` (files),
+//! `sessionizer-engine` (what a session is), `sessionizer-store` (durable
+//! storage) and `sessionizer-server` (HTTP).
 
 mod duration;
+mod project;
+mod serve;
 mod sessionize;
 
 use std::process::ExitCode;
@@ -21,7 +24,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    Sessionize(sessionize::SessionizeArgs),
+    Serve(serve::ServeArgs),
+    Sessionize(Box<sessionize::SessionizeArgs>),
+    Project(project::ProjectArgs),
+    Rebuild(project::RebuildArgs),
 }
 
 /// Exit codes, in the spirit of sysexits.h; documented in README.md.
@@ -31,10 +37,16 @@ pub(crate) enum Failure {
     Usage = 2,
     /// A malformed input row or file.
     DataError = 65,
-    /// An input file that cannot be opened.
+    /// An input file (or data directory) that cannot be opened.
     NoInput = 66,
+    /// A service the command needs is unavailable (address in use, data directory held by another server).
+    Unavailable = 69,
+    /// An internal or storage error.
+    Software = 70,
     /// Writing the output failed.
     OutputError = 74,
+    /// Try again later (e.g. a rebuild while a server is running).
+    TempFail = 75,
 }
 
 /// An error that knows its exit code; anything else exits with 1.
@@ -61,7 +73,10 @@ impl std::error::Error for Exit {}
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Sessionize(args) => sessionize::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Sessionize(args) => sessionize::run(*args),
+        Command::Project(args) => project::run(args),
+        Command::Rebuild(args) => project::rebuild(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

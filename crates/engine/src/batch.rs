@@ -46,6 +46,11 @@ pub struct BatchSession {
     pub start_ms: i64,
     /// The last active event's time.
     pub end_ms: i64,
+    /// The last event's time, passive events included (`>= end_ms`): the
+    /// session's events are exactly the user's non-excluded events in
+    /// `[start_ms, last_event_ms]`, which lets a store find an event's session
+    /// by its time alone.
+    pub last_event_ms: i64,
     /// Active and passive events.
     pub event_count: u64,
     /// Row of the first event.
@@ -212,6 +217,7 @@ fn scan_user(user: u32, keys: &[SortKey], rules: &SessionRules, result: &mut Bat
         user,
         start_ms: span.start_ms,
         end_ms: span.end_ms,
+        last_event_ms: span.last_event_ms,
         event_count: span.event_count,
         entry_event: keys[span.entry_pos].row,
         exit_event: keys[span.exit_pos].row,

@@ -49,6 +49,9 @@ pub struct SessionRecord {
     pub start_ms: i64,
     /// The last active event's time.
     pub end_ms: i64,
+    /// The last event's time, passive events included (see
+    /// [`crate::BatchSession::last_event_ms`]).
+    pub last_event_ms: i64,
     /// Active and passive events.
     pub event_count: u64,
     pub entry_event_type: Arc<str>,
@@ -252,6 +255,12 @@ impl Sessionizer {
         records
     }
 
+    /// Sessions held that are not concluded yet (for metrics).
+    pub fn open_session_count(&self) -> usize {
+        let records = self.users.values().flat_map(|user| &user.islands).flat_map(|island| &island.records);
+        records.filter(|record| !record.concluded).count()
+    }
+
     /// The number of users and events held, for metrics and bound checks.
     pub fn state_size(&self) -> (usize, usize) {
         (self.users.len(), self.users.values().map(UserState::point_count).sum())
@@ -424,6 +433,7 @@ impl Sessionizer {
                 session_uid: session_uid(&self.config.project, key, span.start_ms),
                 start_ms: span.start_ms,
                 end_ms: span.end_ms,
+                last_event_ms: span.last_event_ms,
                 event_count: span.event_count,
                 entry_event_type: entry.event_type.clone(),
                 entry_page: entry.page.clone(),

@@ -46,6 +46,10 @@ impl EndReason {
 pub(crate) struct Span {
     pub(crate) start_ms: i64,
     pub(crate) end_ms: i64,
+    /// The last event's time, passive ones included: every event of the
+    /// session lies in `[start_ms, last_event_ms]`, and no other event of the
+    /// user that is not excluded does.
+    pub(crate) last_event_ms: i64,
     pub(crate) event_count: u64,
     pub(crate) entry_pos: usize,
     pub(crate) exit_pos: usize,
@@ -105,6 +109,7 @@ impl ScanState {
         if !active {
             if within_timeout && same_day {
                 open.event_count += 1;
+                open.last_event_ms = time_ms;
                 return Step::Joined;
             }
             return Step::Orphan;
@@ -121,6 +126,7 @@ impl ScanState {
         match split {
             None => {
                 open.end_ms = time_ms;
+                open.last_event_ms = time_ms;
                 open.event_count += 1;
                 open.exit_pos = pos;
                 Step::Joined
@@ -134,7 +140,14 @@ impl ScanState {
     }
 
     fn open_at(&mut self, rules: &SessionRules, time_ms: i64, pos: usize) {
-        self.open = Some(Span { start_ms: time_ms, end_ms: time_ms, event_count: 1, entry_pos: pos, exit_pos: pos });
+        self.open = Some(Span {
+            start_ms: time_ms,
+            end_ms: time_ms,
+            last_event_ms: time_ms,
+            event_count: 1,
+            entry_pos: pos,
+            exit_pos: pos,
+        });
         if let Some(time_zone) = rules.midnight_time_zone() {
             let cached = self.day_ms.is_some_and(|(start, end)| (start..end).contains(&time_ms));
             if !cached {

@@ -29,4 +29,7 @@ pub use time::{
     EVENT_TIME_MAX_MS, EVENT_TIME_MIN_MS, TimeError, parse_event_time, parse_event_time_int, parse_event_time_number,
     parse_event_time_u64,
 };
-pub use write::{EventRow, EventSink, SessionRow, SessionSink, create_event_writer, create_session_writer};
+pub use write::{
+    EventRow, EventSink, SessionRow, SessionSink, create_event_writer, create_session_writer, event_writer_to,
+    session_writer_to,
+};

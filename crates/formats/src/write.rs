@@ -75,6 +75,16 @@ pub fn create_event_writer(path: Option<&Path>) -> Result<Box<dyn EventSink>, Wr
     Ok(Box::new(Writer::<EventRow<'static>>::create(path)?))
 }
 
+/// Writes sessions in `format` to any byte sink (an HTTP response body, say).
+pub fn session_writer_to(format: FileFormat, out: Box<dyn Write + Send>) -> Result<Box<dyn SessionSink>, WriteError> {
+    Ok(Box::new(Writer::<SessionRow<'static>>::to_writer(format, out)?))
+}
+
+/// Writes events in `format` to any byte sink (an HTTP response body, say).
+pub fn event_writer_to(format: FileFormat, out: Box<dyn Write + Send>) -> Result<Box<dyn EventSink>, WriteError> {
+    Ok(Box::new(Writer::<EventRow<'static>>::to_writer(format, out)?))
+}
+
 /// The type of a column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -185,9 +195,10 @@ impl<R: Row> Writer<R> {
                     FileFormat::Ndjson => Format::Ndjson(NdjsonOut::new(Box::new(File::create(path)?))),
                     FileFormat::Csv => Format::Csv(Box::new(CsvOut::new(Box::new(File::create(path)?), R::COLUMNS)?)),
                     #[cfg(feature = "parquet")]
-                    FileFormat::Parquet => {
-                        Format::Parquet(Box::new(parquet_out::ParquetOut::new(File::create(path)?, R::COLUMNS)?))
-                    }
+                    FileFormat::Parquet => Format::Parquet(Box::new(parquet_out::ParquetOut::new(
+                        Box::new(File::create(path)?),
+                        R::COLUMNS,
+                    )?)),
                     #[cfg(not(feature = "parquet"))]
                     FileFormat::Parquet => {
                         return Err(WriteError::Parquet(
@@ -195,6 +206,22 @@ impl<R: Row> Writer<R> {
                         ));
                     }
                 }
+            }
+        };
+        Ok(Self { format, _row: std::marker::PhantomData })
+    }
+
+    fn to_writer(format: FileFormat, out: Box<dyn Write + Send>) -> Result<Self, WriteError> {
+        let format = match format {
+            FileFormat::Ndjson => Format::Ndjson(NdjsonOut::new(out)),
+            FileFormat::Csv => Format::Csv(Box::new(CsvOut::new(out, R::COLUMNS)?)),
+            #[cfg(feature = "parquet")]
+            FileFormat::Parquet => Format::Parquet(Box::new(parquet_out::ParquetOut::new(out, R::COLUMNS)?)),
+            #[cfg(not(feature = "parquet"))]
+            FileFormat::Parquet => {
+                return Err(WriteError::Parquet(
+                    "this build has no Parquet support (cargo feature \"parquet\")".to_owned(),
+                ));
             }
         };
         Ok(Self { format, _row: std::marker::PhantomData })
@@ -403,7 +430,7 @@ impl Visit for CsvVisit<'_> {
 mod parquet_out {
     //! Parquet through arrow builders; a row group every [`ROW_GROUP_ROWS`].
 
-    use std::fs::File;
+    use std::io::Write;
     use std::sync::Arc;
 
     use arrow_array::builder::{BooleanBuilder, Int64Builder, StringBuilder, UInt64Builder};
@@ -441,7 +468,7 @@ mod parquet_out {
     }
 
     pub(super) struct ParquetOut {
-        writer: ArrowWriter<File>,
+        writer: ArrowWriter<Box<dyn Write + Send>>,
         schema: SchemaRef,
         builders: Vec<Builder>,
         rows: usize,
@@ -452,7 +479,7 @@ mod parquet_out {
     }
 
     impl ParquetOut {
-        pub(super) fn new(file: File, columns: &[(&str, Kind)]) -> Result<Self, WriteError> {
+        pub(super) fn new(file: Box<dyn Write + Send>, columns: &[(&str, Kind)]) -> Result<Self, WriteError> {
             let fields: Vec<Field> = columns
                 .iter()
                 .map(|&(name, kind)| {
@@ -526,8 +553,8 @@ mod parquet_out {
 
         pub(super) fn finish(mut self) -> Result<(), WriteError> {
             self.flush()?;
-            let file = self.writer.into_inner().map_err(parquet_error)?;
-            file.sync_all().ok();
+            let mut out = self.writer.into_inner().map_err(parquet_error)?;
+            out.flush()?;
             Ok(())
         }
     }

@@ -38,6 +38,7 @@ struct Canon {
     key: UserKey,
     start_ms: i64,
     end_ms: i64,
+    last_event_ms: i64,
     event_count: u64,
     entry: (String, Option<String>),
     exit: (String, Option<String>),
@@ -162,6 +163,7 @@ fn reference(case: &Case) -> Vec<Canon> {
             if !active {
                 if gap_ok && same_day {
                     session.event_count += 1;
+                    session.last_event_ms = event.time_ms;
                 }
                 continue;
             }
@@ -183,6 +185,7 @@ fn reference(case: &Case) -> Vec<Canon> {
                 }
                 None => {
                     session.end_ms = event.time_ms;
+                    session.last_event_ms = event.time_ms;
                     session.event_count += 1;
                     session.exit = label;
                     *exit_device = event.device;
@@ -215,6 +218,7 @@ fn new_session(key: &UserKey, time_ms: i64, label: (String, Option<String>)) -> 
         key: key.clone(),
         start_ms: time_ms,
         end_ms: time_ms,
+        last_event_ms: time_ms,
         event_count: 1,
         entry: label.clone(),
         exit: label,
@@ -260,18 +264,28 @@ fn batch(case: &Case) -> Vec<Canon> {
         .filter(|&row| class[row] == EventClass::Passive && result.event_session[row] == NO_SESSION)
         .count() as u64;
     assert_eq!(result.passive_without_session, orphans);
-    // Every event is in the session the kernel says, or in none for a reason.
+    // Every event is in the session the kernel says, or in none for a reason;
+    // and its session is the one whose `[start_ms, last_event_ms]` holds its
+    // time (what a store's as-of join relies on).
     for (row, &index) in result.event_session.iter().enumerate() {
+        let by_time = result.sessions.iter().position(|s| {
+            s.user == user[row]
+                && class[row] != EventClass::Excluded
+                && (s.start_ms..=s.last_event_ms).contains(&time_ms[row])
+        });
         if index == NO_SESSION {
             assert_ne!(class[row], EventClass::Active, "an active event is always in a session");
+            assert_eq!(by_time, None, "an event outside sessions is in no session's time range");
             continue;
         }
         let session = &result.sessions[index as usize];
         assert_eq!(session.user, user[row]);
-        assert!(session.start_ms <= time_ms[row]);
+        assert!(session.start_ms <= time_ms[row] && time_ms[row] <= session.last_event_ms);
+        assert!(session.end_ms <= session.last_event_ms);
         if class[row] == EventClass::Active {
             assert!(time_ms[row] <= session.end_ms);
         }
+        assert_eq!(by_time, Some(index as usize), "the time range finds the event's session");
     }
     let label = |row: u32| {
         let e = events[row as usize];
@@ -284,6 +298,7 @@ fn batch(case: &Case) -> Vec<Canon> {
             key: keys[s.user as usize].clone(),
             start_ms: s.start_ms,
             end_ms: s.end_ms,
+            last_event_ms: s.last_event_ms,
             event_count: s.event_count,
             entry: label(s.entry_event),
             exit: label(s.exit_event),
@@ -311,6 +326,7 @@ fn canon_of(record: &SessionRecord) -> Canon {
         key: record.user.clone(),
         start_ms: record.start_ms,
         end_ms: record.end_ms,
+        last_event_ms: record.last_event_ms,
         event_count: record.event_count,
         entry: (record.entry_event_type.to_string(), record.entry_page.as_deref().map(str::to_string)),
         exit: (record.exit_event_type.to_string(), record.exit_page.as_deref().map(str::to_string)),

@@ -1,0 +1,127 @@
+//! `sessionizer serve`: configuration (file, environment, flags), logging,
+//! signals, and the server from `sessionizer-server`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Args;
+use serde::Deserialize;
+use sessionizer_server::{ServeError, ServerConfig};
+
+use crate::{Exit, Failure};
+
+/// Default data directory, relative to the working directory.
+pub(crate) const DEFAULT_DATA_DIR: &str = "sessionizer-data";
+/// Default listen address: loopback only, so nothing is exposed by accident.
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Largest configuration file read.
+const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// Run the server: ingest events over HTTP, sessionize them live, store them durably.
+///
+/// Settings come from flags, then environment variables, then the TOML file
+/// given by --config (keys `data`, `listen`, `log_format`), then defaults.
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Data directory (created if missing) [default: ./sessionizer-data].
+    #[arg(long, value_name = "DIR", env = "SESSIONIZER_DATA")]
+    data: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR", env = "SESSIONIZER_LISTEN")]
+    listen: Option<String>,
+    /// A TOML configuration file.
+    #[arg(long, value_name = "FILE", env = "SESSIONIZER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format: text or json [default: text].
+    #[arg(long, value_name = "FORMAT", env = "SESSIONIZER_LOG_FORMAT")]
+    log_format: Option<String>,
+}
+
+/// The configuration file's keys.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    data: Option<PathBuf>,
+    listen: Option<String>,
+    log_format: Option<String>,
+}
+
+fn read_config(path: &Path) -> Result<ConfigFile, Exit> {
+    let usage = |message: String| Exit::new(Failure::Usage, anyhow::anyhow!(message));
+    let metadata =
+        std::fs::metadata(path).map_err(|e| usage(format!("cannot read config file {}: {e}", path.display())))?;
+    if metadata.len() > MAX_CONFIG_BYTES {
+        return Err(usage(format!("config file {} is larger than {MAX_CONFIG_BYTES} bytes", path.display())));
+    }
+    let text =
+        std::fs::read_to_string(path).map_err(|e| usage(format!("cannot read config file {}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| usage(format!("invalid config file {}: {e}", path.display())))
+}
+
+pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let file = match &args.config {
+        Some(path) => read_config(path)?,
+        None => ConfigFile::default(),
+    };
+    let data_dir = args.data.or(file.data).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    let listen_text = args.listen.or(file.listen).unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+    let listen: SocketAddr = listen_text.parse().map_err(|_| {
+        Exit::new(
+            Failure::Usage,
+            anyhow::anyhow!("invalid listen address {listen_text:?}: use IP:PORT, e.g. 127.0.0.1:8080"),
+        )
+    })?;
+    let log_format = args.log_format.or(file.log_format).unwrap_or_else(|| "text".to_string());
+    init_logging(&log_format)?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
+    let config = ServerConfig { data_dir, listen };
+    runtime.block_on(sessionizer_server::serve(config, shutdown_signal())).map_err(|error| {
+        let failure = match error {
+            ServeError::Listen { .. } | ServeError::DataDirInUse(_) => Failure::Unavailable,
+            ServeError::Store(_) | ServeError::Io(_) => Failure::Software,
+        };
+        Exit::new(failure, error).into()
+    })
+}
+
+fn init_logging(format: &str) -> Result<(), Exit> {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SESSIONIZER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(colour).with_writer(std::io::stderr);
+    match format {
+        "text" => builder.init(),
+        "json" => builder.json().init(),
+        other => {
+            return Err(Exit::new(Failure::Usage, anyhow::anyhow!("invalid log format {other:?}: use text or json")));
+        }
+    }
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown requested: draining in-flight requests");
+}

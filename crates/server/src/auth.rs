@@ -1,0 +1,89 @@
+//! API keys: `Authorization: Bearer <key>`, checked against the stored
+//! hashes, which are held in memory and refreshed from the store every second
+//! (so keys created or revoked by `sessionizer project` take effect within a
+//! second while the server runs).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, header};
+use sessionizer_store::{ApiKey, KeyHash, KeyRole, MAX_KEY_BYTES, Store, StoreError, constant_time_eq, hash_key};
+
+use crate::error::ApiError;
+
+/// How often keys are re-read from the store.
+const REFRESH: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+pub(crate) struct Keys {
+    by_hash: RwLock<HashMap<KeyHash, ApiKey>>,
+}
+
+impl Keys {
+    pub(crate) fn load(store: &Store) -> Result<Keys, StoreError> {
+        let keys = Keys { by_hash: RwLock::new(HashMap::new()) };
+        keys.replace(store.api_keys()?);
+        Ok(keys)
+    }
+
+    fn replace(&self, keys: Vec<ApiKey>) {
+        let map = keys.into_iter().map(|key| (key.hash, key)).collect();
+        *self.by_hash.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = map;
+    }
+
+    /// The project a request may act on with `role`, or why not.
+    pub(crate) fn authorize(&self, headers: &HeaderMap, role: KeyRole) -> Result<i64, ApiError> {
+        let value = headers.get(header::AUTHORIZATION).ok_or(ApiError::MissingKey)?;
+        let value = value.to_str().map_err(|_| ApiError::BadKey)?.trim();
+        let (scheme, key) = value.split_once(' ').ok_or(ApiError::MissingKey)?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(ApiError::MissingKey);
+        }
+        let key = key.trim();
+        if key.is_empty() || key.len() > MAX_KEY_BYTES {
+            return Err(ApiError::BadKey);
+        }
+        let hash = hash_key(key);
+        let keys = self.by_hash.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // The map is keyed by the hash, never by the key itself; the final
+        // comparison is constant-time all the same.
+        let found =
+            keys.get(&hash).filter(|k| constant_time_eq(&k.hash, &hash) && !k.revoked).ok_or(ApiError::BadKey)?;
+        if found.role != role {
+            return Err(ApiError::Forbidden(match role {
+                KeyRole::Write => "ingest events (use the project's write key)",
+                KeyRole::Read => "read data (use the project's read key)",
+            }));
+        }
+        Ok(found.project_id)
+    }
+}
+
+/// Re-reads the keys every [`REFRESH`] until aborted.
+pub(crate) async fn refresh_periodically(keys: Arc<Keys>, data_dir: PathBuf) {
+    let mut reader: Option<Store> = None;
+    loop {
+        tokio::time::sleep(REFRESH).await;
+        let dir = data_dir.clone();
+        let taken = reader.take();
+        let result = tokio::task::spawn_blocking(move || {
+            let store = match taken {
+                Some(store) => store,
+                None => Store::open_reader(&dir)?,
+            };
+            let keys = store.api_keys()?;
+            Ok::<_, StoreError>((store, keys))
+        })
+        .await;
+        match result {
+            Ok(Ok((store, loaded))) => {
+                keys.replace(loaded);
+                reader = Some(store);
+            }
+            Ok(Err(error)) => tracing::warn!(%error, "cannot refresh API keys"),
+            Err(error) => tracing::warn!(%error, "cannot refresh API keys"),
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! The one mapping from errors to HTTP statuses and JSON bodies.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use sessionizer_store::StoreError;
+
+/// One problem with one event of a batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EventProblem {
+    /// Position of the event in the request's `events` array.
+    pub index: usize,
+    pub field: String,
+    pub message: String,
+}
+
+/// Every error a route can answer with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{} invalid events; none of the batch was stored", .0.len())]
+    InvalidEvents(Vec<EventProblem>),
+    #[error("missing API key: send `Authorization: Bearer <key>`")]
+    MissingKey,
+    #[error("unknown or revoked API key")]
+    BadKey,
+    #[error("this key may not {0}")]
+    Forbidden(&'static str),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("the server is busy: retry later")]
+    Busy,
+    #[error("the server is not accepting writes: {0}")]
+    Unavailable(String),
+    #[error("the disk is full: nothing of this request was stored")]
+    DiskFull,
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) | ApiError::InvalidEvents(_) => StatusCode::BAD_REQUEST,
+            ApiError::MissingKey | ApiError::BadKey => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Busy | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::DiskFull => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A stable, machine-readable name.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::InvalidEvents(_) => "invalid_events",
+            ApiError::MissingKey => "missing_key",
+            ApiError::BadKey => "bad_key",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::TooLarge(_) => "too_large",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::Busy => "busy",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::DiskFull => "disk_full",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::DiskFull(_) => ApiError::DiskFull,
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: ErrorBody<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: &'a str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    events: Option<&'a [EventProblem]>,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if let ApiError::Internal(detail) = &self {
+            // Logged once, here; the client gets no internals.
+            tracing::error!(error = %detail, "internal error");
+        }
+        let events = match &self {
+            ApiError::InvalidEvents(problems) => Some(problems.as_slice()),
+            _ => None,
+        };
+        let body = Body { error: ErrorBody { code: self.code(), message: self.to_string(), events } };
+        let mut response = (status, axum::Json(body)).into_response();
+        if matches!(self, ApiError::Busy | ApiError::Unavailable(_)) {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

@@ -1,0 +1,284 @@
+//! sessionizer's HTTP server: the only crate that knows HTTP.
+//!
+//! Routes (see `docs/http-api.md`):
+//! * `POST /v1/events` (write key): ingest a batch; 200 only once it is durable.
+//! * `GET /v1/sessions?user_id=|device_id=` (read key): a user's sessions.
+//! * `GET /v1/users/{user_id}` (read key): app usage of one user.
+//! * `GET /v1/export/events?from_ms=&to_ms=&format=` (read key): events with their session.
+//! * `GET /healthz`, `GET /readyz`, `GET /metrics`.
+//!
+//! Writes go through one writer thread ([`writer`]); reads use a small pool
+//! of read-only connections on blocking threads, so neither blocks the runtime.
+
+mod auth;
+mod error;
+mod ingest;
+pub mod limits;
+mod metrics;
+mod reads;
+mod writer;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use sessionizer_store::{KeyRole, Store, StoreError};
+use tokio::sync::oneshot;
+
+pub use error::{ApiError, EventProblem};
+pub use ingest::{decode_body, parse_batch};
+pub use writer::Ingested;
+
+use crate::auth::Keys;
+use crate::metrics::{Metrics, RejectReason};
+use crate::reads::Readers;
+use crate::writer::{WriteRequest, WriterHandle};
+
+/// What `serve` needs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+}
+
+/// Errors that stop the server from starting or running.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("another sessionizer server is using {0} (its lock file is held)")]
+    DataDirInUse(PathBuf),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Name of the lock file a running server holds in its data directory.
+pub const LOCK_FILE: &str = "server.lock";
+
+/// Whether a server currently holds the lock on `data_dir`.
+pub fn server_running(data_dir: &std::path::Path) -> bool {
+    let Ok(file) = std::fs::OpenOptions::new().read(true).write(true).open(data_dir.join(LOCK_FILE)) else {
+        return false;
+    };
+    match file.try_lock() {
+        Ok(()) => false,
+        Err(std::fs::TryLockError::WouldBlock) => true,
+        Err(std::fs::TryLockError::Error(_)) => false,
+    }
+}
+
+#[derive(Debug, Clone)]
+struct AppState {
+    writer: WriterHandle,
+    keys: Arc<Keys>,
+    readers: Arc<Readers>,
+    metrics: Arc<Metrics>,
+}
+
+/// Runs the server until `shutdown` resolves, then drains in-flight requests,
+/// lets the writer finish its queue and returns.
+pub async fn serve(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let store = Store::open(&config.data_dir)?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(config.data_dir.join(LOCK_FILE))?;
+    if lock.try_lock().is_err() {
+        return Err(ServeError::DataDirInUse(config.data_dir.clone()));
+    }
+    let metrics = Arc::new(Metrics::default());
+    let readers = Arc::new(Readers::new(config.data_dir.clone()));
+    let keys = Arc::new(Keys::load(&store)?);
+    let (writer, writer_thread) = writer::start(store, metrics.clone())?;
+    let state = AppState { writer, keys: keys.clone(), readers, metrics };
+    let refresher = tokio::spawn(auth::refresh_periodically(keys, config.data_dir.clone()));
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Listen { addr: config.listen, source })?;
+    let local = listener.local_addr()?;
+    tracing::info!(listen = %local, data = %config.data_dir.display(), "sessionizer serving");
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await?;
+    tracing::info!("HTTP server stopped; finishing queued writes");
+    refresher.abort();
+    // The router (and with it every writer handle) is gone: the writer drains its queue and stops.
+    tokio::task::spawn_blocking(move || writer_thread.join())
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?
+        .map_err(|_| std::io::Error::other("the writer thread panicked"))?;
+    drop(lock);
+    Ok(())
+}
+
+fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/events", post(ingest_events))
+        .route("/v1/sessions", get(list_sessions))
+        .route("/v1/users/{user_id}", get(user_usage))
+        .route("/v1/export/events", get(export_events))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .with_state(state)
+}
+
+async fn ingest_events(State(state): State<AppState>, request: Request) -> Response {
+    let started = Instant::now();
+    let response = match ingest(&state, request).await {
+        Ok(ingested) => {
+            let body = serde_json::json!({"accepted": ingested.accepted, "duplicates": ingested.duplicates});
+            (StatusCode::OK, axum::Json(body)).into_response()
+        }
+        Err(error) => error.into_response(),
+    };
+    state.metrics.ingest_latency.observe(started.elapsed());
+    response
+}
+
+async fn ingest(state: &AppState, request: Request) -> Result<Ingested, ApiError> {
+    let (parts, body) = request.into_parts();
+    let project = state.keys.authorize(&parts.headers, KeyRole::Write).inspect_err(|_| {
+        state.metrics.reject(RejectReason::Unauthorized, 1);
+    })?;
+    let body = axum::body::to_bytes(body, limits::MAX_BODY_BYTES).await.map_err(|_| {
+        state.metrics.reject(RejectReason::TooLarge, 1);
+        ApiError::TooLarge(format!("the body exceeds {} bytes", limits::MAX_BODY_BYTES))
+    })?;
+    let encoding = parts.headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok());
+    let now = jiff::Timestamp::now().as_millisecond();
+    let events = decode_body(encoding, &body).and_then(|body| parse_batch(&body, now)).inspect_err(|error| {
+        let reason =
+            if matches!(error, ApiError::TooLarge(_)) { RejectReason::TooLarge } else { RejectReason::Invalid };
+        state.metrics.reject(reason, 1);
+    })?;
+    let count = events.len() as u64;
+    let (reply, answer) = oneshot::channel();
+    state.writer.submit(WriteRequest { project, events, reply }).inspect_err(|error| {
+        let reason = if matches!(error, ApiError::Busy) { RejectReason::Busy } else { RejectReason::Unavailable };
+        state.metrics.reject(reason, count);
+    })?;
+    let result = answer.await.map_err(|_| ApiError::Unavailable("the writer stopped".into()))?;
+    result.inspect_err(|error| {
+        let reason =
+            if matches!(error, ApiError::DiskFull) { RejectReason::DiskFull } else { RejectReason::Unavailable };
+        state.metrics.reject(reason, count);
+    })
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SessionsQuery {
+    user_id: Option<String>,
+    device_id: Option<String>,
+}
+
+async fn list_sessions(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<SessionsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let project = state.keys.authorize(&headers, KeyRole::Read)?;
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let user = match (query.user_id.filter(|u| !u.is_empty()), query.device_id.filter(|d| !d.is_empty())) {
+        (Some(user_id), None) => sessionizer_engine::UserKey::User(user_id.into()),
+        (None, Some(device_id)) => sessionizer_engine::UserKey::Device(device_id.into()),
+        _ => return Err(ApiError::BadRequest("give exactly one of user_id and device_id".into())),
+    };
+    let body = state.readers.sessions(project, user).await?;
+    state.metrics.read_latency.observe(started.elapsed());
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+async fn user_usage(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(user_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let project = state.keys.authorize(&headers, KeyRole::Read)?;
+    let body = state.readers.user_usage(project, user_id).await?;
+    state.metrics.read_latency.observe(started.elapsed());
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExportQuery {
+    from_ms: Option<i64>,
+    to_ms: Option<i64>,
+    format: Option<String>,
+}
+
+async fn export_events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<ExportQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let project = state.keys.authorize(&headers, KeyRole::Read)?;
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let now = jiff::Timestamp::now().as_millisecond();
+    let to_ms = query.to_ms.unwrap_or(now + limits::MAX_FUTURE_MS + 1);
+    let from_ms = query.from_ms.unwrap_or(to_ms.saturating_sub(limits::MAX_EXPORT_RANGE_MS));
+    if from_ms >= to_ms {
+        return Err(ApiError::BadRequest(format!("from_ms ({from_ms}) must be before to_ms ({to_ms})")));
+    }
+    if to_ms - from_ms > limits::MAX_EXPORT_RANGE_MS {
+        return Err(ApiError::BadRequest(format!(
+            "the range covers more than {} days: export in parts",
+            limits::MAX_EXPORT_RANGE_MS / 86_400_000
+        )));
+    }
+    let format = match query.format.as_deref().unwrap_or("ndjson") {
+        "ndjson" => sessionizer_formats::FileFormat::Ndjson,
+        "csv" => sessionizer_formats::FileFormat::Csv,
+        "parquet" => sessionizer_formats::FileFormat::Parquet,
+        other => return Err(ApiError::BadRequest(format!("unknown format {other:?}: use ndjson, csv or parquet"))),
+    };
+    if format == sessionizer_formats::FileFormat::Parquet && !cfg!(feature = "parquet") {
+        return Err(ApiError::BadRequest("this build has no Parquet support".into()));
+    }
+    let content_type = match format {
+        sessionizer_formats::FileFormat::Ndjson => "application/x-ndjson",
+        sessionizer_formats::FileFormat::Csv => "text/csv; charset=utf-8",
+        sessionizer_formats::FileFormat::Parquet => "application/vnd.apache.parquet",
+    };
+    let stream = state.readers.export_events(project, from_ms, to_ms, format).await?;
+    Ok(([(header::CONTENT_TYPE, content_type)], Body::from_stream(stream)).into_response())
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let health = &state.writer.health;
+    if health.poisoned.load(Ordering::Acquire) {
+        (StatusCode::SERVICE_UNAVAILABLE, "not accepting writes: a storage write failed\n").into_response()
+    } else if !health.ready.load(Ordering::Acquire) {
+        (StatusCode::SERVICE_UNAVAILABLE, "loading live state\n").into_response()
+    } else {
+        (StatusCode::OK, "ready\n").into_response()
+    }
+}
+
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+}

@@ -1,0 +1,213 @@
+//! Reads: a small pool of read-only connections used on blocking threads.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use futures_util::Stream;
+use serde_json::json;
+use sessionizer_engine::UserKey;
+use sessionizer_formats::{EventRow, FileFormat, event_writer_to};
+use sessionizer_store::{Store, StoreError, StoredSession};
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::error::ApiError;
+use crate::limits::{MAX_CONCURRENT_READS, MAX_SESSIONS_PER_RESPONSE};
+
+/// Chunks of an export in flight between the database thread and the socket.
+const EXPORT_QUEUE_CHUNKS: usize = 16;
+/// Bytes per export chunk.
+const EXPORT_CHUNK_BYTES: usize = 64 * 1024;
+
+#[derive(Debug)]
+pub(crate) struct Readers {
+    dir: PathBuf,
+    pool: Mutex<Vec<Store>>,
+    permits: Semaphore,
+}
+
+impl Readers {
+    pub(crate) fn new(dir: PathBuf) -> Readers {
+        Readers { dir, pool: Mutex::new(Vec::new()), permits: Semaphore::new(MAX_CONCURRENT_READS) }
+    }
+
+    fn take(&self) -> Result<Store, StoreError> {
+        let pooled = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match pooled {
+            Some(store) => Ok(store),
+            None => Store::open_reader(&self.dir),
+        }
+    }
+
+    fn give_back(&self, store: Store) {
+        self.pool.lock().unwrap_or_else(|p| p.into_inner()).push(store);
+    }
+
+    /// Runs `work` with a connection on a blocking thread.
+    async fn run<T: Send + 'static>(
+        self: &Arc<Self>,
+        work: impl FnOnce(&Store) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let _permit = self.permits.acquire().await.map_err(|_| ApiError::Unavailable("shutting down".into()))?;
+        let readers = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let store = readers.take()?;
+            let result = work(&store);
+            readers.give_back(store);
+            result
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("read task failed: {e}")))?
+    }
+
+    /// `{"sessions": [...]}` for one user, oldest first.
+    pub(crate) async fn sessions(self: &Arc<Self>, project: i64, user: UserKey) -> Result<String, ApiError> {
+        self.run(move |store| {
+            let sessions = store.sessions_of_user(project, &user)?;
+            let truncated = sessions.len() > MAX_SESSIONS_PER_RESPONSE;
+            let start = sessions.len().saturating_sub(MAX_SESSIONS_PER_RESPONSE);
+            let list: Vec<serde_json::Value> = sessions[start..].iter().map(session_json).collect();
+            Ok(json!({"sessions": list, "truncated": truncated}).to_string())
+        })
+        .await
+    }
+
+    /// App usage of one user; 404 when the user has no session.
+    pub(crate) async fn user_usage(self: &Arc<Self>, project: i64, user_id: String) -> Result<String, ApiError> {
+        self.run(move |store| {
+            let user = UserKey::User(user_id.as_str().into());
+            match store.user_usage(project, &user)? {
+                Some(usage) => Ok(json!({
+                    "user_id": user_id,
+                    "session_count": usage.session_count,
+                    "first_seen_ms": usage.first_seen_ms,
+                    "last_seen_ms": usage.last_seen_ms,
+                    "total_length_ms": usage.total_length_ms,
+                })
+                .to_string()),
+                None => Err(ApiError::NotFound(format!("no sessions for user {user_id:?}"))),
+            }
+        })
+        .await
+    }
+
+    /// Streams the events of `[from_ms, to_ms)` with their sessions.
+    pub(crate) async fn export_events(
+        self: &Arc<Self>,
+        project: i64,
+        from_ms: i64,
+        to_ms: i64,
+        format: FileFormat,
+    ) -> Result<impl Stream<Item = Result<Bytes, std::io::Error>> + use<>, ApiError> {
+        let permit = self.permits.acquire().await.map_err(|_| ApiError::Unavailable("shutting down".into()))?;
+        drop(permit);
+        let (sender, receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(EXPORT_QUEUE_CHUNKS);
+        let readers = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let errors = sender.clone();
+            let result = (|| -> Result<(), String> {
+                let store = readers.take().map_err(|e| e.to_string())?;
+                let project = store
+                    .projects()
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .find(|p| p.id == project)
+                    .ok_or("the project is gone")?;
+                let (_, classifier) = project.settings.compile().map_err(|e| e.to_string())?;
+                let classify = |event_type: &str, passive: bool| classifier.classify(event_type, passive);
+                let out = ChannelWriter { sender, buffer: Vec::with_capacity(EXPORT_CHUNK_BYTES) };
+                let mut sink = event_writer_to(format, Box::new(out)).map_err(|e| e.to_string())?;
+                let mut uid_buffer = uuid::Uuid::encode_buffer();
+                let exported = store.export_events(project.id, from_ms, to_ms, &classify, &mut |stored, session| {
+                    let event = &stored.event;
+                    let row = EventRow {
+                        user_id: event.user_id.as_deref(),
+                        device_id: event.device_id.as_deref(),
+                        event_type: &event.event_type,
+                        time_ms: event.time_ms,
+                        insert_id: event.insert_id.as_deref(),
+                        page: event.page.as_deref(),
+                        passive: event.passive,
+                        session_id: session.map(|(id, _)| id),
+                        session_uid: session.map(|(_, uid)| &*uid.hyphenated().encode_lower(&mut uid_buffer)),
+                    };
+                    sink.write(&row).map_err(|e| StoreError::Sqlite(format!("export stopped: {e}")))
+                });
+                let finished =
+                    exported.map_err(|e| e.to_string()).and_then(|_| sink.finish().map_err(|e| e.to_string()));
+                readers.give_back(store);
+                finished
+            })();
+            if let Err(error) = result {
+                tracing::warn!(%error, "export failed part way");
+                drop(errors.blocking_send(Err(std::io::Error::other(error))));
+            }
+        });
+        Ok(futures_util::stream::unfold(receiver, |mut receiver| async move {
+            receiver.recv().await.map(|item| (item, receiver))
+        }))
+    }
+}
+
+/// A session as the API shows it (the CLI's session fields, plus state).
+pub(crate) fn session_json(session: &StoredSession) -> serde_json::Value {
+    json!({
+        "user_id": session.user.user_id(),
+        "device_id": session.user.device_id(),
+        "session_id": session.session_id,
+        "session_uid": session.session_uid.to_string(),
+        "start_ms": session.start_ms,
+        "end_ms": session.end_ms,
+        "length_ms": session.length_ms(),
+        "last_event_ms": session.last_event_ms,
+        "event_count": session.event_count,
+        "end_reason": session.end_reason,
+        "concluded": session.concluded,
+        "entry_event_type": session.entry_event_type,
+        "entry_page": session.entry_page,
+        "exit_event_type": session.exit_event_type,
+        "exit_page": session.exit_page,
+        "revision": session.revision,
+    })
+}
+
+/// `Write` into the response body, chunk by chunk; blocks when the client
+/// reads slower than the database, so memory stays bounded.
+struct ChannelWriter {
+    sender: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    buffer: Vec<u8>,
+}
+
+impl ChannelWriter {
+    fn send_buffer(&mut self) -> std::io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(&mut self.buffer, Vec::with_capacity(EXPORT_CHUNK_BYTES)));
+        self.sender
+            .blocking_send(Ok(chunk))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away"))
+    }
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buffer.extend_from_slice(data);
+        if self.buffer.len() >= EXPORT_CHUNK_BYTES {
+            self.send_buffer()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send_buffer()
+    }
+}
+
+impl Drop for ChannelWriter {
+    fn drop(&mut self) {
+        // Whatever is left; a client that went away needs nothing.
+        drop(self.send_buffer());
+    }
+}

@@ -1,0 +1,101 @@
+//! The database schema and its migrations, numbered by `PRAGMA user_version`.
+
+use rusqlite::Connection;
+
+use crate::StoreError;
+
+/// Each entry upgrades the schema by one version.
+const MIGRATIONS: &[&str] = &[
+    // 1: projects, keys, events, sessions, session changes.
+    "
+    CREATE TABLE projects (
+        id INTEGER PRIMARY KEY,
+        public_id TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL,
+        settings TEXT NOT NULL,
+        created_ms INTEGER NOT NULL
+    );
+    CREATE TABLE api_keys (
+        key_hash BLOB PRIMARY KEY,
+        project INTEGER NOT NULL REFERENCES projects(id),
+        role TEXT NOT NULL CHECK (role IN ('write', 'read')),
+        created_ms INTEGER NOT NULL,
+        revoked_ms INTEGER
+    );
+    -- The event log: the source of truth. seq orders arrival.
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY,
+        project INTEGER NOT NULL,
+        user_kind INTEGER NOT NULL,   -- 0: user_key is a user id; 1: a device id
+        user_key TEXT NOT NULL,
+        user_id TEXT,
+        device_id TEXT,
+        event_type TEXT NOT NULL,
+        time_ms INTEGER NOT NULL,
+        insert_id TEXT,
+        page TEXT,
+        passive INTEGER NOT NULL,
+        properties TEXT,
+        received_ms INTEGER NOT NULL
+    );
+    -- Dedup: one event per (project, insert_id), forever.
+    CREATE UNIQUE INDEX events_insert_id ON events (project, insert_id) WHERE insert_id IS NOT NULL;
+    CREATE INDEX events_user_time ON events (project, user_kind, user_key, time_ms);
+    CREATE INDEX events_time ON events (project, time_ms);
+    CREATE INDEX events_device ON events (project, device_id) WHERE device_id IS NOT NULL;
+    -- Derived from events; can always be rebuilt.
+    CREATE TABLE sessions (
+        project INTEGER NOT NULL,
+        user_kind INTEGER NOT NULL,
+        user_key TEXT NOT NULL,
+        session_id INTEGER NOT NULL,  -- the start, in epoch ms
+        session_uid TEXT NOT NULL,
+        start_ms INTEGER NOT NULL,
+        end_ms INTEGER NOT NULL,
+        last_event_ms INTEGER NOT NULL,
+        event_count INTEGER NOT NULL,
+        end_reason TEXT,
+        concluded INTEGER NOT NULL,
+        entry_event_type TEXT NOT NULL,
+        entry_page TEXT,
+        exit_event_type TEXT NOT NULL,
+        exit_page TEXT,
+        revision INTEGER NOT NULL,
+        PRIMARY KEY (project, user_kind, user_key, session_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX sessions_start ON sessions (project, start_ms);
+    CREATE INDEX sessions_open ON sessions (project, concluded, end_ms);
+    -- Every change to a session, in order; seq is the session's revision.
+    CREATE TABLE session_changes (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        project INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        user_kind INTEGER NOT NULL,
+        user_key TEXT NOT NULL,
+        session_id INTEGER NOT NULL,
+        session_uid TEXT NOT NULL,
+        start_ms INTEGER NOT NULL,
+        end_ms INTEGER NOT NULL,
+        last_event_ms INTEGER NOT NULL,
+        event_count INTEGER NOT NULL,
+        end_reason TEXT,
+        superseded_by TEXT,
+        raised_at_ms INTEGER NOT NULL
+    );
+    CREATE INDEX session_changes_session ON session_changes (project, session_uid);
+    ",
+];
+
+/// Brings the schema to the newest version, in one transaction per step.
+pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let known = MIGRATIONS.len() as i64;
+    let found: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if found > known {
+        return Err(StoreError::NewerSchema { found, known });
+    }
+    for (version, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let version = version as i64 + 1;
+        conn.execute_batch(&format!("BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {version}; COMMIT;"))?;
+    }
+    Ok(())
+}
