@@ -586,9 +586,19 @@ impl Batch<'_> {
         Ok(inserted == 1)
     }
 
-    /// Applies one engine change to the sessions table and records it.
+    /// Applies one engine change to the sessions table and records it; a
+    /// change that would leave the table as it is (a replay after a restart)
+    /// is not recorded again.
     pub fn apply_change(&self, project: i64, change: &SessionChange) -> Result<(), StoreError> {
         let session = StoredSession::from_record(&change.record);
+        let stored = self.session(project, &session.user, session.session_id)?;
+        let no_op = match change.kind {
+            ChangeKind::Superseded { .. } => stored.is_none(),
+            _ => stored.is_some_and(|stored| stored.same_state(&session)),
+        };
+        if no_op {
+            return Ok(());
+        }
         let (kind, by) = match change.kind {
             ChangeKind::Started => (StoredChangeKind::Started, None),
             ChangeKind::Amended => (StoredChangeKind::Amended, None),
@@ -695,6 +705,16 @@ impl Batch<'_> {
     pub fn commit(self) -> Result<(), StoreError> {
         self.tx.commit()?;
         Ok(())
+    }
+
+    /// One stored session, inside this transaction.
+    pub fn session(&self, project: i64, user: &UserKey, session_id: i64) -> Result<Option<StoredSession>, StoreError> {
+        let mut statement = self.tx.prepare_cached(&format!(
+            "{SESSION_COLUMNS} WHERE project = ?1 AND user_kind = ?2 AND user_key = ?3 AND session_id = ?4"
+        ))?;
+        let found =
+            statement.query_row(params![project, user_kind(user), user.id(), session_id], session_of_row).optional()?;
+        found.transpose()
     }
 
     /// The store's own reads, inside this transaction.

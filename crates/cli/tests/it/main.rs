@@ -4,6 +4,8 @@
 //! Golden files live in `tests/golden`; `UPDATE_GOLDEN=1 cargo test -p sessionizer`
 //! rewrites them (then review the diff).
 
+mod server;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -1,0 +1,324 @@
+//! The real server, started as a process: ingest, query, restart, and the
+//! answers to bad requests. `TestServer` is shared with the crash test.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::BIN;
+
+/// A project's id and keys, as `sessionizer project create` prints them.
+#[derive(Debug, Clone)]
+pub(crate) struct TestProject {
+    pub(crate) id: String,
+    pub(crate) write_key: String,
+    pub(crate) read_key: String,
+}
+
+pub(crate) fn create_project(data: &Path, name: &str) -> TestProject {
+    let output = Command::new(BIN)
+        .args(["project", "create", "--data", data.to_str().unwrap(), "--name", name])
+        .output()
+        .expect("the binary runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let created: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    TestProject {
+        id: created["project_id"].as_str().unwrap().to_string(),
+        write_key: created["write_key"].as_str().unwrap().to_string(),
+        read_key: created["read_key"].as_str().unwrap().to_string(),
+    }
+}
+
+/// A free loopback port (bound and released; good enough for tests).
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running `sessionizer serve`.
+pub(crate) struct TestServer {
+    #[allow(dead_code, reason = "kept for tests that inspect the data directory")]
+    pub(crate) data: PathBuf,
+    pub(crate) port: u16,
+    child: Option<Child>,
+    agent: ureq::Agent,
+}
+
+/// Status and body of a response.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) body: String,
+}
+
+impl Reply {
+    pub(crate) fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+impl TestServer {
+    pub(crate) fn start(data: &Path, port: u16) -> TestServer {
+        let child = Command::new(BIN)
+            .args(["serve", "--data", data.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")])
+            .env("SESSIONIZER_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the binary runs");
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build();
+        let server = TestServer { data: data.to_path_buf(), port, child: Some(child), agent: config.into() };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Ok(reply) = self.try_get("/readyz", None)
+                && reply.status == 200
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the server did not become ready");
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub(crate) fn try_get(&self, path: &str, key: Option<&str>) -> Result<Reply, ureq::Error> {
+        let mut request = self.agent.get(&self.url(path));
+        if let Some(key) = key {
+            request = request.header("Authorization", &format!("Bearer {key}"));
+        }
+        let mut response = request.call()?;
+        let status = response.status().as_u16();
+        let body = response.body_mut().read_to_string()?;
+        Ok(Reply { status, body })
+    }
+
+    pub(crate) fn get(&self, path: &str, key: Option<&str>) -> Reply {
+        self.try_get(path, key).expect("request")
+    }
+
+    pub(crate) fn try_post(&self, path: &str, key: Option<&str>, body: &[u8]) -> Result<Reply, ureq::Error> {
+        let mut request = self.agent.post(&self.url(path)).header("Content-Type", "application/json");
+        if let Some(key) = key {
+            request = request.header("Authorization", &format!("Bearer {key}"));
+        }
+        let mut response = request.send(body)?;
+        let status = response.status().as_u16();
+        let body = response.body_mut().read_to_string()?;
+        Ok(Reply { status, body })
+    }
+
+    pub(crate) fn post(&self, path: &str, key: Option<&str>, body: &Value) -> Reply {
+        self.try_post(path, key, body.to_string().as_bytes()).expect("request")
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("kill");
+            child.wait().expect("wait");
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub(crate) fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill runs");
+        assert!(status.success());
+        child.wait().expect("wait")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Now, in epoch ms.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+const MIN: i64 = 60_000;
+
+#[test]
+fn ingest_query_restart_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = create_project(dir.path(), "shop");
+    let mut server = TestServer::start(dir.path(), free_port());
+    let t0 = now_ms() - 3 * 60 * MIN;
+    let events = |items: &[(&str, &str, i64, &str)]| {
+        let list: Vec<Value> = items
+            .iter()
+            .map(|(user, event_type, time, insert_id)| {
+                json!({"user_id": user, "event_type": event_type, "time": time, "insert_id": insert_id, "page": "/p"})
+            })
+            .collect();
+        json!({ "events": list })
+    };
+    // Two sessions for alice (a 40-minute gap), one for bob; one excluded event.
+    let first = events(&[
+        ("alice", "Page Viewed", t0, "a1"),
+        ("alice", "Button Clicked", t0 + 10 * MIN, "a2"),
+        ("alice", "Notification Sent", t0 + 12 * MIN, "a3"),
+        ("bob", "Page Viewed", t0 + MIN, "b1"),
+        ("alice", "Page Viewed", t0 + 50 * MIN, "a4"),
+    ]);
+    let reply = server.post("/v1/events", Some(&project.write_key), &first);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json(), json!({"accepted": 5, "duplicates": 0}));
+    // A retry of the same batch is all duplicates.
+    assert_eq!(
+        server.post("/v1/events", Some(&project.write_key), &first).json(),
+        json!({"accepted": 0, "duplicates": 5})
+    );
+
+    let sessions = server.get("/v1/sessions?user_id=alice", Some(&project.read_key)).json();
+    let list = sessions["sessions"].as_array().unwrap();
+    assert_eq!(list.len(), 2, "{sessions}");
+    assert_eq!(list[0]["start_ms"], json!(t0));
+    assert_eq!(list[0]["end_ms"], json!(t0 + 10 * MIN));
+    assert_eq!(list[0]["event_count"], json!(2));
+    assert_eq!(list[0]["session_id"], json!(t0));
+    assert_eq!(list[0]["end_reason"], json!("inactivity"));
+    assert_eq!(list[0]["concluded"], json!(true));
+    assert_eq!(list[1]["start_ms"], json!(t0 + 50 * MIN));
+
+    // A late event fills the gap: alice's two sessions merge.
+    let late = events(&[("alice", "Scrolled", t0 + 30 * MIN, "a5")]);
+    assert_eq!(server.post("/v1/events", Some(&project.write_key), &late).status, 200);
+    let merged = server.get("/v1/sessions?user_id=alice", Some(&project.read_key)).json();
+    let list = merged["sessions"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{merged}");
+    assert_eq!((list[0]["start_ms"].clone(), list[0]["end_ms"].clone()), (json!(t0), json!(t0 + 50 * MIN)));
+    assert_eq!(list[0]["event_count"], json!(4));
+
+    let usage = server.get("/v1/users/alice", Some(&project.read_key)).json();
+    assert_eq!(
+        usage,
+        json!({"user_id": "alice", "session_count": 1, "first_seen_ms": t0, "last_seen_ms": t0 + 50 * MIN,
+               "total_length_ms": 50 * MIN})
+    );
+    assert_eq!(server.get("/v1/users/nobody", Some(&project.read_key)).status, 404);
+
+    let export = |server: &TestServer| server.get("/v1/export/events?format=ndjson", Some(&project.read_key));
+    let before = export(&server);
+    assert_eq!(before.status, 200);
+    let rows: Vec<Value> = before.body.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 6);
+    for row in &rows {
+        let expected = match (row["user_id"].as_str().unwrap(), row["event_type"].as_str().unwrap()) {
+            (_, "Notification Sent") => Value::Null,
+            ("alice", _) => json!(t0),
+            _ => json!(t0 + MIN),
+        };
+        assert_eq!(row["session_id"], expected, "{row}");
+    }
+
+    // A clean stop, a restart: everything is still there, and answers the same.
+    assert!(server.terminate().success());
+    let server = TestServer::start(dir.path(), server.port);
+    assert_eq!(server.get("/v1/sessions?user_id=alice", Some(&project.read_key)).json(), merged);
+    assert_eq!(export(&server).body, before.body);
+    assert_eq!(
+        server.post("/v1/events", Some(&project.write_key), &late).json(),
+        json!({"accepted": 0, "duplicates": 1})
+    );
+    let csv = server.get("/v1/export/events?format=csv", Some(&project.read_key));
+    assert_eq!(csv.body.lines().count(), 7, "a header and six rows");
+}
+
+#[test]
+fn keys_roles_and_bad_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let shop = create_project(dir.path(), "shop");
+    let other = create_project(dir.path(), "other");
+    let server = TestServer::start(dir.path(), free_port());
+    let good = json!({"events": [{"user_id": "u", "event_type": "e", "time": now_ms()}]});
+    let code = |reply: Reply| (reply.status, reply.json()["error"]["code"].as_str().unwrap_or("").to_string());
+    assert_eq!(code(server.post("/v1/events", None, &good)), (401, "missing_key".into()));
+    assert_eq!(code(server.post("/v1/events", Some("sk_write_nope"), &good)), (401, "bad_key".into()));
+    assert_eq!(code(server.post("/v1/events", Some(&shop.read_key), &good)), (403, "forbidden".into()));
+    assert_eq!(code(server.get("/v1/sessions?user_id=u", Some(&shop.write_key))), (403, "forbidden".into()));
+    assert_eq!(code(server.get("/v1/sessions?user_id=u", None)), (401, "missing_key".into()));
+    // A read key sees only its own project.
+    assert_eq!(server.post("/v1/events", Some(&shop.write_key), &good).status, 200);
+    let own = server.get("/v1/sessions?user_id=u", Some(&shop.read_key)).json();
+    assert_eq!(own["sessions"].as_array().unwrap().len(), 1);
+    let theirs = server.get("/v1/sessions?user_id=u", Some(&other.read_key)).json();
+    assert_eq!(theirs["sessions"].as_array().unwrap().len(), 0);
+
+    // A bad event names its index and field, and nothing of the batch is stored.
+    let bad = json!({"events": [
+        {"user_id": "v", "event_type": "e", "time": now_ms()},
+        {"user_id": "v", "time": now_ms()},
+    ]});
+    let reply = server.post("/v1/events", Some(&shop.write_key), &bad);
+    assert_eq!(reply.status, 400);
+    let body = reply.json();
+    assert_eq!(body["error"]["events"], json!([{"index": 1, "field": "event_type", "message": "required"}]));
+    assert_eq!(server.get("/v1/sessions?user_id=v", Some(&shop.read_key)).json()["sessions"], json!([]));
+
+    let too_big = vec![b' '; sessionizer_server::limits::MAX_BODY_BYTES + 1];
+    assert_eq!(server.try_post("/v1/events", Some(&shop.write_key), &too_big).unwrap().status, 413);
+    assert_eq!(code(server.get("/v1/sessions", Some(&shop.read_key))), (400, "bad_request".into()));
+    assert_eq!(code(server.get("/v1/sessions?user_id=u&color=red", Some(&shop.read_key))), (400, "bad_request".into()));
+    assert_eq!(
+        code(server.get("/v1/export/events?from_ms=5&to_ms=1", Some(&shop.read_key))),
+        (400, "bad_request".into())
+    );
+    assert_eq!(code(server.get("/v1/export/events?format=xml", Some(&shop.read_key))), (400, "bad_request".into()));
+    assert_eq!(code(server.get("/v1/nothing", None)), (404, "not_found".into()));
+    assert_eq!(server.get("/healthz", None).status, 200);
+    let metrics = server.get("/metrics", None).body;
+    assert!(metrics.contains("sessionizer_ingested_events_total 1"), "{metrics}");
+    assert!(metrics.contains("sessionizer_rejected_events_total{reason=\"unauthorized\"}"), "{metrics}");
+}
+
+#[test]
+fn settings_changes_resessionize_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = create_project(dir.path(), "p");
+    let t0 = now_ms() - 5 * 60 * MIN;
+    {
+        let mut server = TestServer::start(dir.path(), free_port());
+        let batch = json!({"events": [
+            {"user_id": "u", "event_type": "e", "time": t0, "insert_id": "1"},
+            {"user_id": "u", "event_type": "e", "time": t0 + 20 * MIN, "insert_id": "2"},
+        ]});
+        assert_eq!(server.post("/v1/events", Some(&project.write_key), &batch).status, 200);
+        assert!(server.terminate().success());
+    }
+    let set = Command::new(BIN)
+        .args(["project", "set", "--data", dir.path().to_str().unwrap(), &project.id, "--timeout", "10m"])
+        .output()
+        .unwrap();
+    assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
+    let shown: Value = serde_json::from_slice(&set.stdout).unwrap();
+    assert_eq!(shown["settings"]["timeout_ms"], json!(10 * MIN));
+    assert_eq!(shown["sessions"], json!(2), "a 20-minute gap splits under a 10-minute timeout");
+    let bad = Command::new(BIN)
+        .args(["project", "set", "--data", dir.path().to_str().unwrap(), &project.id, "--timeout", "500ms"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("timeout"));
+    let server = TestServer::start(dir.path(), free_port());
+    let sessions = server.get("/v1/sessions?user_id=u", Some(&project.read_key)).json();
+    assert_eq!(sessions["sessions"].as_array().unwrap().len(), 2);
+    // A rebuild while the server runs is refused with a clear message.
+    let rebuild = Command::new(BIN).args(["rebuild", "--data", dir.path().to_str().unwrap()]).output().unwrap();
+    assert_eq!(rebuild.status.code(), Some(75), "{}", String::from_utf8_lossy(&rebuild.stderr));
+}
