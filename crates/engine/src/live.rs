@@ -336,7 +336,10 @@ impl Sessionizer {
         if event.class == EventClass::Excluded {
             return Some(Assignment::Excluded);
         }
-        if event.time_ms < self.horizon_floor_ms() {
+        // Older than the horizon, but within the timeout of an island still
+        // held (a long session that began before the horizon): the engine has
+        // what it needs, and handing it to the store would split the truth.
+        if event.time_ms < self.horizon_floor_ms() && !self.touches_held_island(event) {
             return Some(Assignment::Deferred(DeferReason::BeyondHorizon));
         }
         match self.users.get(&event.user) {
@@ -356,6 +359,17 @@ impl Sessionizer {
             self.seen_by_hour.entry(event.time_ms.div_euclid(HOUR_MS)).or_default().push(key);
         }
         None
+    }
+
+    /// Whether an event falls within the timeout before (or inside) one of its
+    /// user's held islands. Held islands all end within the timeout of the
+    /// horizon floor, so for an event older than the floor only the start counts.
+    fn touches_held_island(&self, event: &Event) -> bool {
+        let timeout_ms = self.timeout_ms();
+        self.users.get(&event.user).and_then(|user| user.islands.first()).is_some_and(|island| {
+            event.time_ms > island.first_active_ms.saturating_sub(timeout_ms)
+                && event.time_ms < island.last_active_ms.saturating_add(timeout_ms)
+        })
     }
 
     /// Events before this are beyond the lateness horizon.

@@ -129,3 +129,26 @@ fn users_past_the_user_bound_are_deferred() {
     assert_eq!(later.assignments[0], Assignment::Deferred(DeferReason::TooManyUsers));
     assert!(matches!(later.assignments[1], Assignment::Session { .. }), "known users are still served");
 }
+
+#[test]
+fn a_late_event_touching_a_held_session_is_not_deferred_even_beyond_the_horizon() {
+    let mut engine = engine(|c| c.lateness_horizon_ms = 2 * HOUR_MS);
+    // A session that runs for three hours: it began before the horizon floor
+    // but the engine still holds it.
+    for minute in (0..=180).step_by(20) {
+        let outcome = engine.ingest(vec![event("a", minute, None)], T0 + minute * MINUTE_MS);
+        assert!(matches!(outcome.assignments[0], Assignment::Session { .. }));
+    }
+    let now = T0 + 3 * HOUR_MS + 5 * MINUTE_MS;
+    // 10 minutes before its start: older than now - horizon, yet it extends the held session.
+    let outcome = engine.ingest(vec![event("a", -10, None)], now);
+    assert!(
+        matches!(outcome.assignments[0], Assignment::Session { session_id, .. } if session_id == T0 - 10 * MINUTE_MS),
+        "{:?}",
+        outcome.assignments
+    );
+    assert!(outcome.changes.iter().any(|c| matches!(c.kind, ChangeKind::Superseded { .. })));
+    // An hour before its start: it touches nothing held, so the store resolves it.
+    let far = engine.ingest(vec![event("a", -60, None)], now);
+    assert_eq!(far.assignments, vec![Assignment::Deferred(DeferReason::BeyondHorizon)]);
+}
