@@ -322,3 +322,30 @@ fn settings_changes_resessionize_history() {
     let rebuild = Command::new(BIN).args(["rebuild", "--data", dir.path().to_str().unwrap()]).output().unwrap();
     assert_eq!(rebuild.status.code(), Some(75), "{}", String::from_utf8_lossy(&rebuild.stderr));
 }
+
+#[test]
+fn events_older_than_the_live_horizon_still_land_in_their_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = create_project(dir.path(), "p");
+    let server = TestServer::start(dir.path(), free_port());
+    // Five days ago: beyond the live engine's 72-hour horizon, so the store resolves them.
+    let t0 = now_ms() - 5 * 24 * 60 * MIN;
+    let event =
+        |time: i64, insert_id: &str| json!({"user_id": "old", "event_type": "e", "time": time, "insert_id": insert_id});
+    let first = json!({"events": [event(t0, "1"), event(t0 + 10 * MIN, "2"), event(t0 + 50 * MIN, "3")]});
+    assert_eq!(server.post("/v1/events", Some(&project.write_key), &first).status, 200);
+    let sessions = server.get("/v1/sessions?user_id=old", Some(&project.read_key)).json();
+    let starts: Vec<&Value> = sessions["sessions"].as_array().unwrap().iter().map(|s| &s["start_ms"]).collect();
+    assert_eq!(starts, [&json!(t0), &json!(t0 + 50 * MIN)], "{sessions}");
+    // The gap is filled five days late: the two sessions merge.
+    let late = json!({"events": [event(t0 + 30 * MIN, "4")]});
+    assert_eq!(server.post("/v1/events", Some(&project.write_key), &late).status, 200);
+    let merged = server.get("/v1/sessions?user_id=old", Some(&project.read_key)).json();
+    let list = merged["sessions"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{merged}");
+    assert_eq!(
+        (&list[0]["start_ms"], &list[0]["end_ms"], &list[0]["event_count"]),
+        (&json!(t0), &json!(t0 + 50 * MIN), &json!(4))
+    );
+    assert_eq!(list[0]["end_reason"], json!("inactivity"));
+}
