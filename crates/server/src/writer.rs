@@ -172,13 +172,19 @@ impl Writer {
         let floor = now.saturating_sub(horizon_ms).saturating_sub(rules.timeout_ms());
         let from =
             self.store.earliest_start_of_sessions_ending_since(project.id, floor)?.map_or(floor, |s| s.min(floor));
-        let events = self.store.events_since(project.id, from)?;
-        let replayed = events.len();
+        let mut replayed = 0;
         let mut replay_now = i64::MIN;
-        for chunk in events.chunks(REPLAY_CHUNK_EVENTS) {
-            let chunk_max = chunk.iter().map(|e| e.event.time_ms).max().unwrap_or(now);
-            replay_now = replay_now.max(chunk_max.min(now));
-            let events = chunk.iter().map(|e| engine_event(&e.event, &classifier)).collect();
+        // In pages, so memory stays bounded whatever the history.
+        let mut after = (from, i64::MIN);
+        loop {
+            let page = self.store.events_page(project.id, after, REPLAY_CHUNK_EVENTS)?;
+            let (Some(first), Some(last)) = (page.first(), page.last()) else { break };
+            after = (last.event.time_ms, last.seq);
+            replayed += page.len();
+            // Pages are in time order and `now` is the page's first event: no
+            // replayed event is ever older than the horizon, so none is deferred.
+            replay_now = replay_now.max(first.event.time_ms.min(now));
+            let events = page.iter().map(|e| engine_event(&e.event, &classifier)).collect();
             // The store already holds what these events did.
             drop(engine.ingest(events, replay_now));
         }

@@ -386,11 +386,16 @@ impl Store {
 
     // ---- reading ----
 
-    /// Events of a project with `time_ms >= from_ms`, in time order.
-    pub fn events_since(&self, project: i64, from_ms: i64) -> Result<Vec<StoredEvent>, StoreError> {
+    /// At most `limit` events of a project after the position `after`
+    /// (`(time_ms, seq)`, exclusive) in `(time_ms, seq)` order: pages for a
+    /// replay in bounded memory. Start with `(from_ms, i64::MIN)`.
+    pub fn events_page(&self, project: i64, after: (i64, i64), limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
         self.query_events(
-            &format!("{EVENT_COLUMNS} WHERE project = ?1 AND time_ms >= ?2 ORDER BY time_ms, seq"),
-            params![project, from_ms],
+            &format!(
+                "{EVENT_COLUMNS} WHERE project = ?1 AND (time_ms > ?2 OR (time_ms = ?2 AND seq > ?3)) \
+                 ORDER BY time_ms, seq LIMIT ?4"
+            ),
+            params![project, after.0, after.1, limit as i64],
         )
     }
 
@@ -433,12 +438,17 @@ impl Store {
         classify: &dyn Fn(&str, bool) -> EventClass,
         visit: &mut ExportVisitor<'_>,
     ) -> Result<u64, StoreError> {
+        // The as-of lookup bounds `session_id`, not `start_ms` (equal: a
+        // session's id is its start), so that it is one seek in the primary
+        // key. Bounding `start_ms` lets SQLite 3.50 pick the `sessions_start`
+        // index instead and scan every earlier session of the project for
+        // each event: quadratic (6 s instead of 0.1 s for 20k events and 3k sessions).
         let sql = "SELECT e.seq, e.user_id, e.device_id, e.event_type, e.time_ms, e.insert_id, e.page, e.passive, \
              e.properties, e.received_ms, s.session_id, s.session_uid, s.last_event_ms \
              FROM events e LEFT JOIN sessions s ON s.project = e.project AND s.user_kind = e.user_kind \
              AND s.user_key = e.user_key AND s.session_id = (SELECT max(session_id) FROM sessions x \
              WHERE x.project = e.project AND x.user_kind = e.user_kind AND x.user_key = e.user_key \
-             AND x.start_ms <= e.time_ms) \
+             AND x.session_id <= e.time_ms) \
              WHERE e.project = ?1 AND e.time_ms >= ?2 AND e.time_ms < ?3 ORDER BY e.time_ms, e.seq";
         let mut statement = self.conn.prepare_cached(sql)?;
         let mut rows = statement.query(params![project, from_ms, to_ms])?;

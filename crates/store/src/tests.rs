@@ -174,3 +174,29 @@ fn a_newer_schema_is_refused() {
     drop(conn);
     assert!(matches!(Store::open(dir.path()), Err(StoreError::NewerSchema { found: 99, .. })));
 }
+
+#[test]
+fn event_pages_cover_everything_once_in_time_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path()).unwrap();
+    let project = store.create_project("p", T0).unwrap().project;
+    let batch = store.batch().unwrap();
+    // Many events share a time, so pages must break ties by seq.
+    for i in 0..25 {
+        batch.insert_event(project.id, &event("u", "e", T0 + (i % 4) * MIN, &format!("i{i}"))).unwrap();
+    }
+    batch.commit().unwrap();
+    let mut seen = Vec::new();
+    let mut after = (T0 + MIN, i64::MIN);
+    loop {
+        let page = store.events_page(project.id, after, 4).unwrap();
+        let Some(last) = page.last() else { break };
+        after = (last.event.time_ms, last.seq);
+        seen.extend(page.iter().map(|e| (e.event.time_ms, e.seq)));
+    }
+    let mut expected = seen.clone();
+    expected.sort();
+    expected.dedup();
+    assert_eq!(seen, expected, "in (time, seq) order, each once");
+    assert_eq!(seen.len(), 25 - 7, "everything from T0 + 1 min on (seven events are at T0)");
+}
