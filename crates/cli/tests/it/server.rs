@@ -60,6 +60,14 @@ impl Reply {
 
 impl TestServer {
     pub(crate) fn start(data: &Path, port: u16) -> TestServer {
+        let server = TestServer::spawn(data, port);
+        server.wait_ready();
+        server
+    }
+
+    /// Starts the process without waiting until it is ready (the crash test
+    /// kills some servers while they load).
+    pub(crate) fn spawn(data: &Path, port: u16) -> TestServer {
         let child = Command::new(BIN)
             .args(["serve", "--data", data.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")])
             .env("SESSIONIZER_LOG", "warn")
@@ -71,9 +79,7 @@ impl TestServer {
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(30)))
             .build();
-        let server = TestServer { data: data.to_path_buf(), port, child: Some(child), agent: config.into() };
-        server.wait_ready();
-        server
+        TestServer { data: data.to_path_buf(), port, child: Some(child), agent: config.into() }
     }
 
     fn wait_ready(&self) {
