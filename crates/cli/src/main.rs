@@ -6,6 +6,7 @@
 //! storage) and `sessionizer-server` (HTTP).
 
 mod duration;
+mod loadgen;
 mod project;
 mod serve;
 mod sessionize;
@@ -28,6 +29,7 @@ enum Command {
     Sessionize(Box<sessionize::SessionizeArgs>),
     Project(project::ProjectArgs),
     Rebuild(project::RebuildArgs),
+    Loadgen(loadgen::LoadgenArgs),
 }
 
 /// Exit codes, in the spirit of sysexits.h; documented in README.md.
@@ -77,6 +79,7 @@ fn main() -> ExitCode {
         Command::Sessionize(args) => sessionize::run(*args),
         Command::Project(args) => project::run(args),
         Command::Rebuild(args) => project::rebuild(args),
+        Command::Loadgen(args) => loadgen::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
