@@ -36,7 +36,8 @@ BOUNDS_MS = [10_000, 30_000, 60_000, 120_000, 300_000, 600_000, 1_800_000, 3_600
 
 def sessions(n, seed=42):
     rng = np.random.default_rng(seed)
-    users = rng.zipf(1.3, n) % 1_000_000
+    # 1M users, mildly skewed (a few heavy users, most light).
+    users = np.minimum(rng.lognormal(0, 1.0, n) * 150_000, 999_999).astype(np.int64)
     start = T0 + rng.integers(0, DAYS * DAY_MS, n)
     length = np.minimum(rng.lognormal(11.5, 1.6, n).astype(np.int64), 8 * 3_600_000)
     count = 1 + (length // 60_000) + rng.integers(0, 5, n)
@@ -48,11 +49,11 @@ def bucket_case(column):
     return f"CASE {parts} ELSE {len(BOUNDS_MS)} END"
 
 
-def queries(month_from, month_to, user):
+def queries(month_from, month_to, user, int_div):
     where = f"project = 1 AND start_ms >= {month_from} AND start_ms < {month_to}"
     length = "(end_ms - start_ms)"
     return {
-        "daily": f"SELECT start_ms / {DAY_MS} AS day, count(*), sum({length}) FROM sessions WHERE {where} GROUP BY day ORDER BY day",
+        "daily": f"SELECT start_ms {int_div} {DAY_MS} AS day, count(*), sum({length}) FROM sessions WHERE {where} GROUP BY day ORDER BY day",
         "histogram": f"SELECT {bucket_case(length)} AS b, count(*) FROM sessions WHERE {where} GROUP BY b ORDER BY b",
         "user": f"SELECT count(*), min(start_ms), max(end_ms), sum({length}) FROM sessions WHERE project = 1 AND user_kind = 0 AND user_key = 'user-{user}'",
         "filtered": f"SELECT user_key, start_ms, {length} FROM sessions WHERE {where} AND {length} >= 1800000 ORDER BY start_ms DESC LIMIT 100",
@@ -89,8 +90,11 @@ def main():
     args = p.parse_args()
     users, start, length, count = sessions(args.sessions)
     month_from, month_to = T0 + 30 * DAY_MS, T0 + 60 * DAY_MS
-    busiest_user = int(np.bincount(users).argmax())
-    qs = queries(month_from, month_to, busiest_user)
+    # A typical user: the median session count.
+    per_user = np.bincount(users)
+    typical_user = int(np.argsort(per_user)[len(per_user) - len(per_user[per_user > 0]) // 2])
+    qs = queries(month_from, month_to, typical_user, "/")  # SQLite: integer division
+    duck_qs = queries(month_from, month_to, typical_user, "//")  # DuckDB: `/` is float division
     results = {"sessions": args.sessions, "sqlite_version": sqlite3.sqlite_version, "duckdb_version": duckdb.__version__}
     with tempfile.TemporaryDirectory() as tmp:
         # SQLite: the server's schema and pragmas.
@@ -152,7 +156,7 @@ def main():
         # Duplicate (user, start) pairs from the generator: keep one, as the primary key demands.
         dcon.execute("INSERT INTO sessions SELECT DISTINCT ON (project, user_kind, user_key, session_id) * FROM arrow_sessions")
         results["duckdb_load_s"] = time.perf_counter() - started
-        dk = {name: timed(lambda q=q: dcon.execute(q).fetchall(), args.repeat) for name, q in qs.items()}
+        dk = {name: timed(lambda q=q: dcon.execute(q).fetchall(), args.repeat) for name, q in duck_qs.items()}
         dk["summary"] = timed(lambda: dcon.execute(
             f"SELECT count(*), avg(end_ms - start_ms), median(end_ms - start_ms), quantile_cont(end_ms - start_ms, 0.9) "
             f"FROM sessions WHERE project = 1 AND start_ms >= {month_from} AND start_ms < {month_to}").fetchall(), args.repeat)
