@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
-use sessionizer_engine::{Assignment, Event, EventClassifier, LiveConfig, SessionRules, Sessionizer, UserKey};
+use sessionizer_engine::{
+    Assignment, ChangeKind, Event, EventClassifier, LiveConfig, SessionChange, SessionRules, Sessionizer, UserKey,
+};
 use sessionizer_store::{NewEvent, Project, Store, StoreError, StoredSession, sessionize_stored};
 use tokio::sync::oneshot;
 
@@ -192,7 +194,9 @@ impl Writer {
         if !changes.is_empty() {
             let batch = self.store.batch()?;
             for change in &changes {
-                batch.apply_change(project.id, change)?;
+                // Sessions that concluded while the server was down; some may
+                // already be stored as concluded.
+                batch.apply_change_if_new(project.id, change)?;
             }
             batch.commit()?;
         }
@@ -279,8 +283,8 @@ impl Writer {
             let project = self.engines.get_mut(&project_id).expect("checked above");
             let users: Vec<UserKey> = events.iter().map(|e| e.user.clone()).collect();
             let outcome = project.engine.ingest(events, now);
-            for change in &outcome.changes {
-                batch.apply_change(project_id, change)?;
+            for change in coalesce(outcome.changes) {
+                batch.apply_change(project_id, &change)?;
             }
             // Events the engine's horizon no longer covers: the store resolves
             // them by re-sessionizing the user's history.
@@ -375,6 +379,46 @@ impl Writer {
     }
 }
 
+/// The net effect of a group's changes, one per session: what was in the
+/// store before the group and what is after it are all that anyone can see
+/// (the group commits atomically), so intermediate states are not written.
+/// A session started and superseded within the group leaves no trace; one
+/// that existed before and changed keeps its last kind and state.
+fn coalesce(changes: Vec<SessionChange>) -> Vec<SessionChange> {
+    if changes.len() < 2 {
+        return changes;
+    }
+    let key = |change: &SessionChange| (change.record.user.clone(), change.record.session_id);
+    // For each session: whether its first change in the group started it, and its last change.
+    let mut net: HashMap<(UserKey, i64), (bool, usize)> = HashMap::with_capacity(changes.len());
+    for (index, change) in changes.iter().enumerate() {
+        let started = matches!(change.kind, ChangeKind::Started);
+        net.entry(key(change)).and_modify(|(_, last)| *last = index).or_insert((started, index));
+    }
+    let mut kept: Vec<(usize, bool)> = net.into_values().map(|(started, last)| (last, started)).collect();
+    kept.sort_unstable();
+    let mut changes: Vec<Option<SessionChange>> = changes.into_iter().map(Some).collect();
+    kept.into_iter()
+        .filter_map(|(index, started_here)| {
+            let mut change = changes[index].take().expect("each index kept once");
+            match change.kind {
+                ChangeKind::Superseded { .. } if started_here => None,
+                ChangeKind::Superseded { .. } => Some(change),
+                _ if started_here => {
+                    change.kind = ChangeKind::Started;
+                    Some(change)
+                }
+                // Superseded earlier in the group and started again: for the store, a new state of a stored row.
+                ChangeKind::Started => {
+                    change.kind = ChangeKind::Amended;
+                    Some(change)
+                }
+                _ => Some(change),
+            }
+        })
+        .collect()
+}
+
 /// The engine's view of a stored event.
 fn engine_event(event: &NewEvent, classifier: &EventClassifier) -> Event {
     let class = classifier.classify(&event.event_type, event.passive);
@@ -386,5 +430,74 @@ fn engine_event(event: &NewEvent, classifier: &EventClassifier) -> Event {
         time_ms: event.time_ms,
         class,
         insert_id: event.insert_id.as_deref().map(Arc::from),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sessionizer_engine::{SessionRecord, session_uid};
+
+    use super::*;
+
+    fn change(kind: ChangeKind, user: &str, start: i64, count: u64) -> SessionChange {
+        let user = UserKey::User(user.into());
+        SessionChange {
+            kind,
+            record: SessionRecord {
+                session_uid: session_uid("p", &user, start),
+                user,
+                session_id: start,
+                start_ms: start,
+                end_ms: start,
+                last_event_ms: start,
+                event_count: count,
+                entry_event_type: "e".into(),
+                entry_page: None,
+                exit_event_type: "e".into(),
+                exit_page: None,
+                end_reason: None,
+                concluded: false,
+                revision: 0,
+            },
+            raised_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn coalesce_keeps_the_net_effect_per_session() {
+        let superseded = |user, start| {
+            let by = session_uid("p", &UserKey::User("x".into()), 0);
+            change(ChangeKind::Superseded { by_session_id: 0, by_session_uid: by }, user, start, 1)
+        };
+        let changes = vec![
+            change(ChangeKind::Started, "a", 10, 1),
+            change(ChangeKind::Amended, "b", 20, 5),
+            change(ChangeKind::Amended, "a", 10, 2),
+            change(ChangeKind::Started, "c", 30, 1),
+            superseded("c", 30),
+            superseded("d", 40),
+            change(ChangeKind::Amended, "b", 20, 6),
+            change(ChangeKind::Concluded, "b", 20, 6),
+        ];
+        let net: Vec<(String, i64, u64, &str)> = coalesce(changes)
+            .iter()
+            .map(|c| {
+                let kind = match c.kind {
+                    ChangeKind::Started => "started",
+                    ChangeKind::Amended => "amended",
+                    ChangeKind::Concluded => "concluded",
+                    ChangeKind::Superseded { .. } => "superseded",
+                };
+                (c.record.user.id().to_string(), c.record.session_id, c.record.event_count, kind)
+            })
+            .collect();
+        assert_eq!(
+            net,
+            [
+                ("a".to_string(), 10, 2, "started"),
+                ("d".to_string(), 40, 1, "superseded"),
+                ("b".to_string(), 20, 6, "concluded"),
+            ]
+        );
     }
 }

@@ -596,19 +596,22 @@ impl Batch<'_> {
         Ok(inserted == 1)
     }
 
-    /// Applies one engine change to the sessions table and records it; a
-    /// change that would leave the table as it is (a replay after a restart)
-    /// is not recorded again.
-    pub fn apply_change(&self, project: i64, change: &SessionChange) -> Result<(), StoreError> {
+    /// Applies one engine change to the sessions table and records it,
+    /// unless it would leave the table as it is (what a replay after a
+    /// restart produces); costs a lookup per change.
+    pub fn apply_change_if_new(&self, project: i64, change: &SessionChange) -> Result<(), StoreError> {
         let session = StoredSession::from_record(&change.record);
         let stored = self.session(project, &session.user, session.session_id)?;
         let no_op = match change.kind {
             ChangeKind::Superseded { .. } => stored.is_none(),
             _ => stored.is_some_and(|stored| stored.same_state(&session)),
         };
-        if no_op {
-            return Ok(());
-        }
+        if no_op { Ok(()) } else { self.apply_change(project, change) }
+    }
+
+    /// Applies one engine change to the sessions table and records it.
+    pub fn apply_change(&self, project: i64, change: &SessionChange) -> Result<(), StoreError> {
+        let session = StoredSession::from_record(&change.record);
         let (kind, by) = match change.kind {
             ChangeKind::Started => (StoredChangeKind::Started, None),
             ChangeKind::Amended => (StoredChangeKind::Amended, None),

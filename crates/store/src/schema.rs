@@ -64,7 +64,6 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (project, user_kind, user_key, session_id)
     ) WITHOUT ROWID;
     CREATE INDEX sessions_start ON sessions (project, start_ms);
-    CREATE INDEX sessions_open ON sessions (project, concluded, end_ms);
     -- Every change to a session, in order; seq is the session's revision.
     CREATE TABLE session_changes (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -82,7 +81,6 @@ const MIGRATIONS: &[&str] = &[
         superseded_by TEXT,
         raised_at_ms INTEGER NOT NULL
     );
-    CREATE INDEX session_changes_session ON session_changes (project, session_uid);
     ",
 ];
 
