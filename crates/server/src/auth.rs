@@ -41,7 +41,11 @@ impl Keys {
         if !scheme.eq_ignore_ascii_case("bearer") {
             return Err(ApiError::MissingKey);
         }
-        let key = key.trim();
+        self.authorize_key(key.trim(), role)
+    }
+
+    /// The project a key (found in a body, for SDKs that send it there) may act on with `role`.
+    pub(crate) fn authorize_key(&self, key: &str, role: KeyRole) -> Result<i64, ApiError> {
         if key.is_empty() || key.len() > MAX_KEY_BYTES {
             return Err(ApiError::BadKey);
         }

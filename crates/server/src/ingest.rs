@@ -1,7 +1,12 @@
 //! The native ingestion format: decoding, validation and bounds.
 //!
 //! `{"events": [{"user_id", "device_id", "event_type", "time", "insert_id",
-//! "page", "passive", "properties", "sent_at"}], "sent_at"?}`
+//! "page", "passive", "properties", "sent_at", "client_session_id",
+//! "platform", "ip"}], "sent_at"?}`
+//!
+//! The SDK-compatible endpoints (`sdk`) translate each SDK's events into
+//! this shape and validate them with [`parse_event`], so every entry point
+//! applies the same rules and bounds.
 //!
 //! A batch is accepted whole or rejected whole: when any event is invalid,
 //! the answer lists every problem (by index and field) and nothing is stored,
@@ -99,7 +104,11 @@ fn problem(field: &str, message: impl Into<String>) -> EventProblem {
 }
 
 /// One event; every problem found in it (with index 0, set by the caller).
-fn parse_event(event: Value, batch_sent_at: Option<i64>, now_ms: i64) -> Result<NewEvent, Vec<EventProblem>> {
+pub(crate) fn parse_event(
+    event: Value,
+    batch_sent_at: Option<i64>,
+    now_ms: i64,
+) -> Result<NewEvent, Vec<EventProblem>> {
     let size = serde_json::to_vec(&event).map(|v| v.len()).unwrap_or(usize::MAX);
     if size > MAX_EVENT_BYTES {
         return Err(vec![problem(
@@ -129,6 +138,9 @@ fn parse_event(event: Value, batch_sent_at: Option<i64>, now_ms: i64) -> Result<
     let device_id = id(&mut fields, "device_id", &mut problems);
     let insert_id = id(&mut fields, "insert_id", &mut problems);
     let page = id(&mut fields, "page", &mut problems);
+    let client_session_id = id(&mut fields, "client_session_id", &mut problems);
+    let platform = id(&mut fields, "platform", &mut problems);
+    let ip = id(&mut fields, "ip", &mut problems);
     if user_id.is_none()
         && device_id.is_none()
         && !problems.iter().any(|p| p.field == "user_id" || p.field == "device_id")
@@ -229,7 +241,20 @@ fn parse_event(event: Value, batch_sent_at: Option<i64>, now_ms: i64) -> Result<
     let (Some(event_type), Some(time_ms)) = (event_type, time_ms) else {
         unreachable!("a missing field is a problem");
     };
-    Ok(NewEvent { user_id, device_id, event_type, time_ms, insert_id, page, passive, properties, received_ms: now_ms })
+    Ok(NewEvent {
+        user_id,
+        device_id,
+        event_type,
+        time_ms,
+        insert_id,
+        page,
+        passive,
+        properties,
+        received_ms: now_ms,
+        client_session_id,
+        platform,
+        ip,
+    })
 }
 
 /// A time: epoch ms (or s, by the number rule of the file readers) or ISO-8601.

@@ -11,11 +11,14 @@
 //! of read-only connections on blocking threads, so neither blocks the runtime.
 
 mod auth;
+mod cors;
 mod error;
 mod ingest;
 pub mod limits;
 mod metrics;
 mod reads;
+mod sdk;
+mod sdk_routes;
 mod writer;
 
 use std::future::Future;
@@ -79,7 +82,7 @@ pub fn server_running(data_dir: &std::path::Path) -> bool {
 }
 
 #[derive(Debug, Clone)]
-struct AppState {
+pub(crate) struct AppState {
     writer: WriterHandle,
     keys: Arc<Keys>,
     readers: Arc<Readers>,
@@ -114,7 +117,8 @@ pub async fn serve(
         .map_err(|source| ServeError::Listen { addr: config.listen, source })?;
     let local = listener.local_addr()?;
     tracing::info!(listen = %local, data = %config.data_dir.display(), "sessionizer serving");
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await?;
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
     tracing::info!("HTTP server stopped; finishing queued writes");
     refresher.abort();
     // The router (and with it every writer handle) is gone: the writer drains its queue and stops.
@@ -127,8 +131,13 @@ pub async fn serve(
 }
 
 fn router(state: AppState) -> Router {
-    Router::new()
+    // Ingestion (native and SDK formats) answers browsers' CORS preflights; nothing else does.
+    let ingestion = Router::new()
         .route("/v1/events", post(ingest_events))
+        .merge(sdk_routes::routes())
+        .layer(axum::middleware::from_fn(cors::cors));
+    Router::new()
+        .merge(ingestion)
         .route("/v1/sessions", get(list_sessions))
         .route("/v1/users/{user_id}", get(user_usage))
         .route("/v1/export/events", get(export_events))

@@ -111,6 +111,12 @@ pub struct NewEvent {
     pub passive: bool,
     /// The event's properties as a JSON object, if any.
     pub properties: Option<String>,
+    /// The client SDK's own session id, kept as sent (sessions are derived on the server).
+    pub client_session_id: Option<String>,
+    /// The platform the event came from (`web`, `ios`, `android`, ...), if known.
+    pub platform: Option<String>,
+    /// The client's IP address, when the SDK asked the server to record it.
+    pub ip: Option<String>,
     /// Server time when it was accepted.
     pub received_ms: i64,
 }
@@ -444,7 +450,8 @@ impl Store {
         // index instead and scan every earlier session of the project for
         // each event: quadratic (6 s instead of 0.1 s for 20k events and 3k sessions).
         let sql = "SELECT e.seq, e.user_id, e.device_id, e.event_type, e.time_ms, e.insert_id, e.page, e.passive, \
-             e.properties, e.received_ms, s.session_id, s.session_uid, s.last_event_ms \
+             e.properties, e.received_ms, e.client_session_id, e.platform, e.ip, \
+             s.session_id, s.session_uid, s.last_event_ms \
              FROM events e LEFT JOIN sessions s ON s.project = e.project AND s.user_kind = e.user_kind \
              AND s.user_key = e.user_key AND s.session_id = (SELECT max(session_id) FROM sessions x \
              WHERE x.project = e.project AND x.user_kind = e.user_kind AND x.user_key = e.user_key \
@@ -455,9 +462,9 @@ impl Store {
         let mut count = 0;
         while let Some(row) = rows.next()? {
             let event = event_of_row(row)?;
-            let session_id: Option<i64> = row.get(10)?;
-            let session_uid: Option<String> = row.get(11)?;
-            let last_event_ms: Option<i64> = row.get(12)?;
+            let session_id: Option<i64> = row.get(13)?;
+            let session_uid: Option<String> = row.get(14)?;
+            let last_event_ms: Option<i64> = row.get(15)?;
             let in_session = classify(&event.event.event_type, event.event.passive) != EventClass::Excluded
                 && last_event_ms.is_some_and(|last| event.event.time_ms <= last);
             let session = match (in_session, session_id, session_uid) {
@@ -577,7 +584,8 @@ impl Batch<'_> {
         let user = event.user_key();
         let mut statement = self.tx.prepare_cached(
             "INSERT OR IGNORE INTO events (project, user_kind, user_key, user_id, device_id, event_type, time_ms, \
-             insert_id, page, passive, properties, received_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+             insert_id, page, passive, properties, received_ms, client_session_id, platform, ip) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
         )?;
         let inserted = statement.execute(params![
             project,
@@ -592,6 +600,9 @@ impl Batch<'_> {
             event.passive,
             event.properties,
             event.received_ms,
+            event.client_session_id,
+            event.platform,
+            event.ip,
         ])?;
         Ok(inserted == 1)
     }
@@ -760,7 +771,7 @@ impl Batch<'_> {
 }
 
 const EVENT_COLUMNS: &str = "SELECT seq, user_id, device_id, event_type, time_ms, insert_id, page, passive, \
-                             properties, received_ms FROM events";
+                             properties, received_ms, client_session_id, platform, ip FROM events";
 
 const SESSION_COLUMNS: &str = "SELECT user_kind, user_key, session_id, session_uid, start_ms, end_ms, \
                                last_event_ms, event_count, end_reason, concluded, entry_event_type, entry_page, \
@@ -779,6 +790,9 @@ fn event_of_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
             passive: row.get(7)?,
             properties: row.get(8)?,
             received_ms: row.get(9)?,
+            client_session_id: row.get(10)?,
+            platform: row.get(11)?,
+            ip: row.get(12)?,
         },
     })
 }

@@ -82,6 +82,12 @@ const MIGRATIONS: &[&str] = &[
         raised_at_ms INTEGER NOT NULL
     );
     ",
+    // 2: what SDKs send besides the event: their own session id, the platform, the client address.
+    "
+    ALTER TABLE events ADD COLUMN client_session_id TEXT;
+    ALTER TABLE events ADD COLUMN platform TEXT;
+    ALTER TABLE events ADD COLUMN ip TEXT;
+    ",
 ];
 
 /// Brings the schema to the newest version, in one transaction per step.

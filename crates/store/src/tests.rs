@@ -16,6 +16,9 @@ fn event(user: &str, event_type: &str, time_ms: i64, insert_id: &str) -> NewEven
         passive: false,
         properties: Some(r#"{"k":1}"#.to_string()),
         received_ms: time_ms,
+        client_session_id: None,
+        platform: None,
+        ip: None,
     }
 }
 
