@@ -5,6 +5,7 @@
 //! rewrites them (then review the diff).
 
 mod crash;
+mod sdk;
 mod server;
 
 use std::io::Write;

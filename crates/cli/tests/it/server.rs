@@ -129,6 +129,26 @@ impl TestServer {
         self.try_post(path, key, body.to_string().as_bytes()).expect("request")
     }
 
+    /// Any request: method, path, headers and body; the status, the response headers and the body.
+    pub(crate) fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, ureq::http::HeaderMap, String) {
+        let mut builder = ureq::http::Request::builder().method(method).uri(self.url(path));
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let request = builder.body(body.to_vec()).expect("request");
+        let mut response = self.agent.run(request).expect("response");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.body_mut().read_to_string().expect("body");
+        (status, headers, body)
+    }
+
     /// SIGKILL: no chance to flush or clean up.
     pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
