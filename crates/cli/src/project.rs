@@ -83,6 +83,10 @@ struct SetArgs {
     /// Time zone that days are counted in by the query API.
     #[arg(long)]
     time_zone: Option<String>,
+    /// Where sessions come from: "server" (event time only) or "client" (also
+    /// split where the SDK's own session id changes).
+    #[arg(long, value_name = "server|client")]
+    session_source: Option<String>,
 }
 
 /// Re-sessionize every project's history from its stored events.
@@ -192,6 +196,9 @@ fn set(args: SetArgs) -> anyhow::Result<()> {
     }
     if let Some(zone) = &args.time_zone {
         settings.time_zone = zone.clone();
+    }
+    if let Some(source) = &args.session_source {
+        settings.session_source = source.clone();
     }
     store.set_settings(&project, &settings).map_err(store_error)?;
     let project = store.project(&project.public_id).map_err(store_error)?;

@@ -136,6 +136,8 @@ pub(crate) fn run(args: SessionizeArgs) -> anyhow::Result<()> {
         device: &table.device,
         time_ms: &table.time_ms,
         class: &table.class,
+        // The batch command has no client session ids (its rules never split on them).
+        client_session: &[],
         tiebreak: &tiebreak,
     };
     let result =

@@ -27,6 +27,9 @@ pub struct BatchEvents<'a> {
     pub device: &'a [u32],
     pub time_ms: &'a [i64],
     pub class: &'a [EventClass],
+    /// Each row's [`crate::client_session_key`] (0 for none), used only with
+    /// client-session splits; may be empty when no row has one.
+    pub client_session: &'a [u64],
     /// [`crate::tiebreak`] of a row. Called only for events that share their
     /// user, time and class with another (rare with millisecond times), so the
     /// caller need not hash every event.
@@ -147,7 +150,7 @@ pub fn sessionize_users(
     for (local, user) in users.enumerate() {
         let segment = &keys[offsets[local]..offsets[local + 1]];
         if !segment.is_empty() {
-            scan_user(user, segment, rules, &mut result);
+            scan_user(user, segment, rules, events.client_session, &mut result);
         }
     }
     result
@@ -211,7 +214,7 @@ fn order_ties(segment: &mut [SortKey], tiebreak: &(dyn Fn(u32) -> u64 + Sync)) {
     }
 }
 
-fn scan_user(user: u32, keys: &[SortKey], rules: &SessionRules, result: &mut BatchSessions) {
+fn scan_user(user: u32, keys: &[SortKey], rules: &SessionRules, client_session: &[u64], result: &mut BatchSessions) {
     let mut state = ScanState::default();
     let session_of = |span: Span, end_reason: EndReason| BatchSession {
         user,
@@ -224,7 +227,8 @@ fn scan_user(user: u32, keys: &[SortKey], rules: &SessionRules, result: &mut Bat
         end_reason,
     };
     for &key in keys {
-        match state.step(rules, key.time_ms(), key.active()) {
+        let client = client_session.get(key.row as usize).copied().unwrap_or(0);
+        match state.step(rules, key.time_ms(), key.active(), client) {
             Step::Opened(closed) => {
                 if let Some((span, reason)) = closed {
                     result.sessions.push(session_of(span, reason));

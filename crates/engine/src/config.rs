@@ -76,6 +76,7 @@ pub struct SessionRules {
     timeout_ms: i64,
     max_length_ms: Option<i64>,
     midnight_time_zone: Option<TimeZone>,
+    client_session_splits: bool,
 }
 
 impl SessionRules {
@@ -87,7 +88,7 @@ impl SessionRules {
         if timeout_ms > MAX_TIMEOUT_MS {
             return Err(ConfigError::TimeoutTooLarge { timeout_ms });
         }
-        Ok(SessionRules { timeout_ms, max_length_ms: None, midnight_time_zone: None })
+        Ok(SessionRules { timeout_ms, max_length_ms: None, midnight_time_zone: None, client_session_splits: false })
     }
 
     /// Also end a session once it would reach `max_length_ms`: an active event at
@@ -107,8 +108,22 @@ impl SessionRules {
         self
     }
 
+    /// Also end a session where the client's own session id changes: an
+    /// active event whose client session id differs from the one the open
+    /// session has seen opens a new session. Sessions still never span a gap
+    /// of the timeout, so sessions stay a function of event time and the
+    /// live engine's islands stay intact.
+    pub fn with_client_session_splits(mut self) -> SessionRules {
+        self.client_session_splits = true;
+        self
+    }
+
     pub fn timeout_ms(&self) -> i64 {
         self.timeout_ms
+    }
+
+    pub fn splits_on_client_session(&self) -> bool {
+        self.client_session_splits
     }
 
     pub fn max_length_ms(&self) -> Option<i64> {
@@ -122,7 +137,12 @@ impl SessionRules {
 
 impl Default for SessionRules {
     fn default() -> SessionRules {
-        SessionRules { timeout_ms: DEFAULT_TIMEOUT_MS, max_length_ms: None, midnight_time_zone: None }
+        SessionRules {
+            timeout_ms: DEFAULT_TIMEOUT_MS,
+            max_length_ms: None,
+            midnight_time_zone: None,
+            client_session_splits: false,
+        }
     }
 }
 
@@ -132,6 +152,7 @@ impl fmt::Debug for SessionRules {
             .field("timeout_ms", &self.timeout_ms)
             .field("max_length_ms", &self.max_length_ms)
             .field("midnight_time_zone", &self.midnight_time_zone.as_ref().and_then(|tz| tz.iana_name()))
+            .field("client_session_splits", &self.client_session_splits)
             .finish()
     }
 }

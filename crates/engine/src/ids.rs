@@ -55,6 +55,12 @@ pub fn session_uid(project: &str, user: &UserKey, start_ms: i64) -> Uuid {
     uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid()
 }
 
+/// The key of a client SDK's session id, as the engine compares them: a
+/// 64-bit hash, never 0 (which means "no client session").
+pub fn client_session_key(client_session_id: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(client_session_id.as_bytes()).max(1)
+}
+
 /// Orders a user's events that share a timestamp and a class by content, so that
 /// entry and exit events never depend on arrival order.
 pub fn tiebreak(event_type: &str, page: Option<&str>, insert_id: Option<&str>) -> u64 {

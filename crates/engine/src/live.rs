@@ -36,6 +36,9 @@ pub struct Event {
     pub time_ms: i64,
     pub class: EventClass,
     pub insert_id: Option<Arc<str>>,
+    /// The client SDK's own session id, if it sent one; only splits sessions
+    /// with [`crate::SessionRules::with_client_session_splits`].
+    pub client_session_id: Option<Arc<str>>,
 }
 
 /// A session's current state, as published in changes.
@@ -147,6 +150,8 @@ struct Point {
     device_id: Option<Arc<str>>,
     event_type: Arc<str>,
     page: Option<Arc<str>>,
+    /// [`crate::client_session_key`] of the event's client session id, 0 for none.
+    client_session: u64,
     /// Index into the island's spans, or `NO_SPAN`.
     span: u32,
 }
@@ -292,6 +297,7 @@ impl Sessionizer {
                 device_id: event.device_id,
                 event_type: event.event_type,
                 page: event.page,
+                client_session: event.client_session_id.as_deref().map_or(0, crate::ids::client_session_key),
                 span: NO_SPAN,
             };
             if !admitted_in_call && !self.users.contains_key(&event.user) {
@@ -727,13 +733,19 @@ fn insert_point(island: &mut Island, mut point: Point, rules: &crate::config::Se
         island.points.push(point);
         return;
     }
-    point.span = fold_step(island, rules, point.time_ms, point.active());
+    point.span = fold_step(island, rules, point.time_ms, point.active(), point.client_session);
     island.points.push(point);
 }
 
 /// One step of the fold; returns the span index of the stepped point.
-fn fold_step(island: &mut Island, rules: &crate::config::SessionRules, time_ms: i64, active: bool) -> u32 {
-    match island.scan.step(rules, time_ms, active) {
+fn fold_step(
+    island: &mut Island,
+    rules: &crate::config::SessionRules,
+    time_ms: i64,
+    active: bool,
+    client_session: u64,
+) -> u32 {
+    match island.scan.step(rules, time_ms, active, client_session) {
         Step::Opened(closed) => {
             if let Some(closed) = closed {
                 island.closed.push(closed);
@@ -751,8 +763,9 @@ fn rescan(island: &mut Island, rules: &crate::config::SessionRules) {
     island.closed.clear();
     island.needs_rescan = false;
     for index in 0..island.points.len() {
-        let (time_ms, active) = (island.points[index].time_ms, island.points[index].active());
-        island.points[index].span = fold_step(island, rules, time_ms, active);
+        let point = &island.points[index];
+        let (time_ms, active, client_session) = (point.time_ms, point.active(), point.client_session);
+        island.points[index].span = fold_step(island, rules, time_ms, active, client_session);
     }
 }
 

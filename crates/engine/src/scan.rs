@@ -24,11 +24,19 @@ pub enum EndReason {
     /// Ended by inactivity, and the device of its last event was used by another
     /// user within the timeout.
     UserChange,
+    /// The next active event carried another client session id (only with
+    /// [`SessionRules::with_client_session_splits`]).
+    ClientSession,
 }
 
 impl EndReason {
-    pub const ALL: [EndReason; 4] =
-        [EndReason::Inactivity, EndReason::MaxLength, EndReason::Midnight, EndReason::UserChange];
+    pub const ALL: [EndReason; 5] = [
+        EndReason::Inactivity,
+        EndReason::MaxLength,
+        EndReason::Midnight,
+        EndReason::UserChange,
+        EndReason::ClientSession,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -36,6 +44,7 @@ impl EndReason {
             EndReason::MaxLength => "max_length",
             EndReason::Midnight => "midnight",
             EndReason::UserChange => "user_change",
+            EndReason::ClientSession => "client_session",
         }
     }
 }
@@ -53,6 +62,9 @@ pub(crate) struct Span {
     pub(crate) event_count: u64,
     pub(crate) entry_pos: usize,
     pub(crate) exit_pos: usize,
+    /// The client session id (see [`crate::client_session_key`]) of the latest
+    /// active event that carried one, 0 for none.
+    pub(crate) client_session: u64,
 }
 
 /// What one fed event did.
@@ -85,8 +97,9 @@ impl ScanState {
         self.open.as_ref()
     }
 
-    /// Feeds the next event of one user, in the order described in the module docs.
-    pub(crate) fn step(&mut self, rules: &SessionRules, time_ms: i64, active: bool) -> Step {
+    /// Feeds the next event of one user, in the order described in the module
+    /// docs; `client_session` is the event's client session key, 0 for none.
+    pub(crate) fn step(&mut self, rules: &SessionRules, time_ms: i64, active: bool, client_session: u64) -> Step {
         #[cfg(debug_assertions)]
         {
             debug_assert!(self.last_time_ms.is_none_or(|last| last <= time_ms), "events fed out of order");
@@ -98,7 +111,7 @@ impl ScanState {
             if !active {
                 return Step::Orphan;
             }
-            self.open_at(rules, time_ms, pos);
+            self.open_at(rules, time_ms, pos, client_session);
             return Step::Opened(None);
         };
         let within_timeout = time_ms - open.end_ms < rules.timeout_ms();
@@ -118,6 +131,16 @@ impl ScanState {
             Some(EndReason::Inactivity)
         } else if !same_day {
             Some(EndReason::Midnight)
+        } else if rules.splits_on_client_session()
+            && client_session != 0
+            && open.client_session != 0
+            && client_session != open.client_session
+            // Not within the millisecond of the session's last event, so that
+            // sessions never share an instant (the store finds an event's
+            // session by its time).
+            && time_ms > open.last_event_ms
+        {
+            Some(EndReason::ClientSession)
         } else if rules.max_length_ms().is_some_and(|max| time_ms - open.start_ms >= max) {
             Some(EndReason::MaxLength)
         } else {
@@ -129,17 +152,20 @@ impl ScanState {
                 open.last_event_ms = time_ms;
                 open.event_count += 1;
                 open.exit_pos = pos;
+                if client_session != 0 {
+                    open.client_session = client_session;
+                }
                 Step::Joined
             }
             Some(reason) => {
                 let closed = *open;
-                self.open_at(rules, time_ms, pos);
+                self.open_at(rules, time_ms, pos, client_session);
                 Step::Opened(Some((closed, reason)))
             }
         }
     }
 
-    fn open_at(&mut self, rules: &SessionRules, time_ms: i64, pos: usize) {
+    fn open_at(&mut self, rules: &SessionRules, time_ms: i64, pos: usize, client_session: u64) {
         self.open = Some(Span {
             start_ms: time_ms,
             end_ms: time_ms,
@@ -147,6 +173,7 @@ impl ScanState {
             event_count: 1,
             entry_pos: pos,
             exit_pos: pos,
+            client_session,
         });
         if let Some(time_zone) = rules.midnight_time_zone() {
             let cached = self.day_ms.is_some_and(|(start, end)| (start..end).contains(&time_ms));

@@ -430,6 +430,7 @@ fn engine_event(event: &NewEvent, classifier: &EventClassifier) -> Event {
         time_ms: event.time_ms,
         class,
         insert_id: event.insert_id.as_deref().map(Arc::from),
+        client_session_id: event.client_session_id.as_deref().map(Arc::from),
     }
 }
 

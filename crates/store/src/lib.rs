@@ -27,7 +27,7 @@ use uuid::Uuid;
 
 pub use keys::{KeyHash, KeyRole, MAX_KEY_BYTES, constant_time_eq, hash_key};
 pub use rebuild::sessionize_stored;
-pub use settings::ProjectSettings;
+pub use settings::{ProjectSettings, SESSION_SOURCES};
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "sessionizer.db";

@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 
 use sessionizer_engine::{
-    BatchEvents, BatchOptions, EventClassifier, NO_DEVICE, SessionRules, UserKey, session_uid, sessionize_batch,
-    tiebreak,
+    BatchEvents, BatchOptions, EventClassifier, NO_DEVICE, SessionRules, UserKey, client_session_key, session_uid,
+    sessionize_batch, tiebreak,
 };
 
 use crate::{StoredEvent, StoredSession};
@@ -27,6 +27,7 @@ pub fn sessionize_stored(
     let mut device = Vec::with_capacity(events.len());
     let mut time_ms = Vec::with_capacity(events.len());
     let mut class = Vec::with_capacity(events.len());
+    let mut client_session = Vec::new();
     for stored in events {
         let event = &stored.event;
         let key = event.user_key();
@@ -43,6 +44,9 @@ pub fn sessionize_stored(
         });
         time_ms.push(event.time_ms);
         class.push(classifier.classify(&event.event_type, event.passive));
+        if rules.splits_on_client_session() {
+            client_session.push(event.client_session_id.as_deref().map_or(0, client_session_key));
+        }
     }
     let tie = |row: u32| {
         let event = &events[row as usize].event;
@@ -54,6 +58,7 @@ pub fn sessionize_stored(
         device: &device,
         time_ms: &time_ms,
         class: &class,
+        client_session: &client_session,
         tiebreak: &tie,
     };
     let result = sessionize_batch(&input, rules, BatchOptions::default());

@@ -27,6 +27,17 @@ pub struct ProjectSettings {
     /// Time zone that days are bucketed in by the query API.
     #[serde(default = "utc")]
     pub time_zone: String,
+    /// `server` (sessions from event time only; client session ids are kept
+    /// but ignored) or `client` (also split where the SDK's session id changes).
+    #[serde(default = "server")]
+    pub session_source: String,
+}
+
+/// The session sources a project may choose.
+pub const SESSION_SOURCES: [&str; 2] = ["server", "client"];
+
+fn server() -> String {
+    "server".to_string()
 }
 
 fn utc() -> String {
@@ -42,6 +53,7 @@ impl Default for ProjectSettings {
             excluded_event_types: DEFAULT_EXCLUDED_EVENT_TYPES.iter().map(|t| t.to_string()).collect(),
             passive_event_types: Vec::new(),
             time_zone: utc(),
+            session_source: server(),
         }
     }
 }
@@ -58,6 +70,16 @@ impl ProjectSettings {
             let time_zone = TimeZone::get(name)
                 .map_err(|_| invalid("midnight_split_time_zone", format!("unknown IANA time zone {name:?}")))?;
             rules = rules.with_midnight_split(time_zone);
+        }
+        match self.session_source.as_str() {
+            "server" => {}
+            "client" => rules = rules.with_client_session_splits(),
+            other => {
+                return Err(invalid(
+                    "session_source",
+                    format!("{other:?} is not one of {}", SESSION_SOURCES.join(", ")),
+                ));
+            }
         }
         TimeZone::get(&self.time_zone)
             .map_err(|_| invalid("time_zone", format!("unknown IANA time zone {:?}", self.time_zone)))?;

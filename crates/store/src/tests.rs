@@ -203,3 +203,27 @@ fn event_pages_cover_everything_once_in_time_order() {
     assert_eq!(seen, expected, "in (time, seq) order, each once");
     assert_eq!(seen.len(), 25 - 7, "everything from T0 + 1 min on (seven events are at T0)");
 }
+
+#[test]
+fn client_session_source_splits_where_the_sdk_session_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path()).unwrap();
+    let project = store.create_project("p", T0).unwrap().project;
+    let batch = store.batch().unwrap();
+    for (i, (minute, client)) in [(0, "a"), (5, "a"), (8, "b"), (12, "b")].into_iter().enumerate() {
+        let mut e = event("u", "view", T0 + minute * MIN, &format!("i{i}"));
+        e.client_session_id = Some(client.to_string());
+        batch.insert_event(project.id, &e).unwrap();
+    }
+    batch.commit().unwrap();
+    let now = T0 + 24 * 60 * MIN;
+    assert_eq!(store.rebuild_project(&project, now).unwrap(), 1, "server: one session, client ids ignored");
+    let settings = ProjectSettings { session_source: "client".into(), ..project.settings.clone() };
+    store.set_settings(&project, &settings).unwrap();
+    let project = store.project(&project.public_id).unwrap();
+    assert_eq!(store.rebuild_project(&project, now).unwrap(), 2);
+    let sessions = store.sessions_of_user(project.id, &UserKey::User("u".into())).unwrap();
+    assert_eq!(sessions[0].end_reason.as_deref(), Some("client_session"));
+    let bad = ProjectSettings { session_source: "sdk".into(), ..project.settings.clone() };
+    assert!(store.set_settings(&project, &bad).unwrap_err().to_string().contains("session_source"));
+}

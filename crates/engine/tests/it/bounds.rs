@@ -19,6 +19,7 @@ fn event(user: &str, minute: i64, insert_id: Option<&str>) -> Event {
         time_ms: T0 + minute * MINUTE_MS,
         class: EventClass::Active,
         insert_id: insert_id.map(Arc::from),
+        client_session_id: None,
     }
 }
 

@@ -14,8 +14,8 @@ use jiff::tz::TimeZone;
 use proptest::prelude::*;
 use sessionizer_engine::{
     BatchEvents, BatchOptions, ChangeKind, EndReason, Event, EventClass, EventClassifier, LiveConfig, NO_DEVICE,
-    NO_SESSION, SessionRecord, SessionRules, Sessionizer, UserKey, label_user_changes, sessionize_batch,
-    sessionize_users, tiebreak,
+    NO_SESSION, SessionRecord, SessionRules, Sessionizer, UserKey, client_session_key, label_user_changes,
+    sessionize_batch, sessionize_users, tiebreak,
 };
 
 const BASE_MS: i64 = 1_767_648_600_000; // 2026-01-05T21:30:00Z: the range crosses midnight UTC and Berlin
@@ -30,6 +30,8 @@ struct TestEvent {
     time_ms: i64,
     marked_passive: bool,
     insert_id: Option<String>,
+    /// The client SDK's session id (`cs-N`), if any.
+    client: Option<u8>,
 }
 
 /// One session in a form both engines and the model can be compared in.
@@ -60,8 +62,12 @@ fn rules_strategy() -> impl Strategy<Value = SessionRules> {
     let timeout = prop_oneof![Just(MINUTE_MS), Just(5 * MINUTE_MS), Just(10 * MINUTE_MS), Just(30 * MINUTE_MS)];
     let max_length = prop_oneof![3 => Just(None), 1 => Just(Some(15 * MINUTE_MS)), 1 => Just(Some(45 * MINUTE_MS))];
     let midnight = prop_oneof![3 => Just(None), 1 => Just(Some("UTC")), 1 => Just(Some("Europe/Berlin"))];
-    (timeout, max_length, midnight).prop_map(|(timeout_ms, max_length_ms, midnight)| {
+    let client_splits = prop::bool::weighted(0.3);
+    (timeout, max_length, midnight, client_splits).prop_map(|(timeout_ms, max_length_ms, midnight, client_splits)| {
         let mut rules = SessionRules::new(timeout_ms).unwrap();
+        if client_splits {
+            rules = rules.with_client_session_splits();
+        }
         if let Some(max_length_ms) = max_length_ms {
             rules = rules.with_max_length_ms(max_length_ms).unwrap();
         }
@@ -82,8 +88,9 @@ fn event_strategy() -> impl Strategy<Value = TestEvent> {
     let page = prop_oneof![Just(None), Just(Some("/home")), Just(Some("/cart"))];
     // Minutes, so equal times and gaps equal to the timeout are common.
     let time_ms = (0i64..240).prop_map(|minute| BASE_MS + minute * MINUTE_MS);
-    (key, prop::option::of(0u8..2), event_type, page, time_ms, prop::bool::weighted(0.1), any::<u32>()).prop_map(
-        |(key, device, event_type, page, time_ms, marked_passive, id)| TestEvent {
+    let client = prop::option::of(0u8..3);
+    (key, prop::option::of(0u8..2), event_type, page, time_ms, prop::bool::weighted(0.1), any::<u32>(), client)
+        .prop_map(|(key, device, event_type, page, time_ms, marked_passive, id, client)| TestEvent {
             // An anonymous event's key is its device.
             device: match &key {
                 UserKey::Device(id) => Some(id.trim_start_matches("device-").parse().unwrap()),
@@ -95,8 +102,8 @@ fn event_strategy() -> impl Strategy<Value = TestEvent> {
             time_ms,
             marked_passive,
             insert_id: Some(format!("ins-{id}")),
-        },
-    )
+            client,
+        })
 }
 
 /// Events plus exact retries of some of them (same insert id), so dedup is exercised.
@@ -149,12 +156,15 @@ fn reference(case: &Case) -> Vec<Canon> {
             (e.time_ms, passive, tiebreak(e.event_type, e.page, e.insert_id.as_deref()) >> 1)
         });
         let mut current: Option<(Canon, Option<u8>)> = None;
+        // The client session the open session has seen last.
+        let mut client: Option<u8> = None;
         for event in events {
             let label = (event.event_type.to_string(), event.page.map(str::to_string));
             let active = class_of(case, event) == EventClass::Active;
             let Some((session, exit_device)) = current.as_mut() else {
                 if active {
                     current = Some((new_session(&key, event.time_ms, label), event.device));
+                    client = event.client;
                 }
                 continue;
             };
@@ -171,6 +181,13 @@ fn reference(case: &Case) -> Vec<Canon> {
                 Some(EndReason::Inactivity)
             } else if !same_day {
                 Some(EndReason::Midnight)
+            } else if rules.splits_on_client_session()
+                && event.client.is_some()
+                && client.is_some()
+                && event.client != client
+                && event.time_ms > session.last_event_ms
+            {
+                Some(EndReason::ClientSession)
             } else if rules.max_length_ms().is_some_and(|max| event.time_ms - session.start_ms >= max) {
                 Some(EndReason::MaxLength)
             } else {
@@ -182,6 +199,7 @@ fn reference(case: &Case) -> Vec<Canon> {
                     done.0.end_reason = reason;
                     sessions.push(done);
                     current = Some((new_session(&key, event.time_ms, label), event.device));
+                    client = event.client;
                 }
                 None => {
                     session.end_ms = event.time_ms;
@@ -189,6 +207,9 @@ fn reference(case: &Case) -> Vec<Canon> {
                     session.event_count += 1;
                     session.exit = label;
                     *exit_device = event.device;
+                    if event.client.is_some() {
+                        client = event.client;
+                    }
                 }
             }
         }
@@ -238,6 +259,8 @@ fn batch(case: &Case) -> Vec<Canon> {
     let device: Vec<u32> = events.iter().map(|e| e.device.map_or(NO_DEVICE, u32::from)).collect();
     let time_ms: Vec<i64> = events.iter().map(|e| e.time_ms).collect();
     let class: Vec<EventClass> = events.iter().map(|e| class_of(case, e)).collect();
+    let client_session: Vec<u64> =
+        events.iter().map(|e| e.client.map_or(0, |c| client_session_key(&format!("cs-{c}")))).collect();
     let tie = |row: u32| {
         let e = events[row as usize];
         tiebreak(e.event_type, e.page, e.insert_id.as_deref())
@@ -248,6 +271,7 @@ fn batch(case: &Case) -> Vec<Canon> {
         device: &device,
         time_ms: &time_ms,
         class: &class,
+        client_session: &client_session,
         tiebreak: &tie,
     };
     let result = sessionize_batch(&input, &case.rules, BatchOptions { assign_events: true });
@@ -318,6 +342,7 @@ fn live_event(case: &Case, e: &TestEvent) -> Event {
         time_ms: e.time_ms,
         class: class_of(case, e),
         insert_id: e.insert_id.as_deref().map(Arc::from),
+        client_session_id: e.client.map(|c| Arc::from(format!("cs-{c}"))),
     }
 }
 
@@ -423,6 +448,7 @@ fn the_model_itself_splits_where_the_definition_says() {
         time_ms: BASE_MS + minute * MINUTE_MS,
         marked_passive: false,
         insert_id: None,
+        client: None,
     };
     let case = Case {
         rules,
@@ -439,4 +465,52 @@ fn the_model_itself_splits_where_the_definition_says() {
         vec![(0, 9, 3, EndReason::MaxLength), (16, 16, 1, EndReason::Inactivity), (30, 30, 1, EndReason::Inactivity)]
     );
     assert_eq!(batch(&case), sessions);
+}
+
+#[test]
+fn client_session_ids_split_only_where_they_change() {
+    let rules = SessionRules::new(30 * MINUTE_MS).unwrap().with_client_session_splits();
+    let at = |minute: i64, event_type: &'static str, client: Option<u8>| TestEvent {
+        key: UserKey::User(Arc::from("u")),
+        device: None,
+        event_type,
+        page: None,
+        time_ms: BASE_MS + minute * MINUTE_MS,
+        marked_passive: false,
+        insert_id: Some(format!("i-{minute}-{event_type}")),
+        client,
+    };
+    // cs-0 until minute 10; an event without a client id continues it; cs-1
+    // from minute 12; a poll (passive) with cs-0 joins without splitting; a
+    // 40-minute gap still ends cs-1's session by inactivity.
+    let events = vec![
+        at(0, "view", Some(0)),
+        at(5, "click", None),
+        at(10, "view", Some(0)),
+        at(12, "view", Some(1)),
+        at(13, "poll", Some(0)),
+        at(20, "view", Some(1)),
+        at(60, "view", Some(1)),
+    ];
+    let case = Case { rules: rules.clone(), classifier: classifier(), events: events.clone() };
+    let sessions = reference(&case);
+    let summary: Vec<(i64, i64, u64, EndReason)> = sessions
+        .iter()
+        .map(|s| ((s.start_ms - BASE_MS) / MINUTE_MS, (s.end_ms - BASE_MS) / MINUTE_MS, s.event_count, s.end_reason))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (0, 10, 3, EndReason::ClientSession),
+            (12, 20, 3, EndReason::Inactivity),
+            (60, 60, 1, EndReason::Inactivity)
+        ]
+    );
+    assert_eq!(batch(&case), sessions);
+    let arrival: Vec<usize> = (0..events.len()).rev().collect();
+    assert_eq!(live(&case, &arrival, &[3]), sessions, "the live engine, fed backwards");
+    // Without the setting, client ids change nothing.
+    let plain = Case { rules: SessionRules::new(30 * MINUTE_MS).unwrap(), classifier: classifier(), events };
+    assert_eq!(reference(&plain).len(), 2);
+    assert_eq!(batch(&plain), reference(&plain));
 }

@@ -88,6 +88,7 @@ fn live_events(scenario: &Scenario) -> Vec<Event> {
             time_ms: ms(&e.time),
             class: classifier.classify(&e.event_type, false),
             insert_id: None,
+            client_session_id: None,
         })
         .collect()
 }
@@ -107,6 +108,7 @@ fn batch_sessions(scenario: &Scenario, rules: &SessionRules) -> Vec<ExpectedSess
         device: &[],
         time_ms: &time_ms,
         class: &class,
+        client_session: &[],
         tiebreak: &tie,
     };
     let result = sessionize_batch(&events, rules, BatchOptions { assign_events: true });
