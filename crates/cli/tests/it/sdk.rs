@@ -176,3 +176,31 @@ fn cors_only_on_ingestion() {
     assert_ne!(status, 204);
     assert!(!headers.contains_key("access-control-allow-origin"));
 }
+
+#[test]
+fn client_session_source_follows_the_sdk_session_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = create_project(dir.path(), "client-sessions");
+    let set = std::process::Command::new(super::BIN)
+        .args(["project", "set", &project.id, "--session-source", "client", "--data", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
+    let server = TestServer::start(dir.path(), free_port());
+    let t0 = now_ms() - 60 * MIN;
+    // The browser SDK started a new session at minute 6 (say, after its own reset); the gap is only a minute.
+    let events: Vec<Value> = [(0, t0), (5, t0), (6, t0 + 6 * MIN), (8, t0 + 6 * MIN)]
+        .iter()
+        .map(|&(minute, session_id)| {
+            json!({"user_id": "u", "event_type": "view", "time": t0 + minute * MIN,
+                   "insert_id": format!("c-{minute}"), "session_id": session_id})
+        })
+        .collect();
+    let body = json!({"api_key": project.write_key, "events": events});
+    let (status, _, answer) = server.request("POST", "/2/httpapi", &[], body.to_string().as_bytes());
+    assert_eq!(status, 200, "{answer}");
+    let sessions = sessions_of(&server, &project.read_key, "user_id=u");
+    let starts: Vec<&Value> = sessions.iter().map(|s| &s["start_ms"]).collect();
+    assert_eq!(starts, [&json!(t0), &json!(t0 + 6 * MIN)]);
+    assert_eq!(sessions[0]["end_reason"], json!("client_session"));
+}
