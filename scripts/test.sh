@@ -4,7 +4,9 @@
 # 1. Cross-check: sessionize a generated data set with sessionizer and with
 #    DuckDB SQL and require the same sessions (bench/sessionize_vs_duckdb.py,
 #    small size; the full benchmark is documented in docs/benchmarks.md).
-# 2. cargo test: unit, scenario, model (proptest), golden and CLI tests.
+# 2. The real analytics SDKs (npm) against `sessionizer serve`
+#    (tests/sdk/run.sh, docs/sdk-compatibility.md), on the binary built here.
+# 3. cargo test: unit, scenario, model (proptest), golden and CLI tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sessionizer/target}"
@@ -19,5 +21,7 @@ data_dir="$(mktemp -d)"
 trap 'rm -rf "$data_dir"' EXIT
 python3 bench/sessionize_vs_duckdb.py --events 200000 --repeat 1 --cross-check \
   --binary "$CARGO_TARGET_DIR/debug/sessionizer" --data-dir "$data_dir"
+
+SESSIONIZER_BIN="$CARGO_TARGET_DIR/debug/sessionizer" bash tests/sdk/run.sh
 
 cargo test --workspace --locked

@@ -1,0 +1,134 @@
+// @amplitude/analytics-node against sessionizer serve: POST /2/httpapi.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { createInstance } from '@amplitude/analytics-node';
+import {
+  blockedConnections,
+  checkAllSessions,
+  checkEvents,
+  scenario,
+  startProxy,
+  startServer,
+} from '../lib.mjs';
+
+/** An SDK instance pointed at `baseUrl`: only the server URL and the key differ from Amplitude's defaults
+ * (plus a short flush interval so the test does not wait 10 s per batch). */
+async function amplitude(baseUrl, key) {
+  const client = createInstance();
+  await client.init(key, { serverUrl: `${baseUrl}/2/httpapi`, flushIntervalMillis: 100, logLevel: 0 }).promise;
+  return client;
+}
+
+/** Tracks the events in one batch; the SDK's results. */
+async function track(client, events) {
+  const pending = events.map(
+    (e) => client.track(e.eventType, { plan: 'pro', note: e.name }, { user_id: e.userId, time: e.timeMs, insert_id: e.insertId }).promise,
+  );
+  return Promise.all(pending);
+}
+
+const codes = (results) => results.map((r) => r.code);
+
+test('@amplitude/analytics-node', async (t) => {
+  const server = await startServer('amplitude');
+  t.after(() => server.stop());
+  const plan = scenario('amp');
+  const client = await amplitude(server.url, server.writeKey);
+
+  await t.test('events arrive once with their times; a 40-minute gap makes two sessions', async () => {
+    const results = await track(client, plan.first);
+    assert.deepEqual(codes(results), plan.first.map(() => 200), JSON.stringify(results.map((r) => r.message)));
+    await checkEvents(server, plan, plan.first, { sessions: plan.sessionsBeforeLate });
+    await checkAllSessions(server, plan.sessionsBeforeLate);
+  });
+
+  await t.test('late events join their session, and one merges two sessions', async () => {
+    const results = await track(client, plan.late);
+    assert.deepEqual(codes(results), [200, 200]);
+    const { users } = plan;
+    await checkEvents(server, plan, [...plan.first, ...plan.late], { sessions: plan.sessions });
+    await checkAllSessions(server, { [users.alice]: plan.sessions[users.alice], [users.bob]: plan.sessions[users.bob] });
+  });
+
+  await t.test('the same batch sent again is not stored twice', async () => {
+    const before = await server.metric('sessionizer_duplicate_events_total');
+    const again = [...plan.first, ...plan.late];
+    const results = await track(client, again);
+    assert.deepEqual(codes(results), again.map(() => 200));
+    assert.equal(await server.metric('sessionizer_duplicate_events_total'), before + again.length);
+    await checkEvents(server, plan, [...plan.first, ...plan.late]);
+  });
+
+  await t.test('a lost answer: the SDK retries the batch, stored once', async () => {
+    const proxy = await startProxy(server.url, { failAfterStoring: 1 });
+    try {
+      const viaProxy = await amplitude(proxy.url, server.writeKey);
+      const results = await track(viaProxy, plan.retried);
+      assert.deepEqual(codes(results), [200, 200, 200]);
+      assert.ok(proxy.requests.length >= 2, `${proxy.requests.length} requests`);
+      assert.equal(proxy.requests[0].upstream.status, 200, 'the first request was stored');
+      assert.ok(proxy.requests[0].failed);
+      const resent = JSON.parse(proxy.requests[1].body).events.map((e) => e.insert_id);
+      assert.deepEqual(resent, plan.retried.map((e) => e.insertId), 'the retry carries the same insert ids');
+      assert.deepEqual(JSON.parse(proxy.requests[1].upstream.body).code, 200);
+    } finally {
+      await proxy.close();
+    }
+    await checkEvents(server, plan, plan.all);
+    await checkAllSessions(server, plan.sessions);
+  });
+
+  await t.test('a batch with an invalid event: 400 lists it by index, the SDK drops it and resends the rest', async () => {
+    const proxy = await startProxy(server.url);
+    const now = Date.now();
+    const dave = 'amp-dave';
+    const batch = [
+      { name: 'd1', userId: dave, eventType: 'Page Viewed', timeMs: now - 60_000, insertId: 'amp-d1' },
+      { name: 'd2', userId: dave, eventType: 'From The Future', timeMs: now + 2 * 3_600_000, insertId: 'amp-d2' },
+      { name: 'd3', userId: dave, eventType: 'Checkout', timeMs: now - 30_000, insertId: 'amp-d3' },
+    ];
+    try {
+      const viaProxy = await amplitude(proxy.url, server.writeKey);
+      const results = await track(viaProxy, batch);
+      assert.deepEqual(codes(results), [200, 400, 200]);
+      const first = JSON.parse(proxy.requests[0].upstream.body);
+      assert.equal(proxy.requests[0].upstream.status, 400);
+      assert.deepEqual(first.events_with_invalid_fields, { time: [1] });
+      assert.equal(first.code, 400);
+      const resent = JSON.parse(proxy.requests[1].body).events.map((e) => e.insert_id);
+      assert.deepEqual(resent, ['amp-d1', 'amp-d3']);
+    } finally {
+      await proxy.close();
+    }
+    const stored = (await server.exportEvents(now - 3_600_000, now + 3_600_000)).filter((e) => e.user_id === dave);
+    assert.deepEqual(stored.map((e) => e.insert_id), ['amp-d1', 'amp-d3']);
+    assert.deepEqual(stored.map((e) => e.time_ms), [batch[0].timeMs, batch[2].timeMs]);
+  });
+
+  await t.test('the batch API (useBatch: POST /batch, shared with PostHog) answers the same way', async () => {
+    const proxy = await startProxy(server.url);
+    const now = Date.now();
+    const erin = 'amp-erin';
+    const batch = [
+      { name: 'e1', userId: erin, eventType: 'Page Viewed', timeMs: now - 120_000, insertId: 'amp-e1' },
+      { name: 'e2', userId: erin, eventType: 'Checkout', timeMs: now - 60_000, insertId: 'amp-e2' },
+    ];
+    try {
+      const batchClient = createInstance();
+      await batchClient.init(server.writeKey, { serverUrl: `${proxy.url}/batch`, useBatch: true, flushIntervalMillis: 100, logLevel: 0 })
+        .promise;
+      assert.deepEqual(codes(await track(batchClient, batch)), [200, 200]);
+      assert.equal(proxy.requests.length, 1);
+      assert.equal(proxy.requests[0].url, '/batch');
+      assert.equal(JSON.parse(proxy.requests[0].upstream.body).events_ingested, 2);
+    } finally {
+      await proxy.close();
+    }
+    const stored = (await server.exportEvents(now - 3_600_000, now + 3_600_000)).filter((e) => e.user_id === erin);
+    assert.deepEqual(stored.map((e) => [e.insert_id, e.time_ms]), batch.map((e) => [e.insertId, e.timeMs]));
+  });
+
+  await t.test('only loopback was contacted', () => {
+    assert.deepEqual(blockedConnections, []);
+  });
+});
