@@ -129,6 +129,24 @@ test('mixpanel', async (t) => {
     assert.equal(await trackBatch(mp, batch.slice(0, 1)), null);
   });
 
+  await t.test('import (GET) and import_batch (POST) with the write key as the `key` option (api_key)', async () => {
+    const now = Date.now();
+    const erin = 'mp-erin';
+    const importer = mixpanel(server.url, server.writeKey, { key: server.writeKey });
+    const e1 = { userId: erin, eventType: 'Imported', timeMs: now - 120_000, insertId: 'mp-e1' };
+    const e2 = { userId: erin, eventType: 'Imported Batch', timeMs: now - 60_000, insertId: 'mp-e2' };
+    const single = await new Promise((resolve) =>
+      importer.import(e1.eventType, new Date(e1.timeMs), { distinct_id: erin, $insert_id: e1.insertId }, resolve),
+    );
+    assert.equal(single, undefined);
+    const batch = await new Promise((resolve) =>
+      importer.import_batch([{ event: e2.eventType, properties: { distinct_id: erin, time: e2.timeMs, $insert_id: e2.insertId } }], resolve),
+    );
+    assert.equal(batch, null);
+    const stored = (await server.exportEvents(now - 3_600_000, now + 3_600_000)).filter((e) => e.user_id === erin);
+    assert.deepEqual(stored.map((e) => [e.insert_id, e.time_ms]), [[e1.insertId, e1.timeMs], [e2.insertId, e2.timeMs]]);
+  });
+
   await t.test('a wrong token is refused', async () => {
     const wrong = mixpanel(server.url, 'not-a-key');
     const [error] = await trackEach(wrong, plan.first.slice(0, 1));
