@@ -22,7 +22,7 @@ use sessionizer_store::NewEvent;
 use crate::error::{ApiError, EventProblem};
 use crate::limits::{
     MAX_AGE_MS, MAX_DECOMPRESSED_BYTES, MAX_EVENT_BYTES, MAX_EVENTS_PER_REQUEST, MAX_FUTURE_MS, MAX_ID_BYTES,
-    MAX_PROPERTY_DEPTH,
+    MAX_PROPERTY_DEPTH, MIN_SKEW_CORRECTION_MS,
 };
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
@@ -217,10 +217,13 @@ pub(crate) fn parse_event(
     for unknown in fields.keys() {
         problems.push(problem(unknown, "unknown field: put custom data in \"properties\""));
     }
-    // Clock-skew correction: the client's clock was `sent_at - now` off.
+    // Clock-skew correction: the client's clock was `sent_at - now` off. A
+    // small difference is transit time or a retry resending the same
+    // `sent_at` seconds later, not a wrong clock: correcting it would move
+    // events by the delay, so it is ignored.
     let time_ms = time_ms.map(|ms| match sent_at {
-        Some(sent_at) => ms.saturating_add(now_ms - sent_at),
-        None => ms,
+        Some(sent_at) if (now_ms - sent_at).abs() >= MIN_SKEW_CORRECTION_MS => ms.saturating_add(now_ms - sent_at),
+        _ => ms,
     });
     if let Some(ms) = time_ms {
         if ms > now_ms.saturating_add(MAX_FUTURE_MS) {
@@ -378,6 +381,13 @@ mod tests {
         );
         let events = parse_batch(body.as_bytes(), NOW).unwrap();
         assert_eq!(events[0].time_ms, NOW - 5_000);
+        // A few seconds is transit or a retry, not a wrong clock: times are kept.
+        let retried = format!(
+            r#"{{"sent_at":{},"events":[{{"user_id":"u","event_type":"e","time":{}}}]}}"#,
+            NOW - 3_000,
+            NOW - 10_000
+        );
+        assert_eq!(parse_batch(retried.as_bytes(), NOW).unwrap()[0].time_ms, NOW - 10_000);
     }
 
     #[test]

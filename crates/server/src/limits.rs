@@ -14,6 +14,9 @@ pub const MAX_PROPERTY_DEPTH: usize = 8;
 pub const MAX_ID_BYTES: usize = 1_024;
 /// Latest accepted event time, relative to the server clock after clock-skew correction.
 pub const MAX_FUTURE_MS: i64 = 60 * 60 * 1_000;
+/// Smallest client clock error corrected with `sent_at`: below it the
+/// difference is transit time or a retry's delay, and times are kept as sent.
+pub const MIN_SKEW_CORRECTION_MS: i64 = 60 * 1_000;
 /// Oldest accepted event time, relative to the server clock. Older history goes
 /// through `sessionizer import`-style batch loads, not the live API.
 pub const MAX_AGE_MS: i64 = 2 * 365 * 24 * 60 * 60 * 1_000;
