@@ -8,6 +8,7 @@ import {
   checkEvents,
   scenario,
   startProxy,
+  sleep,
   startServer,
 } from '../lib.mjs';
 
@@ -126,6 +127,65 @@ test('@amplitude/analytics-node', async (t) => {
     }
     const stored = (await server.exportEvents(now - 3_600_000, now + 3_600_000)).filter((e) => e.user_id === erin);
     assert.deepEqual(stored.map((e) => [e.insert_id, e.time_ms]), batch.map((e) => [e.insertId, e.timeMs]));
+  });
+
+  await t.test('2,500 queued events in one flush: the server answers 413, the SDK halves its batch and resends, all stored once', async () => {
+    // flushQueueSize above the server's 2,000 events per request. The 2,500 events are the SDK's own
+    // backlog (unsent events its storageProvider kept, e.g. from a previous process), which `init`
+    // queues all at once, so the first scheduled flush carries all of them. (Queuing them with track()
+    // would take the SDK about 3.5 s: its timeline handles one event per setTimeout. And an explicit
+    // flush() sends without retry handling, so a 413 there is final: only the scheduled flush halves.)
+    // The server's own 413 answers the first request; the SDK halves flushQueueSize and resends 1,250 + 1,250.
+    const proxy = await startProxy(server.url);
+    const now = Date.now();
+    const frank = 'amp-frank';
+    const many = Array.from({ length: 2500 }, (_, i) => ({
+      event_type: 'Bulk',
+      user_id: frank,
+      time: now - 3_600_000 + i * 1000,
+      insert_id: `amp-f${i}`,
+      event_properties: { n: i },
+    }));
+    const saved = [];
+    const storageProvider = {
+      isEnabled: async () => true,
+      get: async (key) => (key.startsWith('AMP_') ? many.map((e) => ({ ...e })) : undefined),
+      getRaw: async () => undefined,
+      set: async (key, value) => {
+        saved.push(value.length);
+      },
+      remove: async () => undefined,
+      reset: async () => undefined,
+    };
+    try {
+      const bulk = createInstance();
+      await bulk.init(server.writeKey, {
+        serverUrl: `${proxy.url}/2/httpapi`,
+        flushQueueSize: 2500,
+        flushIntervalMillis: 100,
+        storageProvider,
+        logLevel: 0,
+      }).promise;
+      const deadline = Date.now() + 20_000;
+      while (saved.at(-1) !== 0 && Date.now() < deadline) await sleep(20);
+      assert.equal(saved.at(-1), 0, `the SDK's queue is empty at the end (saved sizes ${saved.slice(-5)})`);
+      const sent = proxy.requests.map((r) => [JSON.parse(r.body).events.length, r.upstream.status]);
+      assert.deepEqual(sent, [
+        [2500, 413],
+        [1250, 200],
+        [1250, 200],
+      ]);
+      assert.deepEqual(JSON.parse(proxy.requests[0].upstream.body), { code: 413, error: 'Payload too large' });
+      const resent = proxy.requests.slice(1).flatMap((r) => JSON.parse(r.body).events.map((e) => e.insert_id));
+      assert.deepEqual(resent, many.map((e) => e.insert_id), 'the halves carry every event once, in order');
+    } finally {
+      await proxy.close();
+    }
+    const stored = (await server.exportEvents(now - 2 * 3_600_000, now + 3_600_000)).filter((e) => e.user_id === frank);
+    assert.equal(stored.length, 2500);
+    assert.equal(new Set(stored.map((e) => e.insert_id)).size, 2500, 'each event stored once');
+    const byId = new Map(stored.map((e) => [e.insert_id, e.time_ms]));
+    for (const e of many) assert.equal(byId.get(e.insert_id), e.time, `${e.insert_id}: time`);
   });
 
   await t.test('only loopback was contacted', () => {

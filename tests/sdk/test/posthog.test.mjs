@@ -1,6 +1,6 @@
 // posthog-node against sessionizer serve: POST /batch/ (gzip).
 import assert from 'node:assert/strict';
-import { randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import zlib from 'node:zlib';
 import { test } from 'node:test';
 import { PostHog } from 'posthog-node';
@@ -112,6 +112,50 @@ test('posthog-node', async (t) => {
     }
     const stored = (await server.exportEvents(now - 3_600_000, now + 3_600_000)).filter((e) => e.user_id === dave);
     assert.deepEqual(stored.map((e) => e.insert_id), [batch[0].insertId, batch[2].insertId]);
+  });
+
+  await t.test('a batch over 5 MiB: the server answers 413, the SDK halves the batch and resends, all stored once', async () => {
+    // 150 events of ~60 KB each (below the 64 KiB per-event bound) of random base64, so that even
+    // gzipped (the SDK's default) the batch is over the server's 5 MiB body bound; half of it is under.
+    // Straight to the server (no proxy); the SDK's `fetch` option only records each answer's status.
+    const now = Date.now();
+    const gina = 'ph-gina';
+    const big = Array.from({ length: 150 }, (_, i) => ({
+      name: `g${i}`,
+      userId: gina,
+      eventType: 'Big',
+      timeMs: now - 3_600_000 + i * 1000,
+      insertId: randomUUID(),
+      blob: randomBytes(45_000).toString('base64'),
+    }));
+    const answers = [];
+    const client = new PostHog(server.writeKey, {
+      host: server.url,
+      flushAt: 1000,
+      maxBatchSize: 150,
+      fetch: async (url, options) => {
+        const response = await fetch(url, options);
+        answers.push({ url, status: response.status, bytes: options.body.length ?? options.body.size });
+        return response;
+      },
+    });
+    const errors = [];
+    client.on('error', (error) => errors.push(error));
+    for (const e of big) {
+      client.capture({ distinctId: e.userId, event: e.eventType, properties: { blob: e.blob }, timestamp: new Date(e.timeMs), uuid: e.insertId });
+    }
+    await client.flush();
+    await client.shutdown();
+    assert.deepEqual(errors, []);
+    assert.deepEqual(
+      answers.map((a) => a.status),
+      [413, 200, 200],
+      JSON.stringify(answers),
+    );
+    assert.ok(answers[0].bytes > 5 * 1024 * 1024, `the first body is ${answers[0].bytes} bytes`);
+    const stored = (await server.exportEvents(now - 2 * 3_600_000, now + 3_600_000)).filter((e) => e.user_id === gina);
+    assert.equal(stored.length, big.length);
+    assert.deepEqual(stored.map((e) => e.insert_id).sort(), big.map((e) => e.insertId).sort(), 'each event stored once');
   });
 
   await t.test('shutdown; only loopback was contacted', async () => {
