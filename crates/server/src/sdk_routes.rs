@@ -188,7 +188,10 @@ async fn amplitude_or_posthog(state: State<AppState>, client: ConnectInfo<Socket
     let bytes = match axum::body::to_bytes(body, limits::MAX_BODY_BYTES).await {
         Ok(bytes) => bytes,
         Err(_) => {
-            return ApiError::TooLarge(format!("the body exceeds {} bytes", limits::MAX_BODY_BYTES)).into_response();
+            // Amplitude reads the code from the body, PostHog only the status: Amplitude's answer serves both.
+            state.metrics.reject(RejectReason::TooLarge, 1);
+            let too_large = ApiError::TooLarge(format!("the body exceeds {} bytes", limits::MAX_BODY_BYTES));
+            return amplitude_answer(Err(too_large));
         }
     };
     let encoding = parts.headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok());

@@ -112,6 +112,10 @@ fn every_sdk_format_lands_in_sessions() {
     assert_eq!(status, 200);
     let ph = sessions_of(&server, &project.read_key, "user_id=ph-user");
     assert_eq!((ph.len(), &ph[0]["event_count"], &ph[0]["entry_page"]), (1, &json!(1), &json!("/cart")));
+    // Too large for either: Amplitude's answer (its SDK reads `code`; PostHog's only the status).
+    let huge = vec![b' '; sessionizer_server::limits::MAX_BODY_BYTES + 1];
+    let (status, _, body) = server.request("POST", "/batch", &[], &huge);
+    assert_eq!((status, serde_json::from_str::<Value>(&body).unwrap()["code"].clone()), (413, json!(413)));
     let (status, _, config) = server.request("GET", &format!("/array/{key}/config"), &[], b"");
     assert_eq!(status, 200);
     assert!(config.contains("supportedCompression"));
