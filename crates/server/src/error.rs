@@ -14,6 +14,11 @@ pub struct EventProblem {
     pub message: String,
 }
 
+/// How many distinct events a list of problems names.
+pub(crate) fn distinct_events(problems: &[EventProblem]) -> u64 {
+    problems.iter().map(|p| p.index).collect::<std::collections::BTreeSet<_>>().len() as u64
+}
+
 /// Every error a route can answer with.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

@@ -173,9 +173,14 @@ async fn ingest(state: &AppState, request: Request) -> Result<Ingested, ApiError
     let encoding = parts.headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok());
     let now = jiff::Timestamp::now().as_millisecond();
     let events = decode_body(encoding, &body).and_then(|body| parse_batch(&body, now)).inspect_err(|error| {
-        let reason =
-            if matches!(error, ApiError::TooLarge(_)) { RejectReason::TooLarge } else { RejectReason::Invalid };
-        state.metrics.reject(reason, 1);
+        match error {
+            ApiError::TooLarge(_) => state.metrics.reject(RejectReason::TooLarge, 1),
+            // The invalid events, as the SDK routes count them; the rest of the batch was refused with them.
+            ApiError::InvalidEvents(problems) => {
+                state.metrics.reject(RejectReason::Invalid, error::distinct_events(problems))
+            }
+            _ => state.metrics.reject(RejectReason::Invalid, 1),
+        }
     })?;
     let count = events.len() as u64;
     let (reply, answer) = oneshot::channel();

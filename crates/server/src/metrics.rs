@@ -112,7 +112,7 @@ impl Metrics {
         );
         put!(
             out,
-            "# HELP sessionizer_rejected_events_total Events turned away, by reason.\n# TYPE sessionizer_rejected_events_total counter"
+            "# HELP sessionizer_rejected_events_total Events turned away, by reason (a request that cannot be read at all counts as one).\n# TYPE sessionizer_rejected_events_total counter"
         );
         for (reason, name) in REJECT_REASONS {
             put!(

@@ -168,7 +168,7 @@ pub(crate) fn amplitude_invalid(problems: &[EventProblem]) -> Value {
     let first = problems.first().map_or(String::new(), |p| format!(": event {}: {} {}", p.index, p.field, p.message));
     json!({
         "code": 400,
-        "error": format!("Request has {} invalid events{first}", problems.iter().map(|p| p.index).collect::<std::collections::BTreeSet<_>>().len()),
+        "error": format!("Request has {} invalid events{first}", crate::error::distinct_events(problems)),
         "events_with_invalid_fields": invalid,
         "events_with_missing_fields": missing,
     })

@@ -82,8 +82,7 @@ async fn store(
     .inspect_err(|_| state.metrics.reject(RejectReason::Unauthorized, 1))?;
     let Translated { events, problems, .. } = translated;
     if !problems.is_empty() {
-        let dropped = problems.iter().map(|p| p.index).collect::<std::collections::BTreeSet<_>>().len() as u64;
-        state.metrics.reject(RejectReason::Invalid, dropped);
+        state.metrics.reject(RejectReason::Invalid, crate::error::distinct_events(&problems));
         if policy == Policy::AllOrNothing {
             return Err(ApiError::InvalidEvents(problems));
         }
@@ -306,7 +305,8 @@ async fn posthog_config() -> Response {
 
 // ---- Mixpanel ----
 
-#[derive(Debug, Default, serde::Deserialize)]
+/// Mixpanel's query parameters, read by hand (see `mixpanel`).
+#[derive(Debug)]
 struct MixpanelQuery {
     data: Option<String>,
     verbose: Option<String>,

@@ -239,7 +239,6 @@ pub type ExportVisitor<'a> = dyn FnMut(&StoredEvent, Option<(i64, Uuid)>) -> Res
 #[derive(Debug)]
 pub struct Store {
     conn: Connection,
-    dir: PathBuf,
 }
 
 impl Store {
@@ -257,7 +256,7 @@ impl Store {
         conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
         conn.pragma_update(None, "cache_size", -262_144)?;
         schema::migrate(&conn)?;
-        Ok(Store { conn, dir: dir.to_path_buf() })
+        Ok(Store { conn })
     }
 
     /// Opens the store in `dir` for reading only; it must exist.
@@ -275,17 +274,7 @@ impl Store {
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.pragma_update(None, "cache_size", -65_536)?;
-        Ok(Store { conn, dir: dir.to_path_buf() })
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// Checks the whole database file; `Err(Corrupt)` names what is wrong.
-    pub fn check_integrity(&self) -> Result<(), StoreError> {
-        let result: String = self.conn.query_row("PRAGMA quick_check", [], |row| row.get(0))?;
-        if result == "ok" { Ok(()) } else { Err(StoreError::Corrupt(result)) }
+        Ok(Store { conn })
     }
 
     // ---- projects and keys ----
@@ -396,7 +385,8 @@ impl Store {
     /// (`(time_ms, seq)`, exclusive) in `(time_ms, seq)` order: pages for a
     /// replay in bounded memory. Start with `(from_ms, i64::MIN)`.
     pub fn events_page(&self, project: i64, after: (i64, i64), limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
-        self.query_events(
+        query_events(
+            &self.conn,
             &format!(
                 "{EVENT_COLUMNS} WHERE project = ?1 AND (time_ms > ?2 OR (time_ms = ?2 AND seq > ?3)) \
                  ORDER BY time_ms, seq LIMIT ?4"
@@ -405,32 +395,15 @@ impl Store {
         )
     }
 
-    /// Every event of a project, grouped by user and in time order within.
+    /// Every event of a project, in arrival order.
     pub fn all_events(&self, project: i64) -> Result<Vec<StoredEvent>, StoreError> {
-        self.query_events(&format!("{EVENT_COLUMNS} WHERE project = ?1 ORDER BY seq"), params![project])
+        query_events(&self.conn, &format!("{EVENT_COLUMNS} WHERE project = ?1 ORDER BY seq"), params![project])
     }
 
     /// Every event of `user`, and every event of other users on the devices
     /// `user` used (what the user-change end reason looks at).
     pub fn user_neighbourhood_events(&self, project: i64, user: &UserKey) -> Result<Vec<StoredEvent>, StoreError> {
-        self.query_events(
-            &format!(
-                "{EVENT_COLUMNS} WHERE project = ?1 AND ((user_kind = ?2 AND user_key = ?3) OR device_id IN \
-                 (SELECT DISTINCT device_id FROM events WHERE project = ?1 AND user_kind = ?2 AND user_key = ?3 \
-                 AND device_id IS NOT NULL)) ORDER BY seq"
-            ),
-            params![project, user_kind(user), user.id()],
-        )
-    }
-
-    fn query_events(&self, sql: &str, params: impl rusqlite::Params) -> Result<Vec<StoredEvent>, StoreError> {
-        let mut statement = self.conn.prepare_cached(sql)?;
-        let rows = statement.query_map(params, event_of_row)?;
-        let mut events = Vec::new();
-        for row in rows {
-            events.push(row?);
-        }
-        Ok(events)
+        user_neighbourhood_events(&self.conn, project, user)
     }
 
     /// Streams a project's events with `from_ms <= time_ms < to_ms` in time
@@ -479,28 +452,13 @@ impl Store {
 
     /// The user's sessions, oldest first.
     pub fn sessions_of_user(&self, project: i64, user: &UserKey) -> Result<Vec<StoredSession>, StoreError> {
-        let mut statement = self.conn.prepare_cached(&format!(
-            "{SESSION_COLUMNS} WHERE project = ?1 AND user_kind = ?2 AND user_key = ?3 ORDER BY start_ms"
-        ))?;
-        let rows = statement.query_map(params![project, user_kind(user), user.id()], session_of_row)?;
-        let mut sessions = Vec::new();
-        for row in rows {
-            sessions.push(row??);
-        }
-        Ok(sessions)
+        sessions_of_user(&self.conn, project, user)
     }
 
     /// Every session of a project, by user then start.
     pub fn all_sessions(&self, project: i64) -> Result<Vec<StoredSession>, StoreError> {
-        let mut statement = self
-            .conn
-            .prepare_cached(&format!("{SESSION_COLUMNS} WHERE project = ?1 ORDER BY user_kind, user_key, start_ms"))?;
-        let rows = statement.query_map(params![project], session_of_row)?;
-        let mut sessions = Vec::new();
-        for row in rows {
-            sessions.push(row??);
-        }
-        Ok(sessions)
+        let sql = format!("{SESSION_COLUMNS} WHERE project = ?1 ORDER BY user_kind, user_key, start_ms");
+        query_sessions(&self.conn, &sql, params![project])
     }
 
     /// Earliest start among the sessions that end at or after `since_ms`.
@@ -741,33 +699,51 @@ impl Batch<'_> {
         found.transpose()
     }
 
-    /// The store's own reads, inside this transaction.
+    /// See [`Store::sessions_of_user`]; inside this transaction.
     pub fn sessions_of_user(&self, project: i64, user: &UserKey) -> Result<Vec<StoredSession>, StoreError> {
-        let mut statement = self.tx.prepare_cached(&format!(
-            "{SESSION_COLUMNS} WHERE project = ?1 AND user_kind = ?2 AND user_key = ?3 ORDER BY start_ms"
-        ))?;
-        let rows = statement.query_map(params![project, user_kind(user), user.id()], session_of_row)?;
-        let mut sessions = Vec::new();
-        for row in rows {
-            sessions.push(row??);
-        }
-        Ok(sessions)
+        sessions_of_user(&self.tx, project, user)
     }
 
     /// See [`Store::user_neighbourhood_events`]; inside this transaction.
     pub fn user_neighbourhood_events(&self, project: i64, user: &UserKey) -> Result<Vec<StoredEvent>, StoreError> {
-        let mut statement = self.tx.prepare_cached(&format!(
-            "{EVENT_COLUMNS} WHERE project = ?1 AND ((user_kind = ?2 AND user_key = ?3) OR device_id IN \
-             (SELECT DISTINCT device_id FROM events WHERE project = ?1 AND user_kind = ?2 AND user_key = ?3 \
-             AND device_id IS NOT NULL)) ORDER BY seq"
-        ))?;
-        let rows = statement.query_map(params![project, user_kind(user), user.id()], event_of_row)?;
-        let mut events = Vec::new();
-        for row in rows {
-            events.push(row?);
-        }
-        Ok(events)
+        user_neighbourhood_events(&self.tx, project, user)
     }
+}
+
+// Reads shared by `Store` and `Batch` (a transaction dereferences to its connection).
+
+fn sessions_of_user(conn: &Connection, project: i64, user: &UserKey) -> Result<Vec<StoredSession>, StoreError> {
+    let sql = format!("{SESSION_COLUMNS} WHERE project = ?1 AND user_kind = ?2 AND user_key = ?3 ORDER BY start_ms");
+    query_sessions(conn, &sql, params![project, user_kind(user), user.id()])
+}
+
+fn user_neighbourhood_events(conn: &Connection, project: i64, user: &UserKey) -> Result<Vec<StoredEvent>, StoreError> {
+    let sql = format!(
+        "{EVENT_COLUMNS} WHERE project = ?1 AND ((user_kind = ?2 AND user_key = ?3) OR device_id IN \
+         (SELECT DISTINCT device_id FROM events WHERE project = ?1 AND user_kind = ?2 AND user_key = ?3 \
+         AND device_id IS NOT NULL)) ORDER BY seq"
+    );
+    query_events(conn, &sql, params![project, user_kind(user), user.id()])
+}
+
+fn query_events(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Result<Vec<StoredEvent>, StoreError> {
+    let mut statement = conn.prepare_cached(sql)?;
+    let rows = statement.query_map(params, event_of_row)?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+fn query_sessions(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<StoredSession>, StoreError> {
+    let mut statement = conn.prepare_cached(sql)?;
+    let rows = statement.query_map(params, session_of_row)?;
+    let mut sessions = Vec::new();
+    for row in rows {
+        sessions.push(row??);
+    }
+    Ok(sessions)
 }
 
 const EVENT_COLUMNS: &str = "SELECT seq, user_id, device_id, event_type, time_ms, insert_id, page, passive, \

@@ -310,7 +310,11 @@ fn keys_roles_and_bad_requests() {
     assert_eq!(server.get("/healthz", None).status, 200);
     let metrics = server.get("/metrics", None).body;
     assert!(metrics.contains("sessionizer_ingested_events_total 1"), "{metrics}");
-    assert!(metrics.contains("sessionizer_rejected_events_total{reason=\"unauthorized\"}"), "{metrics}");
+    // Three ingestion requests had no key, a wrong key, or a read key.
+    assert!(metrics.contains("sessionizer_rejected_events_total{reason=\"unauthorized\"} 3\n"), "{metrics}");
+    // The partly bad batch was rejected (one request), and the oversized body.
+    assert!(metrics.contains("sessionizer_rejected_events_total{reason=\"invalid\"} 1\n"), "{metrics}");
+    assert!(metrics.contains("sessionizer_rejected_events_total{reason=\"too_large\"} 1\n"), "{metrics}");
 }
 
 #[test]
