@@ -24,12 +24,13 @@ const EXPORT_CHUNK_BYTES: usize = 64 * 1024;
 pub(crate) struct Readers {
     dir: PathBuf,
     pool: Mutex<Vec<Store>>,
-    permits: Semaphore,
+    /// One per read in progress, exports included until their last byte.
+    permits: Arc<Semaphore>,
 }
 
 impl Readers {
     pub(crate) fn new(dir: PathBuf) -> Readers {
-        Readers { dir, pool: Mutex::new(Vec::new()), permits: Semaphore::new(MAX_CONCURRENT_READS) }
+        Readers { dir, pool: Mutex::new(Vec::new()), permits: Arc::new(Semaphore::new(MAX_CONCURRENT_READS)) }
     }
 
     fn take(&self) -> Result<Store, StoreError> {
@@ -100,11 +101,13 @@ impl Readers {
         to_ms: i64,
         format: FileFormat,
     ) -> Result<impl Stream<Item = Result<Bytes, std::io::Error>> + use<>, ApiError> {
-        let permit = self.permits.acquire().await.map_err(|_| ApiError::Unavailable("shutting down".into()))?;
-        drop(permit);
+        // Held by the export's thread until it has written everything.
+        let permit =
+            self.permits.clone().acquire_owned().await.map_err(|_| ApiError::Unavailable("shutting down".into()))?;
         let (sender, receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(EXPORT_QUEUE_CHUNKS);
         let readers = self.clone();
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let errors = sender.clone();
             let result = (|| -> Result<(), String> {
                 let store = readers.take().map_err(|e| e.to_string())?;
