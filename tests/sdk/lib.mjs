@@ -321,3 +321,110 @@ export function requestsCarrying(proxy, decode, insertId) {
 }
 
 export { sleep, MINUTE };
+
+// ---- Dashboard tests: generated events and the naive session reference ----
+
+const HOUR = 60 * MINUTE;
+const DAY = 24 * HOUR;
+
+/** A small seeded PRNG (mulberry32): the same seed gives the same events. */
+export function seededRandom(seed) {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** User ids, event types and pages that are markup: the dashboard must show them as text. */
+export const HTML_USER_IDS = ['<img src=x onerror=alert(1)>', '<script>alert("user")</script>', '"><svg onload=alert(2)>'];
+
+/**
+ * Events of `users` users over the `days` days before `now` (whole seconds): single events,
+ * bursts with short gaps, long sessions with gaps just under 30 minutes, and a few sessions
+ * still open (events in the last 15 minutes; nothing else in the last 2 hours). Shuffled,
+ * so they arrive out of order. Each is {user_id, event_type, time, insert_id, page}.
+ */
+export function generateDashboardEvents({ seed = 5, users = 36, days = 10, now = Date.now() } = {}) {
+  const rand = seededRandom(seed);
+  const int = (lo, hi) => lo + Math.floor(rand() * (hi - lo + 1));
+  const pick = (xs) => xs[int(0, xs.length - 1)];
+  const types = ['Page Viewed', 'Button Clicked', 'Search', 'Checkout', 'Purchase', '<b>Bold</b> & "quoted"'];
+  const pages = ['/', '/pricing', '/docs', '/cart', '/<i>x</i>?a=1&b=2'];
+  const nowS = Math.floor(now / 1000) * 1000;
+  const first = nowS - days * DAY;
+  const last = nowS - 2 * HOUR;
+  const events = [];
+  const push = (user, time) =>
+    events.push({ user_id: user, event_type: pick(types), time, insert_id: `dash-${seed}-${events.length}`, page: pick(pages) });
+  for (let u = 0; u < users; u++) {
+    const user = u < HTML_USER_IDS.length ? HTML_USER_IDS[u] : `user-${String(u).padStart(2, '0')}`;
+    const bursts = int(1, 9);
+    for (let b = 0; b < bursts; b++) {
+      let t = first + int(0, (last - first) / 1000) * 1000;
+      const kind = rand();
+      const count = kind < 0.2 ? 1 : kind < 0.85 ? int(2, 15) : int(6, 12);
+      for (let i = 0; i < count && t <= last; i++) {
+        push(user, t);
+        const gap = kind >= 0.85 ? int(10 * 60, 25 * 60) : rand() < 0.9 ? int(1, 8 * 60) : int(15 * 60, 28 * 60);
+        t += gap * 1000;
+      }
+    }
+  }
+  for (let u = 3; u < 7; u++) {
+    let t = nowS - int(10, 15) * MINUTE;
+    for (let i = int(1, 3); i > 0; i--, t += int(5, 120) * 1000) push(`user-${String(u).padStart(2, '0')}`, Math.min(t, nowS - MINUTE));
+  }
+  for (let i = events.length - 1; i > 0; i--) {
+    const j = int(0, i);
+    [events[i], events[j]] = [events[j], events[i]];
+  }
+  return events;
+}
+
+/**
+ * The naive reference: each user's events in time order, a new session when the gap to
+ * the previous event is `timeoutMs` or more. Sessions oldest first:
+ * {user_id, start_ms, end_ms, length_ms, event_count, events}.
+ */
+export function referenceSessions(events, timeoutMs = 30 * MINUTE) {
+  const byUser = new Map();
+  for (const e of events) {
+    if (!byUser.has(e.user_id)) byUser.set(e.user_id, []);
+    byUser.get(e.user_id).push(e);
+  }
+  const sessions = [];
+  for (const [user, list] of byUser) {
+    list.sort((a, b) => a.time - b.time);
+    let current = null;
+    for (const e of list) {
+      if (!current || e.time - current.end_ms >= timeoutMs) {
+        current = { user_id: user, start_ms: e.time, end_ms: e.time, length_ms: 0, event_count: 0, events: [] };
+        sessions.push(current);
+      }
+      current.end_ms = e.time;
+      current.length_ms = current.end_ms - current.start_ms;
+      current.event_count += 1;
+      current.events.push(e);
+    }
+  }
+  return sessions.sort((a, b) => a.start_ms - b.start_ms);
+}
+
+/** Sends events through POST /v1/events with the write key, 2000 a request. */
+export async function sendEvents(server, events) {
+  for (let i = 0; i < events.length; i += 2000) {
+    const response = await fetch(`${server.url}/v1/events`, {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${server.writeKey}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ events: events.slice(i, i + 2000) }),
+    });
+    const text = await response.text();
+    assert.equal(response.status, 200, `POST /v1/events: ${response.status} ${text}`);
+  }
+}
+
+export { HOUR, DAY };

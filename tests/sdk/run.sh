@@ -4,14 +4,19 @@
 # starts its own server on a fresh data directory and project, points the SDK
 # at it with only the URL and the write key changed, and checks through the
 # read API what was stored. See docs/sdk-compatibility.md.
+# test/dashboard.test.mjs drives the web dashboard (/dashboard/) in headless
+# Chromium against a server filled with generated events, checks every figure
+# it shows against a naive reference, and saves a screenshot of each page to
+# tests/sdk/artifacts/dashboard-<page>.png. See docs/dashboard.md.
 #
 #   bash tests/sdk/run.sh              # builds the release binary first
 #   SESSIONIZER_BIN=path bash tests/sdk/run.sh   # uses that binary instead
 #
 # Needs Node.js 20.20+ and npm, and for the browser test Debian's Chromium
 # (/usr/bin/chromium, or $CHROMIUM_PATH). Without them the run (or the
-# browser test) is skipped with a message, except in CI (CI=true), where
-# Chromium is installed with apt-get and any missing tool fails the run.
+# browser and dashboard tests) is skipped with a message, except in CI
+# (CI=true), where Chromium is installed with apt-get and any missing tool
+# fails the run.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root="$(pwd)"

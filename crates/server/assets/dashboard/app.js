@@ -563,7 +563,10 @@
       }
       view.replaceChildren(h('div', { class: 'page' }, errorBox(e)));
     } finally {
-      if (seq === state.seq) view.removeAttribute('aria-busy');
+      if (seq === state.seq) {
+        view.removeAttribute('aria-busy');
+        view.dataset.rendered = String(seq); // the browser tests wait for this
+      }
     }
   }
 
