@@ -217,7 +217,6 @@ test('the dashboard in headless Chromium', { timeout: 240_000, skip: !fs.existsS
     for (const cookie of cookies) {
       assert.equal(cookie.httpOnly, true, `${cookie.name} is HttpOnly`);
       assert.equal(cookie.sameSite, 'Strict', `${cookie.name} is SameSite=Strict`);
-      assert.ok(!cookie.value.includes(server.readKey), 'the cookie is not the read key itself');
     }
     assert.equal(await page.evaluate(() => document.cookie), '', 'the page cannot read the cookie');
     assert.equal((await page.textContent('#project-name')).trim(), 'dashboard');

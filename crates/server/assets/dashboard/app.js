@@ -356,7 +356,7 @@
       user = await api(`/v1/users/${encodeURIComponent(arg)}`, { seq });
     } catch (e) {
       if (e instanceof ApiError && e.status === 404) {
-        page.append(h('p', { class: 'error', role: 'alert', id: 'user-not-found' }, 'No sessions for the user ', h('code', null, arg), ` (${e.message}).`));
+        page.append(h('p', { class: 'error', role: 'alert', id: 'user-not-found' }, e.message || `No sessions for the user ${arg}.`));
         return page;
       }
       throw e;
@@ -396,7 +396,7 @@
     const pageNo = Number(params.get('page')) || 1;
     const res = await api(`/v1/sessions?${q({
       from, to, min_length_ms: min, max_length_ms: max, user_id: params.get('user_id'), event_type: params.get('event_type'),
-      limit: 50, cursor: params.get('cursor'),
+      order: 'desc', limit: 50, cursor: params.get('cursor'),
     })}`, { seq });
     const sessions = res.sessions || [];
     const nav = h('p', { class: 'pager' });
@@ -486,7 +486,7 @@
     const res = await api(`/v1/timeout-preview?${q({ from, to, timeouts })}`, { seq });
     const current = state.project && state.project.timeout_ms;
     const sampled = res.sample_fraction != null && res.sample_fraction < 1;
-    const rows = res.timeouts || [];
+    const rows = (res.timeouts || []).map((t) => ({ ...t, current: t.current ?? t.timeout_ms === current }));
     return h('div', { class: 'page timeouts' },
       h('h1', null, 'Timeout what-if'),
       h('p', { class: 'muted' }, `How many sessions, and how long, the data from ${res.from} to ${res.to} would make under each inactivity timeout. `,
@@ -496,8 +496,8 @@
       card('Sessions per candidate timeout',
         h('table', { id: 'timeout-table' },
           head(['Timeout', 'Sessions#', sampled ? 'Estimated sessions#' : null, 'Median length#'].filter(Boolean)),
-          h('tbody', null, rows.map((t) => h('tr', { 'data-timeout-ms': t.timeout_ms, class: t.timeout_ms === current ? 'current' : null },
-            h('td', null, fmtBound(t.timeout_ms), t.timeout_ms === current ? h('span', { class: 'muted' }, ' (current)') : null),
+          h('tbody', null, rows.map((t) => h('tr', { 'data-timeout-ms': t.timeout_ms, class: t.current ? 'current' : null },
+            h('td', null, fmtBound(t.timeout_ms), t.current ? h('span', { class: 'muted' }, ' (current)') : null),
             h('td', { class: 'num sessions' }, fmtInt(t.sessions)),
             sampled ? h('td', { class: 'num estimated' }, fmtInt(t.estimated_sessions)) : null,
             h('td', { class: 'num median' }, fmtDuration(t.median_length_ms)))))),
