@@ -460,6 +460,7 @@
         figure('revision', 'Revision', fmtInt(x.revision)),
       ),
       card('Event timeline', timeline(x, events),
+        res.events_truncated ? h('p', { class: 'muted' }, `The first ${fmtInt(events.length)} events of ${fmtInt(x.event_count)}.`) : null,
         h('table', { id: 'events' },
           head(['##', 'Time', 'Since start#', 'Event type', 'Page', '']),
           h('tbody', null, events.map((e, i) => h('tr', { class: e.passive ? 'passive' : null },
@@ -470,7 +471,8 @@
         h('table', { id: 'revisions' },
           head(['##', 'Change', 'Start', 'Last activity', 'Events#', 'End reason', 'At']),
           h('tbody', null, (res.revisions || []).map((r) => h('tr', null,
-            h('td', { class: 'num' }, r.seq), h('td', null, r.kind), h('td', null, fmtTime(r.start_ms)), h('td', null, fmtTime(r.end_ms)),
+            h('td', { class: 'num' }, r.seq),
+            h('td', null, r.kind, r.superseded_by ? [' into ', h('a', { href: `#/session/${encodeURIComponent(r.superseded_by)}` }, r.superseded_by)] : null), h('td', null, fmtTime(r.start_ms)), h('td', null, fmtTime(r.end_ms)),
             h('td', { class: 'num' }, fmtInt(r.event_count)), h('td', null, r.end_reason ?? '–'), h('td', null, fmtTime(r.raised_at_ms))))))),
     );
   }
@@ -648,7 +650,11 @@
           $('range-note').textContent = 'No sessions yet.';
           return;
         }
-        applyRange({ from: r.first_date, to: r.last_date || r.first_date });
+        const last = r.last_date || r.first_date;
+        // The API answers ranges of up to 400 days: the latest 400 days of longer histories.
+        const from = r.first_date < addDays(last, -399) ? addDays(last, -399) : r.first_date;
+        applyRange({ from, to: last });
+        if (from !== r.first_date) $('range-note').textContent = `The data starts on ${r.first_date}; a range holds at most 400 days.`;
       } catch (e) {
         showError(e.message);
       }
