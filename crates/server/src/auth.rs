@@ -13,6 +13,9 @@ use sessionizer_store::{ApiKey, KeyHash, KeyRole, MAX_KEY_BYTES, Store, StoreErr
 
 use crate::error::ApiError;
 
+/// The cookie the dashboard's sign-in sets: a read key, accepted for reads only.
+pub(crate) const READ_KEY_COOKIE: &str = "sessionizer_read_key";
+
 /// How often keys are re-read from the store.
 const REFRESH: Duration = Duration::from_secs(1);
 
@@ -33,9 +36,15 @@ impl Keys {
         *self.by_hash.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = map;
     }
 
-    /// The project a request may act on with `role`, or why not.
+    /// The project a request may act on with `role`, or why not. Reads also
+    /// accept the dashboard's cookie when no `Authorization` header is sent.
     pub(crate) fn authorize(&self, headers: &HeaderMap, role: KeyRole) -> Result<i64, ApiError> {
-        let value = headers.get(header::AUTHORIZATION).ok_or(ApiError::MissingKey)?;
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
+            return match (role, cookie_key(headers)) {
+                (KeyRole::Read, Some(key)) => self.authorize_key(&key, role),
+                _ => Err(ApiError::MissingKey),
+            };
+        };
         let value = value.to_str().map_err(|_| ApiError::BadKey)?.trim();
         let (scheme, key) = value.split_once(' ').ok_or(ApiError::MissingKey)?;
         if !scheme.eq_ignore_ascii_case("bearer") {
@@ -63,6 +72,19 @@ impl Keys {
         }
         Ok(found.project_id)
     }
+}
+
+/// The read key in the dashboard's cookie, if any.
+fn cookie_key(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == READ_KEY_COOKIE)
+        .map(|(_, key)| key.trim().to_string())
+        .filter(|key| !key.is_empty())
 }
 
 /// Re-reads the keys every [`REFRESH`] until aborted.

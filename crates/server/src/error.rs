@@ -42,6 +42,8 @@ pub enum ApiError {
     Busy,
     #[error("the server is not accepting writes: {0}")]
     Unavailable(String),
+    #[error("{0}: retry shortly")]
+    Loading(String),
     #[error("the disk is full: nothing of this request was stored")]
     DiskFull,
     #[error("internal error")]
@@ -57,7 +59,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::Busy | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Busy | ApiError::Unavailable(_) | ApiError::Loading(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::DiskFull => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -76,6 +78,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::Busy => "busy",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::Loading(_) => "loading",
             ApiError::DiskFull => "disk_full",
             ApiError::Internal(_) => "internal",
         }
@@ -117,7 +120,7 @@ impl IntoResponse for ApiError {
         };
         let body = Body { error: ErrorBody { code: self.code(), message: self.to_string(), events } };
         let mut response = (status, axum::Json(body)).into_response();
-        if matches!(self, ApiError::Busy | ApiError::Unavailable(_)) {
+        if matches!(self, ApiError::Busy | ApiError::Unavailable(_) | ApiError::Loading(_)) {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response

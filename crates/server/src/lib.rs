@@ -1,21 +1,26 @@
 //! sessionizer's HTTP server: the only crate that knows HTTP.
 //!
-//! Routes (see `docs/http-api.md`):
-//! * `POST /v1/events` (write key): ingest a batch; 200 only once it is durable.
-//! * `GET /v1/sessions?user_id=|device_id=` (read key): a user's sessions.
-//! * `GET /v1/users/{user_id}` (read key): app usage of one user.
-//! * `GET /v1/export/events?from_ms=&to_ms=&format=` (read key): events with their session.
-//! * `GET /healthz`, `GET /readyz`, `GET /metrics`.
+//! Routes (see `docs/http-api.md` and `/openapi.json`):
+//! * `POST /v1/events` (write key) and the SDK formats ([`sdk_routes`]): ingest;
+//!   200 only once the batch is durable.
+//! * The query API ([`query`], read key): statistics, sessions, users,
+//!   cohorts, the change feed, the timeout preview.
+//! * `GET /v1/export/events|sessions?from_ms=&to_ms=&format=` (read key): streamed exports.
+//! * The dashboard ([`dashboard`]) under `/dashboard/`, signed in with a read key.
+//! * `GET /healthz`, `GET /readyz`, `GET /metrics`, `GET /openapi.json`.
 //!
 //! Writes go through one writer thread ([`writer`]); reads use a small pool
 //! of read-only connections on blocking threads, so neither blocks the runtime.
 
 mod auth;
+mod board;
 mod cors;
+mod dashboard;
 mod error;
 mod ingest;
 pub mod limits;
 mod metrics;
+mod query;
 mod reads;
 mod sdk;
 mod sdk_routes;
@@ -29,8 +34,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::Router;
-use axum::body::Body;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -87,6 +91,7 @@ pub(crate) struct AppState {
     keys: Arc<Keys>,
     readers: Arc<Readers>,
     metrics: Arc<Metrics>,
+    board: Arc<board::BoardState>,
 }
 
 /// Runs the server until `shutdown` resolves, then drains in-flight requests,
@@ -109,7 +114,9 @@ pub async fn serve(
     let readers = Arc::new(Readers::new(config.data_dir.clone()));
     let keys = Arc::new(Keys::load(&store)?);
     let (writer, writer_thread) = writer::start(store, metrics.clone())?;
-    let state = AppState { writer, keys: keys.clone(), readers, metrics };
+    let board = Arc::new(board::BoardState::default());
+    board.start_loading(config.data_dir.clone());
+    let state = AppState { writer, keys: keys.clone(), readers, metrics, board };
     let refresher = tokio::spawn(auth::refresh_periodically(keys, config.data_dir.clone()));
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -138,9 +145,10 @@ fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(cors::cors));
     Router::new()
         .merge(ingestion)
-        .route("/v1/sessions", get(list_sessions))
-        .route("/v1/users/{user_id}", get(user_usage))
+        .merge(query::routes())
+        .merge(dashboard::routes())
         .route("/v1/export/events", get(export_events))
+        .route("/v1/export/sessions", get(export_sessions))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
@@ -198,56 +206,14 @@ async fn ingest(state: &AppState, request: Request) -> Result<Ingested, ApiError
 
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SessionsQuery {
-    user_id: Option<String>,
-    device_id: Option<String>,
-}
-
-async fn list_sessions(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    query: Result<Query<SessionsQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, ApiError> {
-    let started = Instant::now();
-    let project = state.keys.authorize(&headers, KeyRole::Read)?;
-    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let user = match (query.user_id.filter(|u| !u.is_empty()), query.device_id.filter(|d| !d.is_empty())) {
-        (Some(user_id), None) => sessionizer_engine::UserKey::User(user_id.into()),
-        (None, Some(device_id)) => sessionizer_engine::UserKey::Device(device_id.into()),
-        _ => return Err(ApiError::BadRequest("give exactly one of user_id and device_id".into())),
-    };
-    let body = state.readers.sessions(project, user).await?;
-    state.metrics.read_latency.observe(started.elapsed());
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
-}
-
-async fn user_usage(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(user_id): Path<String>,
-) -> Result<Response, ApiError> {
-    let started = Instant::now();
-    let project = state.keys.authorize(&headers, KeyRole::Read)?;
-    let body = state.readers.user_usage(project, user_id).await?;
-    state.metrics.read_latency.observe(started.elapsed());
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
-}
-
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
 struct ExportQuery {
     from_ms: Option<i64>,
     to_ms: Option<i64>,
     format: Option<String>,
 }
 
-async fn export_events(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    query: Result<Query<ExportQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, ApiError> {
-    let project = state.keys.authorize(&headers, KeyRole::Read)?;
-    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+/// `from_ms`/`to_ms` of an export (default: the longest range up to now) and checks them.
+fn export_range(query: &ExportQuery) -> Result<(i64, i64), ApiError> {
     let now = jiff::Timestamp::now().as_millisecond();
     let to_ms = query.to_ms.unwrap_or(now + limits::MAX_FUTURE_MS + 1);
     let from_ms = query.from_ms.unwrap_or(to_ms.saturating_sub(limits::MAX_EXPORT_RANGE_MS));
@@ -260,22 +226,33 @@ async fn export_events(
             limits::MAX_EXPORT_RANGE_MS / 86_400_000
         )));
     }
-    let format = match query.format.as_deref().unwrap_or("ndjson") {
-        "ndjson" => sessionizer_formats::FileFormat::Ndjson,
-        "csv" => sessionizer_formats::FileFormat::Csv,
-        "parquet" => sessionizer_formats::FileFormat::Parquet,
-        other => return Err(ApiError::BadRequest(format!("unknown format {other:?}: use ndjson, csv or parquet"))),
-    };
-    if format == sessionizer_formats::FileFormat::Parquet && !cfg!(feature = "parquet") {
-        return Err(ApiError::BadRequest("this build has no Parquet support".into()));
-    }
-    let content_type = match format {
-        sessionizer_formats::FileFormat::Ndjson => "application/x-ndjson",
-        sessionizer_formats::FileFormat::Csv => "text/csv; charset=utf-8",
-        sessionizer_formats::FileFormat::Parquet => "application/vnd.apache.parquet",
-    };
+    Ok((from_ms, to_ms))
+}
+
+async fn export_events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<ExportQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let project = state.keys.authorize(&headers, KeyRole::Read)?;
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let (from_ms, to_ms) = export_range(&query)?;
+    let (format, content_type) = query::export_format(query.format.as_deref())?;
     let stream = state.readers.export_events(project, from_ms, to_ms, format).await?;
-    Ok(([(header::CONTENT_TYPE, content_type)], Body::from_stream(stream)).into_response())
+    Ok(query::export_body(content_type, stream))
+}
+
+async fn export_sessions(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<ExportQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let project = state.keys.authorize(&headers, KeyRole::Read)?;
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let (from_ms, to_ms) = export_range(&query)?;
+    let (format, content_type) = query::export_format(query.format.as_deref())?;
+    let stream = state.readers.export_sessions(project, from_ms, to_ms, format).await?;
+    Ok(query::export_body(content_type, stream))
 }
 
 async fn healthz() -> &'static str {

@@ -32,3 +32,23 @@ pub const MAX_CONCURRENT_READS: usize = 8;
 pub const MAX_SESSIONS_PER_RESPONSE: usize = 10_000;
 /// Longest time range one export may cover.
 pub const MAX_EXPORT_RANGE_MS: i64 = 400 * 24 * 60 * 60 * 1_000;
+/// Sessions per page of `GET /v1/sessions` unless `limit` says otherwise.
+pub const DEFAULT_SESSIONS_PER_PAGE: usize = 100;
+/// Longest range of days one query may cover.
+pub const MAX_QUERY_RANGE_DAYS: i32 = 400;
+/// Most bucket bounds of a length distribution.
+pub const MAX_LENGTH_BOUNDS: usize = 50;
+/// Most events shown with one session (`GET /v1/sessions/{uid}`).
+pub const MAX_SESSION_EVENTS_SHOWN: usize = 10_000;
+/// Sessions listed with a user's app usage.
+pub const RECENT_SESSIONS_SHOWN: usize = 20;
+/// Most changes per page of the change feed (and of a session's history).
+pub const MAX_CHANGES_PER_PAGE: usize = 10_000;
+/// Most users listed in a cohort preview's JSON (the CSV lists every one).
+pub const MAX_COHORT_USERS_SHOWN: usize = 1_000;
+/// Most events the timeout preview reads: beyond it, it samples users.
+pub const MAX_PREVIEW_EVENTS: usize = 250_000;
+/// Most candidate timeouts in one preview.
+pub const MAX_PREVIEW_TIMEOUTS: usize = 12;
+/// Largest sign-in request body of the dashboard.
+pub const MAX_SIGN_IN_BYTES: usize = 4 * 1024;

@@ -7,13 +7,14 @@ use std::sync::{Arc, Mutex};
 use axum::body::Bytes;
 use futures_util::Stream;
 use serde_json::json;
-use sessionizer_engine::UserKey;
-use sessionizer_formats::{EventRow, FileFormat, event_writer_to};
+use sessionizer_formats::{EventRow, FileFormat, SessionRow, event_writer_to, session_writer_to};
 use sessionizer_store::{Store, StoreError, StoredSession};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::error::ApiError;
-use crate::limits::{MAX_CONCURRENT_READS, MAX_SESSIONS_PER_RESPONSE};
+use crate::limits::MAX_CONCURRENT_READS;
+
+type ExportChunk = Result<Bytes, std::io::Error>;
 
 /// Chunks of an export in flight between the database thread and the socket.
 const EXPORT_QUEUE_CHUNKS: usize = 16;
@@ -46,7 +47,7 @@ impl Readers {
     }
 
     /// Runs `work` with a connection on a blocking thread.
-    async fn run<T: Send + 'static>(
+    pub(crate) async fn run<T: Send + 'static>(
         self: &Arc<Self>,
         work: impl FnOnce(&Store) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
@@ -62,37 +63,6 @@ impl Readers {
         .map_err(|e| ApiError::Internal(format!("read task failed: {e}")))?
     }
 
-    /// `{"sessions": [...]}` for one user, oldest first.
-    pub(crate) async fn sessions(self: &Arc<Self>, project: i64, user: UserKey) -> Result<String, ApiError> {
-        self.run(move |store| {
-            let sessions = store.sessions_of_user(project, &user)?;
-            let truncated = sessions.len() > MAX_SESSIONS_PER_RESPONSE;
-            let start = sessions.len().saturating_sub(MAX_SESSIONS_PER_RESPONSE);
-            let list: Vec<serde_json::Value> = sessions[start..].iter().map(session_json).collect();
-            Ok(json!({"sessions": list, "truncated": truncated}).to_string())
-        })
-        .await
-    }
-
-    /// App usage of one user; 404 when the user has no session.
-    pub(crate) async fn user_usage(self: &Arc<Self>, project: i64, user_id: String) -> Result<String, ApiError> {
-        self.run(move |store| {
-            let user = UserKey::User(user_id.as_str().into());
-            match store.user_usage(project, &user)? {
-                Some(usage) => Ok(json!({
-                    "user_id": user_id,
-                    "session_count": usage.session_count,
-                    "first_seen_ms": usage.first_seen_ms,
-                    "last_seen_ms": usage.last_seen_ms,
-                    "total_length_ms": usage.total_length_ms,
-                })
-                .to_string()),
-                None => Err(ApiError::NotFound(format!("no sessions for user {user_id:?}"))),
-            }
-        })
-        .await
-    }
-
     /// Streams the events of `[from_ms, to_ms)` with their sessions.
     pub(crate) async fn export_events(
         self: &Arc<Self>,
@@ -101,28 +71,14 @@ impl Readers {
         to_ms: i64,
         format: FileFormat,
     ) -> Result<impl Stream<Item = Result<Bytes, std::io::Error>> + use<>, ApiError> {
-        // Held by the export's thread until it has written everything.
-        let permit =
-            self.permits.clone().acquire_owned().await.map_err(|_| ApiError::Unavailable("shutting down".into()))?;
-        let (sender, receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(EXPORT_QUEUE_CHUNKS);
-        let readers = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            let errors = sender.clone();
-            let result = (|| -> Result<(), String> {
-                let store = readers.take().map_err(|e| e.to_string())?;
-                let project = store
-                    .projects()
-                    .map_err(|e| e.to_string())?
-                    .into_iter()
-                    .find(|p| p.id == project)
-                    .ok_or("the project is gone")?;
-                let (_, classifier) = project.settings.compile().map_err(|e| e.to_string())?;
-                let classify = |event_type: &str, passive: bool| classifier.classify(event_type, passive);
-                let out = ChannelWriter { sender, buffer: Vec::with_capacity(EXPORT_CHUNK_BYTES) };
-                let mut sink = event_writer_to(format, Box::new(out)).map_err(|e| e.to_string())?;
-                let mut uid_buffer = uuid::Uuid::encode_buffer();
-                let exported = store.export_events(project.id, from_ms, to_ms, &classify, &mut |stored, session| {
+        self.export(move |store, out| {
+            let project = crate::query::project_of(store, project).map_err(|e| e.to_string())?;
+            let (_, classifier) = project.settings.compile().map_err(|e| e.to_string())?;
+            let classify = |event_type: &str, passive: bool| classifier.classify(event_type, passive);
+            let mut sink = event_writer_to(format, out).map_err(|e| e.to_string())?;
+            let mut uid_buffer = uuid::Uuid::encode_buffer();
+            store
+                .export_events(project.id, from_ms, to_ms, &classify, &mut |stored, session| {
                     let event = &stored.event;
                     let row = EventRow {
                         user_id: event.user_id.as_deref(),
@@ -136,12 +92,70 @@ impl Readers {
                         session_uid: session.map(|(_, uid)| &*uid.hyphenated().encode_lower(&mut uid_buffer)),
                     };
                     sink.write(&row).map_err(|e| StoreError::Sqlite(format!("export stopped: {e}")))
-                });
-                let finished =
-                    exported.map_err(|e| e.to_string()).and_then(|_| sink.finish().map_err(|e| e.to_string()));
+                })
+                .map_err(|e| e.to_string())?;
+            sink.finish().map_err(|e| e.to_string())
+        })
+        .await
+    }
+
+    /// Streams the sessions starting in `[from_ms, to_ms)`, by start.
+    pub(crate) async fn export_sessions(
+        self: &Arc<Self>,
+        project: i64,
+        from_ms: i64,
+        to_ms: i64,
+        format: FileFormat,
+    ) -> Result<impl Stream<Item = Result<Bytes, std::io::Error>> + use<>, ApiError> {
+        self.export(move |store, out| {
+            let mut sink = session_writer_to(format, out).map_err(|e| e.to_string())?;
+            store
+                .export_sessions(project, from_ms, to_ms, &mut |session| {
+                    let uid = session.session_uid.to_string();
+                    let row = SessionRow {
+                        user_id: session.user.user_id(),
+                        device_id: session.user.device_id(),
+                        session_id: session.session_id,
+                        session_uid: &uid,
+                        start_ms: session.start_ms,
+                        end_ms: session.end_ms,
+                        length_ms: session.length_ms(),
+                        event_count: session.event_count,
+                        // Still open: no end reason yet.
+                        end_reason: session.end_reason.as_deref().unwrap_or(""),
+                        entry_event_type: &session.entry_event_type,
+                        entry_page: session.entry_page.as_deref(),
+                        exit_event_type: &session.exit_event_type,
+                        exit_page: session.exit_page.as_deref(),
+                    };
+                    sink.write(&row).map_err(|e| StoreError::Sqlite(format!("export stopped: {e}")))
+                })
+                .map_err(|e| e.to_string())?;
+            sink.finish().map_err(|e| e.to_string())
+        })
+        .await
+    }
+
+    /// Runs `write` on a blocking thread with a connection and a writer into
+    /// the response body; the body is the stream returned. The read permit is
+    /// held until the last byte.
+    async fn export<W>(self: &Arc<Self>, write: W) -> Result<impl Stream<Item = ExportChunk> + use<W>, ApiError>
+    where
+        W: FnOnce(&Store, Box<dyn Write + Send>) -> Result<(), String> + Send + 'static,
+    {
+        let permit =
+            self.permits.clone().acquire_owned().await.map_err(|_| ApiError::Unavailable("shutting down".into()))?;
+        let (sender, receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(EXPORT_QUEUE_CHUNKS);
+        let readers = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let errors = sender.clone();
+            let result = readers.take().map_err(|e| e.to_string()).and_then(|store| {
+                let out = ChannelWriter { sender, buffer: Vec::with_capacity(EXPORT_CHUNK_BYTES) };
+                let written = write(&store, Box::new(out));
                 readers.give_back(store);
-                finished
-            })();
+                written
+            });
             if let Err(error) = result {
                 tracing::warn!(%error, "export failed part way");
                 drop(errors.blocking_send(Err(std::io::Error::other(error))));

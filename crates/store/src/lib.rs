@@ -13,7 +13,9 @@
 //! committed [`Batch`] is on disk when `commit` returns. Callers group many
 //! requests into one batch (group commit) and acknowledge only after it.
 
+pub mod board;
 mod keys;
+mod queries;
 mod rebuild;
 mod schema;
 mod settings;
@@ -25,7 +27,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use sessionizer_engine::{ChangeKind, EventClass, SessionChange, SessionRecord, UserKey};
 use uuid::Uuid;
 
+pub use board::{Board, BoardFigures, CohortFilter, DayFigures, SESSIONS_PER_USER_BUCKETS, day_in};
 pub use keys::{KeyHash, KeyRole, MAX_KEY_BYTES, constant_time_eq, hash_key};
+pub use queries::{ChangeRecord, SessionCursor, SessionFilter};
 pub use rebuild::sessionize_stored;
 pub use settings::{ProjectSettings, SESSION_SOURCES};
 
@@ -600,8 +604,8 @@ impl Batch<'_> {
     ) -> Result<(), StoreError> {
         let mut record = self.tx.prepare_cached(
             "INSERT INTO session_changes (project, kind, user_kind, user_key, session_id, session_uid, start_ms, \
-             end_ms, last_event_ms, event_count, end_reason, superseded_by, raised_at_ms) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+             end_ms, last_event_ms, event_count, end_reason, superseded_by, raised_at_ms, concluded) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         )?;
         record.execute(params![
             project,
@@ -617,6 +621,7 @@ impl Batch<'_> {
             session.end_reason,
             superseded_by.map(|uid| uid.to_string()),
             raised_at_ms,
+            session.concluded,
         ])?;
         let revision = self.tx.last_insert_rowid();
         if kind == StoredChangeKind::Superseded {

@@ -88,6 +88,16 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE events ADD COLUMN platform TEXT;
     ALTER TABLE events ADD COLUMN ip TEXT;
     ",
+    // 3: the query API: whether a change left the session concluded (the board
+    // counts open sessions from the change feed), the feed per project, and
+    // sessions and their history by uid.
+    "
+    ALTER TABLE session_changes ADD COLUMN concluded INTEGER;
+    UPDATE session_changes SET concluded = (kind = 'concluded' OR end_reason IS NOT NULL);
+    CREATE INDEX session_changes_project ON session_changes (project, seq);
+    CREATE INDEX session_changes_uid ON session_changes (project, session_uid);
+    CREATE INDEX sessions_uid ON sessions (project, session_uid);
+    ",
 ];
 
 /// Brings the schema to the newest version, in one transaction per step.

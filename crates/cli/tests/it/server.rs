@@ -231,12 +231,14 @@ fn ingest_query_restart_query() {
     assert_eq!((list[0]["start_ms"].clone(), list[0]["end_ms"].clone()), (json!(t0), json!(t0 + 50 * MIN)));
     assert_eq!(list[0]["event_count"], json!(4));
 
-    let usage = server.get("/v1/users/alice", Some(&project.read_key)).json();
+    let mut usage = server.get("/v1/users/alice", Some(&project.read_key)).json();
+    let recent = usage.as_object_mut().unwrap().remove("recent_sessions").unwrap();
     assert_eq!(
         usage,
         json!({"user_id": "alice", "session_count": 1, "first_seen_ms": t0, "last_seen_ms": t0 + 50 * MIN,
                "total_length_ms": 50 * MIN})
     );
+    assert_eq!(recent, merged["sessions"], "the recent sessions are the user's sessions");
     assert_eq!(server.get("/v1/users/nobody", Some(&project.read_key)).status, 404);
 
     let export = |server: &TestServer| server.get("/v1/export/events?format=ndjson", Some(&project.read_key));
@@ -299,7 +301,10 @@ fn keys_roles_and_bad_requests() {
 
     let too_big = vec![b' '; sessionizer_server::limits::MAX_BODY_BYTES + 1];
     assert_eq!(server.try_post("/v1/events", Some(&shop.write_key), &too_big).unwrap().status, 413);
-    assert_eq!(code(server.get("/v1/sessions", Some(&shop.read_key))), (400, "bad_request".into()));
+    assert_eq!(
+        code(server.get("/v1/sessions?user_id=u&device_id=d", Some(&shop.read_key))),
+        (400, "bad_request".into())
+    );
     assert_eq!(code(server.get("/v1/sessions?user_id=u&color=red", Some(&shop.read_key))), (400, "bad_request".into()));
     assert_eq!(
         code(server.get("/v1/export/events?from_ms=5&to_ms=1", Some(&shop.read_key))),

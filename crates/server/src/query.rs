@@ -1,0 +1,867 @@
+//! The query API (read key, one project's data): board statistics, session
+//! lists and details, app usage, cohorts, the change feed, the timeout
+//! preview and session exports. See `docs/http-api.md` and `/openapi.json`.
+//!
+//! Days are civil dates in the project's time zone; a range `from..=to` is
+//! inclusive, and a session counts on the day it starts.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jiff::civil::Date;
+use jiff::tz::TimeZone;
+use jiff::{SignedDuration, Timestamp};
+use serde_json::{Value, json};
+use sessionizer_engine::UserKey;
+use sessionizer_store::{
+    ChangeRecord, CohortFilter, KeyRole, Project, SESSIONS_PER_USER_BUCKETS, SessionCursor, SessionFilter, Store,
+    sessionize_stored,
+};
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::limits::{
+    DEFAULT_SESSIONS_PER_PAGE, MAX_CHANGES_PER_PAGE, MAX_COHORT_USERS_SHOWN, MAX_LENGTH_BOUNDS, MAX_PREVIEW_EVENTS,
+    MAX_PREVIEW_TIMEOUTS, MAX_QUERY_RANGE_DAYS, MAX_SESSION_EVENTS_SHOWN, MAX_SESSIONS_PER_RESPONSE,
+    RECENT_SESSIONS_SHOWN,
+};
+use crate::reads::session_json;
+
+/// Default bounds of the length distribution: 10 s, 30 s, 1, 2, 5, 10, 30 min, 1 h, 2 h.
+pub(crate) const DEFAULT_LENGTH_BOUNDS_MS: [i64; 9] =
+    [10_000, 30_000, 60_000, 120_000, 300_000, 600_000, 1_800_000, 3_600_000, 7_200_000];
+
+/// Bucket bounds of the timeout preview's gap histogram.
+const GAP_BOUNDS_MS: [i64; 14] = [
+    10_000,
+    30_000,
+    60_000,
+    120_000,
+    300_000,
+    600_000,
+    900_000,
+    1_800_000,
+    3_600_000,
+    7_200_000,
+    21_600_000,
+    43_200_000,
+    86_400_000,
+    604_800_000,
+];
+
+const DAY_MS: i64 = 86_400_000;
+
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/project", get(project_info))
+        .route("/v1/stats/range", get(stats_range))
+        .route("/v1/stats/daily", get(stats_daily))
+        .route("/v1/stats/length-distribution", get(stats_length_distribution))
+        .route("/v1/stats/summary", get(stats_summary))
+        .route("/v1/sessions", get(list_sessions))
+        .route("/v1/sessions/{session_uid}", get(session_detail))
+        .route("/v1/users/{user_id}", get(user_usage))
+        .route("/v1/cohorts/preview", post(cohort_preview))
+        .route("/v1/changes", get(changes))
+        .route("/v1/timeout-preview", get(timeout_preview))
+}
+
+fn bad_query(rejection: QueryRejection) -> ApiError {
+    ApiError::BadRequest(rejection.body_text())
+}
+
+fn json_response(body: Value) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+/// The project a read key may read, with its settings.
+pub(crate) fn project_of(store: &Store, id: i64) -> Result<Project, ApiError> {
+    store
+        .projects()?
+        .into_iter()
+        .find(|p| p.id == id)
+        .ok_or_else(|| ApiError::NotFound("the key's project no longer exists".into()))
+}
+
+fn time_zone_of(project: &Project) -> TimeZone {
+    TimeZone::get(&project.settings.time_zone).unwrap_or(TimeZone::UTC)
+}
+
+/// An inclusive range of days and the instants it covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DayRange {
+    pub(crate) from: Date,
+    pub(crate) to: Date,
+    pub(crate) from_day: i32,
+    pub(crate) to_day: i32,
+    /// Start of `from` in the project's time zone.
+    pub(crate) from_ms: i64,
+    /// Start of the day after `to`.
+    pub(crate) to_ms: i64,
+}
+
+/// Days since 1970-01-01 of a civil date.
+pub(crate) fn day_number(date: Date) -> i32 {
+    let seconds = date.to_zoned(TimeZone::UTC).map(|z| z.timestamp().as_second()).unwrap_or(0);
+    seconds.div_euclid(86_400) as i32
+}
+
+fn date_of_day(day: i32) -> Date {
+    Timestamp::from_second(i64::from(day) * 86_400).map(|t| t.to_zoned(TimeZone::UTC).date()).unwrap_or_default()
+}
+
+fn start_of(date: Date, time_zone: &TimeZone) -> Result<i64, ApiError> {
+    date.to_zoned(time_zone.clone())
+        .map(|zoned| zoned.timestamp().as_millisecond())
+        .map_err(|e| ApiError::BadRequest(format!("{date} has no start in the project's time zone: {e}")))
+}
+
+fn parse_date(name: &str, text: &str) -> Result<Date, ApiError> {
+    let well_formed = text.len() == 10 && text.as_bytes()[4] == b'-' && text.as_bytes()[7] == b'-';
+    match Date::from_str(text) {
+        Ok(date) if well_formed => Ok(date),
+        _ => Err(ApiError::BadRequest(format!("{name}: expected a date as YYYY-MM-DD, got {text:?}"))),
+    }
+}
+
+/// Resolves `from`/`to` (default: the last 30 days up to today in the
+/// project's time zone) and checks them.
+pub(crate) fn day_range(
+    from: Option<&str>,
+    to: Option<&str>,
+    time_zone: &TimeZone,
+    now_ms: i64,
+) -> Result<DayRange, ApiError> {
+    let today = Timestamp::from_millisecond(now_ms).map(|t| t.to_zoned(time_zone.clone()).date()).unwrap_or_default();
+    let to = match to.filter(|t| !t.is_empty()) {
+        Some(text) => parse_date("to", text)?,
+        None => today,
+    };
+    let from = match from.filter(|t| !t.is_empty()) {
+        Some(text) => parse_date("from", text)?,
+        None => date_of_day(day_number(to) - 29),
+    };
+    let (from_day, to_day) = (day_number(from), day_number(to));
+    if from_day > to_day {
+        return Err(ApiError::BadRequest(format!("from ({from}) is after to ({to})")));
+    }
+    let days = to_day - from_day + 1;
+    if days > MAX_QUERY_RANGE_DAYS {
+        return Err(ApiError::BadRequest(format!(
+            "the range covers {days} days; at most {MAX_QUERY_RANGE_DAYS} are allowed"
+        )));
+    }
+    let from_ms = start_of(from, time_zone)?;
+    let to_ms = start_of(date_of_day(to_day + 1), time_zone)?;
+    Ok(DayRange { from, to, from_day, to_day, from_ms, to_ms })
+}
+
+fn now_ms() -> i64 {
+    Timestamp::now().as_millisecond()
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RangeQuery {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DistributionQuery {
+    from: Option<String>,
+    to: Option<String>,
+    bounds_ms: Option<String>,
+}
+
+async fn project_info(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let project = state.keys.authorize(&headers, KeyRole::Read)?;
+    let body = state
+        .readers
+        .run(move |store| {
+            let project = project_of(store, project)?;
+            Ok(json!({
+                "project_id": project.public_id,
+                "name": project.name,
+                "time_zone": project.settings.time_zone,
+                "timeout_ms": project.settings.timeout_ms,
+                "settings": project.settings,
+            }))
+        })
+        .await?;
+    Ok(json_response(body))
+}
+
+async fn stats_range(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let project = state.keys.authorize(&headers, KeyRole::Read)?;
+    let body = state
+        .readers
+        .run(move |store| {
+            let project = project_of(store, project)?;
+            let time_zone = time_zone_of(&project);
+            let date = |ms: i64| -> Value {
+                let date = Timestamp::from_millisecond(ms).map(|t| t.to_zoned(time_zone.clone()).date());
+                date.map_or(Value::Null, |d| json!(d.to_string()))
+            };
+            Ok(match store.session_start_range(project.id)? {
+                Some((first, last)) => json!({"first_date": date(first), "last_date": date(last)}),
+                None => json!({"first_date": null, "last_date": null}),
+            })
+        })
+        .await?;
+    Ok(json_response(body))
+}
+
+async fn stats_daily(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<RangeQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let project = state.keys.authorize(&headers, KeyRole::Read)?;
+    let Query(query) = query.map_err(bad_query)?;
+    let board = state.board.clone();
+    let body = state
+        .readers
+        .run(move |store| {
+            let project = project_of(store, project)?;
+            let range = day_range(query.from.as_deref(), query.to.as_deref(), &time_zone_of(&project), now_ms())?;
+            let figures = board.read(store, |b| b.figures(project.id, range.from_day, range.to_day, &[]))?;
+            let days: Vec<Value> = figures
+                .days
+                .iter()
+                .enumerate()
+                .map(|(i, day)| {
+                    json!({
+                        "date": date_of_day(range.from_day + i as i32).to_string(),
+                        "sessions": day.sessions,
+                        "total_length_ms": day.total_length_ms,
+                        "users": day.users,
+                        "avg_length_ms": average(day.total_length_ms, day.sessions),
+                    })
+                })
+                .collect();
+            Ok(json!({
+                "from": range.from.to_string(),
+                "to": range.to.to_string(),
+                "time_zone": project.settings.time_zone,
+                "days": days,
+            }))
+        })
+        .await?;
+    Ok(json_response(body))
+}
+
+/// Mean in whole ms, rounded half up; 0 with no sessions.
+fn average(total_ms: i64, count: u64) -> i64 {
+    if count == 0 { 0 } else { (2 * total_ms + count as i64).div_euclid(2 * count as i64) }
+}
+
+fn parse_bounds(text: Option<&str>) -> Result<Vec<i64>, ApiError> {
+    let Some(text) = text.filter(|t| !t.is_empty()) else { return Ok(DEFAULT_LENGTH_BOUNDS_MS.to_vec()) };
+    let mut bounds = Vec::new();
+    for part in text.split(',') {
+        let bound: i64 = part
+            .trim()
+            .parse()
+            .map_err(|_| ApiError::BadRequest(format!("bounds_ms: {part:?} is not a whole number of milliseconds")))?;
+        if bound <= 0 {
+            return Err(ApiError::BadRequest(format!("bounds_ms: {bound} is not positive")));
+        }
+        if bounds.last().is_some_and(|&last| bound <= last) {
+            return Err(ApiError::BadRequest("bounds_ms must be strictly increasing".into()));
+        }
+        bounds.push(bound);
+    }
+    if bounds.len() > MAX_LENGTH_BOUNDS {
+        return Err(ApiError::BadRequest(format!("bounds_ms: at most {MAX_LENGTH_BOUNDS} bounds")));
+    }
+    Ok(bounds)
+}
+
+async fn stats_length_distribution(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<DistributionQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let project = state.keys.authorize(&headers, KeyRole::Read)?;
+    let Query(query) = query.map_err(bad_query)?;
+    let bounds = parse_bounds(query.bounds_ms.as_deref())?;
+    let board = state.board.clone();
+    let body = state
+        .readers
+        .run(move |store| {
+            let project = project_of(store, project)?;
+            let range = day_range(query.from.as_deref(), query.to.as_deref(), &time_zone_of(&project), now_ms())?;
+            let figures = board.read(store, |b| b.figures(project.id, range.from_day, range.to_day, &bounds))?;
+            let buckets: Vec<Value> = figures
+                .length_buckets
+                .iter()
+                .enumerate()
+                .map(|(i, &sessions)| {
+                    let min = if i == 0 { 0 } else { bounds[i - 1] };
+                    json!({"min_length_ms": min, "max_length_ms": bounds.get(i), "sessions": sessions})
+                })
+                .collect();
+            Ok(json!({
+                "from": range.from.to_string(),
+                "to": range.to.to_string(),
+                "bounds_ms": bounds,
+                "buckets": buckets,
+            }))
+        })
+        .await?;
+    Ok(json_response(body))
+}
+
+async fn stats_summary(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<RangeQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let project = state.keys.authorize(&headers, KeyRole::Read)?;
+    let Query(query) = query.map_err(bad_query)?;
+    let board = state.board.clone();
+    let body = state
+        .readers
+        .run(move |store| {
+            let project = project_of(store, project)?;
+            let range = day_range(query.from.as_deref(), query.to.as_deref(), &time_zone_of(&project), now_ms())?;
+            let f = board.read(store, |b| b.figures(project.id, range.from_day, range.to_day, &[]))?;
+            let distribution: Vec<Value> = SESSIONS_PER_USER_BUCKETS
+                .iter()
+                .zip(f.sessions_per_user)
+                .map(|(&(label, _, _), users)| json!({"label": label, "users": users}))
+                .collect();
+            let ratio = |part: u64, whole: u64| if whole == 0 { 0.0 } else { part as f64 / whole as f64 };
+            Ok(json!({
+                "from": range.from.to_string(),
+                "to": range.to.to_string(),
+                "sessions": f.sessions,
+                "users": f.users,
+                "total_length_ms": f.total_length_ms,
+                "avg_length_ms": average(f.total_length_ms, f.sessions),
+                "median_length_ms": f.median_length_ms,
+                "p90_length_ms": f.p90_length_ms,
+                "sessions_per_user": {"mean": ratio(f.sessions, f.users), "distribution": distribution},
+                "single_event_share": ratio(f.single_event_sessions, f.sessions),
+                "open_sessions": f.open_sessions,
+            }))
+        })
+        .await?;
+    Ok(json_response(body))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SessionsQuery {
+    from: Option<String>,
+    to: Option<String>,
+    min_length_ms: Option<i64>,
+    max_length_ms: Option<i64>,
+    user_id: Option<String>,
+    device_id: Option<String>,
+    event_type: Option<String>,
+    order: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+fn encode_cursor(session: &sessionizer_store::StoredSession) -> String {
+    let kind = if session.user.user_id().is_some() { 'u' } else { 'd' };
+    format!("{}.{kind}.{}", session.start_ms, URL_SAFE_NO_PAD.encode(session.user.id()))
+}
+
+fn decode_cursor(text: &str) -> Result<SessionCursor, ApiError> {
+    let bad = || ApiError::BadRequest(format!("cursor {text:?} is not one this server gave out"));
+    let mut parts = text.splitn(3, '.');
+    let start_ms: i64 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+    let kind = parts.next().ok_or_else(bad)?;
+    let id = parts.next().and_then(|p| URL_SAFE_NO_PAD.decode(p).ok()).and_then(|b| String::from_utf8(b).ok());
+    let id: Arc<str> = id.ok_or_else(bad)?.into();
+    let user = match kind {
+        "u" => UserKey::User(id),
+        "d" => UserKey::Device(id),
+        _ => return Err(bad()),
+    };
+    Ok(SessionCursor { start_ms, user })
+}
+
+async fn list_sessions(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<SessionsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let project = state.keys.authorize(&headers, KeyRole::Read)?;
+    let Query(query) = query.map_err(bad_query)?;
+    let user =
+        match (query.user_id.clone().filter(|u| !u.is_empty()), query.device_id.clone().filter(|d| !d.is_empty())) {
+            (Some(_), Some(_)) => return Err(ApiError::BadRequest("give at most one of user_id and device_id".into())),
+            (Some(user_id), None) => Some(UserKey::User(user_id.into())),
+            (None, Some(device_id)) => Some(UserKey::Device(device_id.into())),
+            (None, None) => None,
+        };
+    let newest_first = match query.order.as_deref().unwrap_or("asc") {
+        "asc" => false,
+        "desc" => true,
+        other => return Err(ApiError::BadRequest(format!("order: {other:?} is not asc or desc"))),
+    };
+    let limit = query.limit.unwrap_or(DEFAULT_SESSIONS_PER_PAGE);
+    if limit == 0 || limit > MAX_SESSIONS_PER_RESPONSE {
+        return Err(ApiError::BadRequest(format!("limit: between 1 and {MAX_SESSIONS_PER_RESPONSE}")));
+    }
+    if let (Some(min), Some(max)) = (query.min_length_ms, query.max_length_ms)
+        && min > max
+    {
+        return Err(ApiError::BadRequest(format!("min_length_ms ({min}) is above max_length_ms ({max})")));
+    }
+    let cursor = query.cursor.as_deref().filter(|c| !c.is_empty()).map(decode_cursor).transpose()?;
+    let body = state
+        .readers
+        .run(move |store| {
+            let project = project_of(store, project)?;
+            // A user's history: all of it unless a range is asked for.
+            let whole_history = user.is_some() && query.from.is_none() && query.to.is_none();
+            let (from_ms, to_ms) = if whole_history {
+                (i64::MIN, i64::MAX)
+            } else {
+                let range = day_range(query.from.as_deref(), query.to.as_deref(), &time_zone_of(&project), now_ms())?;
+                (range.from_ms, range.to_ms)
+            };
+            let filter = SessionFilter {
+                from_ms,
+                to_ms,
+                min_length_ms: query.min_length_ms,
+                max_length_ms: query.max_length_ms,
+                user,
+                event_type: query.event_type.filter(|t| !t.is_empty()),
+                after: cursor,
+                newest_first,
+            };
+            let mut sessions = store.sessions_page(project.id, &filter, limit + 1)?;
+            let more = sessions.len() > limit;
+            sessions.truncate(limit);
+            let next_cursor = if more { sessions.last().map(encode_cursor) } else { None };
+            let list: Vec<Value> = sessions.iter().map(session_json).collect();
+            Ok(json!({"sessions": list, "next_cursor": next_cursor}))
+        })
+        .await?;
+    Ok(json_response(body))
+}
+
+fn change_json(change: &ChangeRecord) -> Value {
+    json!({
+        "seq": change.seq,
+        "kind": change.kind,
+        "user_id": change.user.user_id(),
+        "device_id": change.user.device_id(),
+        "session_id": change.session_id,
+        "session_uid": change.session_uid,
+        "start_ms": change.start_ms,
+        "end_ms": change.end_ms,
+        "length_ms": change.end_ms - change.start_ms,
+        "last_event_ms": change.last_event_ms,
+        "event_count": change.event_count,
+        "end_reason": change.end_reason,
+        "concluded": change.concluded,
+        "superseded_by": change.superseded_by,
+        "raised_at_ms": change.raised_at_ms,
+    })
+}
+
+async fn session_detail(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(session_uid): Path<String>,
+) -> Result<Response, ApiError> {
+    let project = state.keys.authorize(&headers, KeyRole::Read)?;
+    let uid = uuid::Uuid::parse_str(&session_uid)
+        .map_err(|_| ApiError::BadRequest(format!("{session_uid:?} is not a session uid (a UUID)")))?
+        .to_string();
+    let body = state
+        .readers
+        .run(move |store| {
+            let project = project_of(store, project)?;
+            let history = store.session_history(project.id, &uid, MAX_CHANGES_PER_PAGE)?;
+            let Some(session) = store.session_by_uid(project.id, &uid)? else {
+                let successor = history.iter().rev().find_map(|c| c.superseded_by.clone());
+                return Err(ApiError::NotFound(match (history.is_empty(), successor) {
+                    (true, _) => format!("no session {uid}"),
+                    (false, Some(by)) => format!("session {uid} no longer exists: it was merged into {by}"),
+                    (false, None) => format!("session {uid} no longer exists: a rebuild removed it"),
+                }));
+            };
+            let (_, classifier) = project.settings.compile()?;
+            let classify = |event_type: &str, passive: bool| classifier.classify(event_type, passive);
+            let events = store.session_events(project.id, &session, &classify, MAX_SESSION_EVENTS_SHOWN + 1)?;
+            let truncated = events.len() > MAX_SESSION_EVENTS_SHOWN;
+            let events: Vec<Value> = events
+                .iter()
+                .take(MAX_SESSION_EVENTS_SHOWN)
+                .map(|stored| {
+                    let event = &stored.event;
+                    let properties = event.properties.as_deref().and_then(|p| serde_json::from_str::<Value>(p).ok());
+                    json!({
+                        "time_ms": event.time_ms,
+                        "event_type": event.event_type,
+                        "page": event.page,
+                        "insert_id": event.insert_id,
+                        "passive": event.passive,
+                        "properties": properties,
+                    })
+                })
+                .collect();
+            let revisions: Vec<Value> = history.iter().map(change_json).collect();
+            Ok(json!({
+                "session": session_json(&session),
+                "events": events,
+                "events_truncated": truncated,
+                "revisions": revisions,
+            }))
+        })
+        .await?;
+    Ok(json_response(body))
+}
+
+async fn user_usage(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(user_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let project = state.keys.authorize(&headers, KeyRole::Read)?;
+    let body = state
+        .readers
+        .run(move |store| {
+            let user = UserKey::User(user_id.as_str().into());
+            let Some(usage) = store.user_usage(project, &user)? else {
+                return Err(ApiError::NotFound(format!("no sessions for user {user_id:?}")));
+            };
+            let filter = SessionFilter {
+                from_ms: i64::MIN,
+                to_ms: i64::MAX,
+                user: Some(user),
+                newest_first: true,
+                ..SessionFilter::default()
+            };
+            let recent = store.sessions_page(project, &filter, RECENT_SESSIONS_SHOWN)?;
+            Ok(json!({
+                "user_id": user_id,
+                "session_count": usage.session_count,
+                "first_seen_ms": usage.first_seen_ms,
+                "last_seen_ms": usage.last_seen_ms,
+                "total_length_ms": usage.total_length_ms,
+                "recent_sessions": recent.iter().map(session_json).collect::<Vec<_>>(),
+            }))
+        })
+        .await?;
+    Ok(json_response(body))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CohortRequest {
+    from: Option<String>,
+    to: Option<String>,
+    #[serde(default = "one")]
+    min_sessions: u64,
+    #[serde(default)]
+    min_length_ms: i64,
+    max_length_ms: Option<i64>,
+}
+
+fn one() -> u64 {
+    1
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FormatQuery {
+    format: Option<String>,
+}
+
+/// A CSV field, quoted when needed, with spreadsheet formulas neutralised
+/// (a leading `=`, `+`, `-`, `@`, tab or carriage return gets a `'`).
+pub(crate) fn csv_field(text: &str) -> String {
+    let neutral = match text.chars().next() {
+        Some('=' | '+' | '-' | '@' | '\t' | '\r') => format!("'{text}"),
+        _ => text.to_string(),
+    };
+    if neutral.contains([',', '"', '\n', '\r']) { format!("\"{}\"", neutral.replace('"', "\"\"")) } else { neutral }
+}
+
+async fn cohort_preview(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    format: Result<Query<FormatQuery>, QueryRejection>,
+    request: Result<axum::Json<CohortRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let project = state.keys.authorize(&headers, KeyRole::Read)?;
+    let Query(format) = format.map_err(bad_query)?;
+    let csv = match format.format.as_deref().unwrap_or("json") {
+        "json" => false,
+        "csv" => true,
+        other => return Err(ApiError::BadRequest(format!("format: {other:?} is not json or csv"))),
+    };
+    let axum::Json(request) = request.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    if request.min_length_ms < 0 || request.max_length_ms.is_some_and(|max| max < request.min_length_ms) {
+        return Err(ApiError::BadRequest("min_length_ms must be at least 0 and at most max_length_ms".into()));
+    }
+    let board = state.board.clone();
+    let body = state
+        .readers
+        .run(move |store| {
+            let project = project_of(store, project)?;
+            let range = day_range(request.from.as_deref(), request.to.as_deref(), &time_zone_of(&project), now_ms())?;
+            let filter = CohortFilter {
+                from_day: range.from_day,
+                to_day: range.to_day,
+                min_sessions: request.min_sessions.max(1),
+                min_length_ms: request.min_length_ms,
+                max_length_ms: request.max_length_ms,
+            };
+            let users =
+                board.read(store, |b| b.cohort(project.id, &filter).into_iter().cloned().collect::<Vec<_>>())?;
+            if csv {
+                let mut text = String::from("user_id,device_id\n");
+                for user in &users {
+                    text.push_str(&csv_field(user.user_id().unwrap_or("")));
+                    text.push(',');
+                    text.push_str(&csv_field(user.device_id().unwrap_or("")));
+                    text.push('\n');
+                }
+                return Ok(Err(text));
+            }
+            let shown: Vec<Value> = users
+                .iter()
+                .take(MAX_COHORT_USERS_SHOWN)
+                .map(|u| json!({"user_id": u.user_id(), "device_id": u.device_id()}))
+                .collect();
+            Ok(Ok(json!({
+                "from": range.from.to_string(),
+                "to": range.to.to_string(),
+                "count": users.len(),
+                "users": shown,
+                "truncated": users.len() > MAX_COHORT_USERS_SHOWN,
+            })))
+        })
+        .await?;
+    Ok(match body {
+        Ok(json) => json_response(json),
+        Err(csv) => (
+            [
+                (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+                (header::CONTENT_DISPOSITION, "attachment; filename=\"cohort.csv\""),
+            ],
+            csv,
+        )
+            .into_response(),
+    })
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChangesQuery {
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn changes(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<ChangesQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let project = state.keys.authorize(&headers, KeyRole::Read)?;
+    let Query(query) = query.map_err(bad_query)?;
+    let after: i64 = match query.cursor.as_deref().filter(|c| !c.is_empty()) {
+        None => 0,
+        Some(text) => text
+            .parse()
+            .ok()
+            .filter(|&seq: &i64| seq >= 0)
+            .ok_or_else(|| ApiError::BadRequest(format!("cursor {text:?} is not one this server gave out")))?,
+    };
+    let limit = query.limit.unwrap_or(MAX_CHANGES_PER_PAGE);
+    if limit == 0 || limit > MAX_CHANGES_PER_PAGE {
+        return Err(ApiError::BadRequest(format!("limit: between 1 and {MAX_CHANGES_PER_PAGE}")));
+    }
+    let body = state
+        .readers
+        .run(move |store| {
+            let changes = store.changes_page(project, after, limit)?;
+            let next = changes.last().map_or(after, |c| c.seq);
+            Ok(json!({
+                "changes": changes.iter().map(change_json).collect::<Vec<_>>(),
+                "next_cursor": next.to_string(),
+            }))
+        })
+        .await?;
+    Ok(json_response(body))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PreviewQuery {
+    from: Option<String>,
+    to: Option<String>,
+    timeouts: Option<String>,
+}
+
+fn parse_timeouts(text: Option<&str>) -> Result<Vec<i64>, ApiError> {
+    let text = text.filter(|t| !t.is_empty()).unwrap_or("5m,10m,30m,60m");
+    let mut timeouts = Vec::new();
+    for part in text.split(',') {
+        let duration = SignedDuration::from_str(part.trim())
+            .map_err(|_| ApiError::BadRequest(format!("timeouts: {part:?} is not a duration like 30m, 90s or 1h")))?;
+        let ms = duration.as_millis();
+        if !(1_000..=7 * DAY_MS as i128).contains(&ms) {
+            return Err(ApiError::BadRequest(format!("timeouts: {part:?} is not between 1s and 7 days")));
+        }
+        timeouts.push(ms as i64);
+    }
+    if timeouts.len() > MAX_PREVIEW_TIMEOUTS {
+        return Err(ApiError::BadRequest(format!("timeouts: at most {MAX_PREVIEW_TIMEOUTS}")));
+    }
+    timeouts.sort_unstable();
+    timeouts.dedup();
+    Ok(timeouts)
+}
+
+/// The nearest-rank median of `values` (sorted in place).
+fn median(values: &mut [i64]) -> Option<i64> {
+    values.sort_unstable();
+    let rank = values.len().div_ceil(2);
+    rank.checked_sub(1).and_then(|i| values.get(i).copied())
+}
+
+async fn timeout_preview(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<PreviewQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let project = state.keys.authorize(&headers, KeyRole::Read)?;
+    let Query(query) = query.map_err(bad_query)?;
+    let timeouts = parse_timeouts(query.timeouts.as_deref())?;
+    let board = state.board.clone();
+    let body = state
+        .readers
+        .run(move |store| {
+            let project = project_of(store, project)?;
+            let range = day_range(query.from.as_deref(), query.to.as_deref(), &time_zone_of(&project), now_ms())?;
+            // A deterministic sample of the users active in the range (by a
+            // hash of their key), as many as keep the events read under the bound.
+            let mut users = board.read(store, |b| {
+                b.users_in_range(project.id, range.from_day, range.to_day)
+                    .into_iter()
+                    .map(|(user, events)| (user.clone(), events))
+                    .collect::<Vec<_>>()
+            })?;
+            let total_users = users.len();
+            users.sort_by_key(|(user, _)| (sessionizer_engine::client_session_key(user.id()), user.clone()));
+            let mut budget = 0u64;
+            let sampled: Vec<&UserKey> = users
+                .iter()
+                .take_while(|(_, events)| {
+                    budget += events;
+                    budget <= MAX_PREVIEW_EVENTS as u64
+                })
+                .map(|(user, _)| user)
+                .collect();
+            let sample_fraction = if total_users == 0 { 1.0 } else { sampled.len() as f64 / total_users as f64 };
+            let events = store.events_of_users(project.id, &sampled, range.from_ms, range.to_ms)?;
+            let (rules, classifier) = project.settings.compile()?;
+            let gap_histogram = gap_histogram(&events, &classifier);
+            let mut per_timeout = Vec::new();
+            for &timeout_ms in &timeouts {
+                let settings = sessionizer_store::ProjectSettings { timeout_ms, ..project.settings.clone() };
+                let (candidate, _) = settings.compile()?;
+                let sessions = sessionize_stored(&project.public_id, &events, &candidate, &classifier, i64::MAX);
+                let mut lengths: Vec<i64> = sessions.iter().map(|s| s.length_ms()).collect();
+                let estimated =
+                    if sample_fraction > 0.0 { (sessions.len() as f64 / sample_fraction).round() as u64 } else { 0 };
+                per_timeout.push(json!({
+                    "timeout_ms": timeout_ms,
+                    "current": timeout_ms == rules.timeout_ms(),
+                    "sessions": sessions.len(),
+                    "estimated_sessions": estimated,
+                    "median_length_ms": median(&mut lengths),
+                }));
+            }
+            Ok(json!({
+                "from": range.from.to_string(),
+                "to": range.to.to_string(),
+                "users": total_users,
+                "sampled_users": sampled.len(),
+                "sample_fraction": sample_fraction,
+                "events": events.len(),
+                "gap_histogram": gap_histogram,
+                "timeouts": per_timeout,
+            }))
+        })
+        .await?;
+    Ok(json_response(body))
+}
+
+/// Gaps between each user's consecutive active events (excluded and passive
+/// events neither open nor extend sessions, so they are left out).
+fn gap_histogram(events: &[sessionizer_store::StoredEvent], classifier: &sessionizer_engine::EventClassifier) -> Value {
+    let mut by_user: std::collections::HashMap<UserKey, Vec<i64>> = std::collections::HashMap::new();
+    for stored in events {
+        let event = &stored.event;
+        if classifier.classify(&event.event_type, event.passive) == sessionizer_engine::EventClass::Active {
+            by_user.entry(event.user_key()).or_default().push(event.time_ms);
+        }
+    }
+    let mut counts = [0u64; GAP_BOUNDS_MS.len() + 1];
+    for times in by_user.values_mut() {
+        times.sort_unstable();
+        for pair in times.windows(2) {
+            counts[GAP_BOUNDS_MS.partition_point(|&b| b <= pair[1] - pair[0])] += 1;
+        }
+    }
+    let buckets: Vec<Value> = counts
+        .iter()
+        .enumerate()
+        .map(|(i, &gaps)| {
+            let min = if i == 0 { 0 } else { GAP_BOUNDS_MS[i - 1] };
+            json!({"min_gap_ms": min, "max_gap_ms": GAP_BOUNDS_MS.get(i), "gaps": gaps})
+        })
+        .collect();
+    json!(buckets)
+}
+
+/// The body of an export: `ndjson` (default), `csv` or `parquet`, with its content type.
+pub(crate) fn export_format(format: Option<&str>) -> Result<(sessionizer_formats::FileFormat, &'static str), ApiError> {
+    use sessionizer_formats::FileFormat;
+    let format = match format.unwrap_or("ndjson") {
+        "ndjson" => FileFormat::Ndjson,
+        "csv" => FileFormat::Csv,
+        "parquet" => FileFormat::Parquet,
+        other => return Err(ApiError::BadRequest(format!("unknown format {other:?}: use ndjson, csv or parquet"))),
+    };
+    if format == FileFormat::Parquet && !cfg!(feature = "parquet") {
+        return Err(ApiError::BadRequest("this build has no Parquet support".into()));
+    }
+    let content_type = match format {
+        FileFormat::Ndjson => "application/x-ndjson",
+        FileFormat::Csv => "text/csv; charset=utf-8",
+        FileFormat::Parquet => "application/vnd.apache.parquet",
+    };
+    Ok((format, content_type))
+}
+
+/// `Body` for a streamed export.
+pub(crate) fn export_body(
+    content_type: &'static str,
+    stream: impl futures_util::Stream<Item = Result<axum::body::Bytes, std::io::Error>> + Send + 'static,
+) -> Response {
+    ([(header::CONTENT_TYPE, content_type)], Body::from_stream(stream)).into_response()
+}
