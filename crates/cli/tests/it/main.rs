@@ -5,6 +5,7 @@
 //! rewrites them (then review the diff).
 
 mod crash;
+mod query;
 mod sdk;
 mod server;
 
