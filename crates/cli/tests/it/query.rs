@@ -42,7 +42,7 @@ struct Event {
 /// of seconds to 40 minutes (some cross the timeout), bursts hours apart, an
 /// excluded type now and then, and one user active a minute ago (open session).
 fn generate(now: i64) -> Vec<Event> {
-    let mut rng = Rng(0x5EED_0F_5E55_1075);
+    let mut rng = Rng(0x005E_ED0F_5E55_1075);
     let mut events = Vec::new();
     let types = ["Page Viewed", "Clicked", "Searched", "Notification Sent"];
     for u in 0..30 {
