@@ -227,3 +227,57 @@ fn client_session_source_splits_where_the_sdk_session_changes() {
     let bad = ProjectSettings { session_source: "sdk".into(), ..project.settings.clone() };
     assert!(store.set_settings(&project, &bad).unwrap_err().to_string().contains("session_source"));
 }
+
+/// The board caught up from the change log equals a board loaded afresh from
+/// the sessions table, through merges (late events), new users and a time
+/// zone change.
+#[test]
+fn a_caught_up_board_equals_a_fresh_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path()).unwrap();
+    let project = store.create_project("p", T0).unwrap().project;
+    let insert = |store: &mut Store, events: &[NewEvent]| {
+        let batch = store.batch().unwrap();
+        for event in events {
+            batch.insert_event(project.id, event).unwrap();
+        }
+        batch.commit().unwrap();
+    };
+    insert(
+        &mut store,
+        &[
+            event("a", "view", T0, "1"),
+            event("a", "view", T0 + 40 * MIN, "2"),
+            event("b", "view", T0 + 5 * MIN, "3"),
+            event("b", "Notification Sent", T0 + 6 * MIN, "4"),
+        ],
+    );
+    store.rebuild_project(&project, T0 + 10 * 60 * MIN).unwrap();
+    let mut board = store.load_board().unwrap();
+    let day = (T0 / 86_400_000) as i32;
+    let figures = |board: &Board| board.figures(project.id, day - 1, day + 1, &[60_000]);
+    let before = figures(&board);
+    assert_eq!((before.sessions, before.users), (3, 2));
+
+    // A late event bridges a's two sessions; c appears; b gets a second session.
+    insert(
+        &mut store,
+        &[event("a", "view", T0 + 20 * MIN, "5"), event("c", "view", T0, "6"), event("b", "view", T0 + 90 * MIN, "7")],
+    );
+    store.rebuild_project(&project, T0 + 10 * 60 * MIN).unwrap();
+    assert!(store.catch_up_board(&mut board).unwrap() > 0);
+    let fresh = store.load_board().unwrap();
+    assert_eq!(figures(&board), figures(&fresh));
+    assert_eq!((figures(&board).sessions, figures(&board).users), (4, 3));
+    assert_eq!(figures(&board).total_length_ms, 40 * MIN);
+    assert_eq!(board.applied_seq(), fresh.applied_seq());
+    // Nothing new: nothing applied.
+    assert_eq!(store.catch_up_board(&mut board).unwrap(), 0);
+
+    // A time zone change moves the days of the caught-up board too.
+    let mut settings = project.settings.clone();
+    settings.time_zone = "Pacific/Kiritimati".to_string(); // UTC+14: 09:00Z is 23:00 the same day there
+    store.set_settings(&project, &settings).unwrap();
+    store.catch_up_board(&mut board).unwrap();
+    assert_eq!(figures(&board), figures(&store.load_board().unwrap()));
+}
