@@ -188,6 +188,11 @@ test('the dashboard in headless Chromium', { timeout: 240_000, skip: !fs.existsS
     dialog.dismiss().catch(() => {});
   });
   page.on('pageerror', (error) => pageErrors.push(error.message));
+  const consoleErrors = [];
+  page.on('console', (message) => {
+    // Expected: the refused sign-in and /v1/project before it (401), the unknown user and session (404), the injected 503.
+    if (message.type() === 'error' && !/status of (401|404|503)/.test(message.text())) consoleErrors.push(message.text());
+  });
   page.on('request', (request) => {
     if (!request.url().startsWith(server.url)) offline.push(request.url());
   });
@@ -395,6 +400,8 @@ test('the dashboard in headless Chromium', { timeout: 240_000, skip: !fs.existsS
         events: tr.querySelector('td.events').textContent,
       })));
       assert.ok(rows.length > 0 && rows.length <= 50, `page ${pageNo}: ${rows.length} rows`);
+      const markup = await page.$$eval('#view script, #view img, #view [onerror], #view [onload]', (nodes) => nodes.length);
+      assert.equal(markup, 0, `page ${pageNo}: no element made from the data's markup`);
       seen.push(...rows);
       if (!(await page.$('#next-page'))) break;
       assert.ok(pageNo < 20, 'too many pages');
@@ -454,6 +461,7 @@ test('the dashboard in headless Chromium', { timeout: 240_000, skip: !fs.existsS
   await t.test('no script from the data ran, no page error, nothing but loopback', () => {
     assert.deepEqual(dialogs, [], 'no alert() from user ids, event types or pages');
     assert.deepEqual(pageErrors, []);
+    assert.deepEqual(consoleErrors, [], 'no console error (a Content-Security-Policy violation would be one)');
     assert.deepEqual(offline, [], 'the dashboard loads nothing from the internet');
     assert.deepEqual(blockedConnections, []);
   });
