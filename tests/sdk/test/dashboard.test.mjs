@@ -5,6 +5,7 @@
 // project's default time zone). User ids, event types and pages hold markup: no script
 // from the data may run. A screenshot of each page goes to tests/sdk/artifacts/.
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -29,6 +30,11 @@ const SECOND = 1000;
 // ---- The reference figures ----
 
 const dayOf = (ms) => new Date(ms).toISOString().slice(0, 10);
+/** The date of an instant in a time zone. */
+const dayIn = (zone) => (ms) => {
+  const p = Object.fromEntries(new Intl.DateTimeFormat('en-US', { timeZone: zone, year: 'numeric', month: '2-digit', day: '2-digit' }).formatToParts(ms).map((x) => [x.type, x.value]));
+  return `${p.year}-${p.month}-${p.day}`;
+};
 const addDays = (date, n) => new Date(Date.parse(`${date}T00:00:00Z`) + n * 24 * HOUR).toISOString().slice(0, 10);
 
 /** Nearest-rank, interpolated and middle values: any is an acceptable percentile. */
@@ -60,7 +66,7 @@ function perUserLabel(n) {
 }
 
 /** Every figure of the board for sessions starting in [from, to] (UTC days). */
-function boardFigures(sessions, { from, to, now }) {
+function boardFigures(sessions, { from, to, now, dayOf = dayIn('UTC') }) {
   const inRange = sessions.filter((s) => dayOf(s.start_ms) >= from && dayOf(s.start_ms) <= to);
   const days = new Map();
   for (let d = from; d <= to; d = addDays(d, 1)) days.set(d, { sessions: 0, total_length_ms: 0, users: new Set() });
@@ -130,8 +136,40 @@ const bars = (page, chart) =>
   page.$$eval(`#${chart} rect.bar`, (rects) => rects.map((r) => [r.getAttribute('data-label'), Number(r.getAttribute('data-value'))]));
 const shot = (page, name) => page.screenshot({ path: path.join(ARTIFACTS, `dashboard-${name}.png`), fullPage: true });
 
-test('the dashboard in headless Chromium', { timeout: 240_000, skip: !fs.existsSync(CHROMIUM) && `no Chromium at ${CHROMIUM}` }, async (t) => {
+/** Headless Chromium that can reach loopback only: the dashboard must work with no internet. */
+async function launch() {
   const { chromium } = await import('playwright-core');
+  return chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+      // Anything but loopback fails.
+      '--proxy-server=http://127.0.0.1:9',
+      '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1',
+    ],
+  });
+}
+
+/** Polls the summary of [from, to] until it counts `sessions`. */
+async function waitForSessions(server, from, to, sessions) {
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    const response = await fetch(`${server.url}/v1/stats/summary?from=${from}&to=${to}`, { headers: { Authorization: `Bearer ${server.readKey}` } });
+    const summary = response.status === 200 ? await response.json() : null;
+    if (summary?.sessions === sessions) return;
+    assert.ok(Date.now() < deadline, `the summary never showed ${sessions} sessions: ${response.status} ${JSON.stringify(summary)}`);
+    await sleep(200);
+  }
+}
+
+test('the dashboard in headless Chromium', { timeout: 240_000, skip: !fs.existsSync(CHROMIUM) && `no Chromium at ${CHROMIUM}` }, async (t) => {
   fs.mkdirSync(ARTIFACTS, { recursive: true });
   const server = await startServer('dashboard');
   let browser = null;
@@ -153,31 +191,9 @@ test('the dashboard in headless Chromium', { timeout: 240_000, skip: !fs.existsS
   const expected = boardFigures(sessions, { from, to, now });
   assert.ok(expected.sessions > 100 && expected.open_sessions > 0, 'the generated data has enough sessions, some open');
   // The events are on disk when POST answers; wait until the board shows them too.
-  const deadline = Date.now() + 30_000;
-  for (;;) {
-    const response = await fetch(`${server.url}/v1/stats/summary?from=${from}&to=${to}`, { headers: { Authorization: `Bearer ${server.readKey}` } });
-    const summary = response.status === 200 ? await response.json() : null;
-    if (summary?.sessions === expected.sessions) break;
-    assert.ok(Date.now() < deadline, `the summary never showed ${expected.sessions} sessions: ${response.status} ${JSON.stringify(summary)}`);
-    await sleep(200);
-  }
+  await waitForSessions(server, from, to, expected.sessions);
 
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    headless: true,
-    args: [
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-      // The dashboard works with no internet: anything but loopback fails (and is listed below).
-      '--proxy-server=http://127.0.0.1:9',
-      '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1',
-    ],
-  });
+  browser = await launch();
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   const page = await context.newPage();
   const dialogs = [];
@@ -465,4 +481,51 @@ test('the dashboard in headless Chromium', { timeout: 240_000, skip: !fs.existsS
     assert.deepEqual(offline, [], 'the dashboard loads nothing from the internet');
     assert.deepEqual(blockedConnections, []);
   });
+});
+
+test('days and times in the project\'s time zone', { timeout: 120_000, skip: !fs.existsSync(CHROMIUM) && `no Chromium at ${CHROMIUM}` }, async (t) => {
+  const zone = 'Asia/Kathmandu'; // UTC+05:45: days start at 18:15 UTC
+  const server = await startServer('dashboard-tz');
+  let browser = null;
+  t.after(async () => {
+    await browser?.close();
+    await server.stop();
+  });
+  execFileSync(process.env.SESSIONIZER_BIN, ['project', 'set', server.projectId, '--time-zone', zone, '--data', server.data], { stdio: 'ignore' });
+  for (const deadline = Date.now() + 10_000; JSON.parse(await server.read('/v1/project')).time_zone !== zone; await sleep(100)) {
+    assert.ok(Date.now() < deadline, 'the server took up the time zone');
+  }
+  const now = Date.now();
+  const events = generateDashboardEvents({ seed: 11, users: 12, days: 6, now });
+  await sendEvents(server, events);
+  const sessions = referenceSessions(events, TIMEOUT);
+  const local = dayIn(zone);
+  const to = local(Date.now());
+  const from = addDays(to, -29);
+  const expected = boardFigures(sessions, { from, to, now, dayOf: local });
+  await waitForSessions(server, from, to, expected.sessions);
+
+  browser = await launch();
+  const page = await (await browser.newContext({ viewport: { width: 1280, height: 900 } })).newPage();
+  await page.goto(`${server.url}/dashboard/`);
+  await page.waitForSelector('#sign-in #read-key');
+  await rendered(page, async () => {
+    await page.fill('#read-key', server.readKey);
+    await page.click('#sign-in button[type=submit]');
+  });
+  assert.match(await page.textContent('#project-tz'), /Asia\/Kathmandu/);
+  assert.equal(await page.inputValue('#range-to'), to, "the default range ends today in the project's time zone");
+  assert.equal(await page.inputValue('#range-from'), from);
+  assert.equal(await figureText(page, 'sessions'), fmtInt(expected.sessions));
+  assert.deepEqual(await bars(page, 'chart-daily-sessions'), [...expected.days].map(([date, d]) => [date.slice(5), d.sessions]), 'sessions per local day');
+  // Times are shown in the project's time zone.
+  const user = sessions[0].user_id;
+  const mine = sessions.filter((s) => s.user_id === user);
+  await go(page, `#/users/${encodeURIComponent(user)}`);
+  const p = Object.fromEntries(
+    new Intl.DateTimeFormat('en-US', { timeZone: zone, hourCycle: 'h23', hour: '2-digit', minute: '2-digit', second: '2-digit' })
+      .formatToParts(mine[0].start_ms)
+      .map((x) => [x.type, x.value]),
+  );
+  assert.equal(await figureText(page, 'first_seen'), `${local(mine[0].start_ms)} ${p.hour}:${p.minute}:${p.second}`);
 });
