@@ -54,11 +54,22 @@ pub fn decode_body(content_encoding: Option<&str>, body: &[u8]) -> Result<Vec<u8
 
 /// Parses and validates a native batch received at `now_ms`.
 pub fn parse_batch(body: &[u8], now_ms: i64) -> Result<Vec<NewEvent>, ApiError> {
+    parse_keyed_batch(body, now_ms).map(|(_, events)| events)
+}
+
+/// [`parse_batch`], also returning the body's `write_key` (how browsers send
+/// the key with `navigator.sendBeacon`, which cannot set headers).
+pub(crate) fn parse_keyed_batch(body: &[u8], now_ms: i64) -> Result<(Option<String>, Vec<NewEvent>), ApiError> {
     let text = std::str::from_utf8(body).map_err(|e| ApiError::BadRequest(format!("the body is not UTF-8: {e}")))?;
     let value: Value =
         serde_json::from_str(text).map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))?;
     let Value::Object(mut top) = value else {
         return Err(ApiError::BadRequest("the body must be a JSON object with an \"events\" array".into()));
+    };
+    let write_key = match top.remove("write_key") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(key)) => Some(key),
+        Some(_) => return Err(ApiError::BadRequest("\"write_key\" must be a string".into())),
     };
     let batch_sent_at = match top.remove("sent_at") {
         None | Some(Value::Null) => None,
@@ -71,7 +82,7 @@ pub fn parse_batch(body: &[u8], now_ms: i64) -> Result<Vec<NewEvent>, ApiError> 
     };
     if let Some(unknown) = top.keys().next() {
         return Err(ApiError::BadRequest(format!(
-            "unknown top-level field {unknown:?}: expected \"events\" and \"sent_at\""
+            "unknown top-level field {unknown:?}: expected \"events\", \"sent_at\" and \"write_key\""
         )));
     }
     if events.is_empty() {
@@ -96,7 +107,7 @@ pub fn parse_batch(body: &[u8], now_ms: i64) -> Result<Vec<NewEvent>, ApiError> 
             }
         }
     }
-    if problems.is_empty() { Ok(accepted) } else { Err(ApiError::InvalidEvents(problems)) }
+    if problems.is_empty() { Ok((write_key, accepted)) } else { Err(ApiError::InvalidEvents(problems)) }
 }
 
 fn problem(field: &str, message: impl Into<String>) -> EventProblem {

@@ -171,25 +171,36 @@ async fn ingest_events(State(state): State<AppState>, request: Request) -> Respo
 
 async fn ingest(state: &AppState, request: Request) -> Result<Ingested, ApiError> {
     let (parts, body) = request.into_parts();
-    let project = state.keys.authorize(&parts.headers, KeyRole::Write).inspect_err(|_| {
-        state.metrics.reject(RejectReason::Unauthorized, 1);
-    })?;
+    let unauthorized = |_: &ApiError| state.metrics.reject(RejectReason::Unauthorized, 1);
+    // The key comes in the header, or (for `navigator.sendBeacon`, which cannot
+    // set headers) as the body's `write_key`, checked once the body is parsed.
+    let header_project = match parts.headers.contains_key(header::AUTHORIZATION) {
+        true => Some(state.keys.authorize(&parts.headers, KeyRole::Write).inspect_err(unauthorized)?),
+        false => None,
+    };
     let body = axum::body::to_bytes(body, limits::MAX_BODY_BYTES).await.map_err(|_| {
         state.metrics.reject(RejectReason::TooLarge, 1);
         ApiError::TooLarge(format!("the body exceeds {} bytes", limits::MAX_BODY_BYTES))
     })?;
     let encoding = parts.headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok());
     let now = jiff::Timestamp::now().as_millisecond();
-    let events = decode_body(encoding, &body).and_then(|body| parse_batch(&body, now)).inspect_err(|error| {
-        match error {
-            ApiError::TooLarge(_) => state.metrics.reject(RejectReason::TooLarge, 1),
-            // The invalid events, as the SDK routes count them; the rest of the batch was refused with them.
-            ApiError::InvalidEvents(problems) => {
-                state.metrics.reject(RejectReason::Invalid, error::distinct_events(problems))
+    let parsed =
+        decode_body(encoding, &body).and_then(|body| ingest::parse_keyed_batch(&body, now)).inspect_err(|error| {
+            match error {
+                ApiError::TooLarge(_) => state.metrics.reject(RejectReason::TooLarge, 1),
+                // The invalid events, as the SDK routes count them; the rest of the batch was refused with them.
+                ApiError::InvalidEvents(problems) => {
+                    state.metrics.reject(RejectReason::Invalid, error::distinct_events(problems))
+                }
+                _ => state.metrics.reject(RejectReason::Invalid, 1),
             }
-            _ => state.metrics.reject(RejectReason::Invalid, 1),
-        }
-    })?;
+        })?;
+    let (body_key, events) = parsed;
+    let project = match (header_project, body_key) {
+        (Some(project), _) => project,
+        (None, Some(key)) => state.keys.authorize_key(&key, KeyRole::Write).inspect_err(unauthorized)?,
+        (None, None) => return Err(ApiError::MissingKey).inspect_err(unauthorized),
+    };
     let count = events.len() as u64;
     let (reply, answer) = oneshot::channel();
     state.writer.submit(WriteRequest { project, events, reply }).inspect_err(|error| {

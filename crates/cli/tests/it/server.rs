@@ -281,6 +281,11 @@ fn keys_roles_and_bad_requests() {
     assert_eq!(code(server.post("/v1/events", Some(&shop.read_key), &good)), (403, "forbidden".into()));
     assert_eq!(code(server.get("/v1/sessions?user_id=u", Some(&shop.write_key))), (403, "forbidden".into()));
     assert_eq!(code(server.get("/v1/sessions?user_id=u", None)), (401, "missing_key".into()));
+    // The key may come in the body instead (what `navigator.sendBeacon` can send), never a read key.
+    let keyed = |key: &str| json!({"write_key": key, "events": [{"user_id": "w", "event_type": "e", "time": now_ms()}]});
+    assert_eq!(server.post("/v1/events", None, &keyed(&shop.write_key)).status, 200);
+    assert_eq!(code(server.post("/v1/events", None, &keyed(&shop.read_key))), (403, "forbidden".into()));
+    assert_eq!(code(server.post("/v1/events", None, &keyed("sk_write_nope"))), (401, "bad_key".into()));
     // A read key sees only its own project.
     assert_eq!(server.post("/v1/events", Some(&shop.write_key), &good).status, 200);
     let own = server.get("/v1/sessions?user_id=u", Some(&shop.read_key)).json();
@@ -314,9 +319,9 @@ fn keys_roles_and_bad_requests() {
     assert_eq!(code(server.get("/v1/nothing", None)), (404, "not_found".into()));
     assert_eq!(server.get("/healthz", None).status, 200);
     let metrics = server.get("/metrics", None).body;
-    assert!(metrics.contains("sessionizer_ingested_events_total 1"), "{metrics}");
-    // Three ingestion requests had no key, a wrong key, or a read key.
-    assert!(metrics.contains("sessionizer_rejected_events_total{reason=\"unauthorized\"} 3\n"), "{metrics}");
+    assert!(metrics.contains("sessionizer_ingested_events_total 2"), "{metrics}");
+    // Five ingestion requests had no key, a wrong key, or a read key (in the header or the body).
+    assert!(metrics.contains("sessionizer_rejected_events_total{reason=\"unauthorized\"} 5\n"), "{metrics}");
     // The partly bad batch was rejected (one request), and the oversized body.
     assert!(metrics.contains("sessionizer_rejected_events_total{reason=\"invalid\"} 1\n"), "{metrics}");
     assert!(metrics.contains("sessionizer_rejected_events_total{reason=\"too_large\"} 1\n"), "{metrics}");
