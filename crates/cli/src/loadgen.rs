@@ -819,6 +819,7 @@ mod tests {
         let config = sessionizer_server::ServerConfig {
             data_dir: dir.path().to_path_buf(),
             listen: format!("127.0.0.1:{port}").parse().unwrap(),
+            write_queue_requests: sessionizer_server::limits::WRITE_QUEUE_REQUESTS,
         };
         let server = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();

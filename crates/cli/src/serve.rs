@@ -21,7 +21,7 @@ const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 /// Run the server: ingest events over HTTP, sessionize them live, store them durably.
 ///
 /// Settings come from flags, then environment variables, then the TOML file
-/// given by --config (keys `data`, `listen`, `log_format`), then defaults.
+/// given by --config (keys `data`, `listen`, `log_format`, `write_queue_requests`), then defaults.
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
     /// Data directory (created if missing) [default: ./sessionizer-data].
@@ -36,6 +36,10 @@ pub(crate) struct ServeArgs {
     /// Log format: text or json [default: text].
     #[arg(long, value_name = "FORMAT", env = "SESSIONIZER_LOG_FORMAT")]
     log_format: Option<String>,
+    /// Ingestion requests that may wait for the writer; beyond them, requests
+    /// are refused at once (503, or 429 on Amplitude's routes) [default: 1024].
+    #[arg(long, value_name = "N", env = "SESSIONIZER_WRITE_QUEUE_REQUESTS")]
+    write_queue_requests: Option<usize>,
 }
 
 /// The configuration file's keys.
@@ -45,6 +49,7 @@ struct ConfigFile {
     data: Option<PathBuf>,
     listen: Option<String>,
     log_format: Option<String>,
+    write_queue_requests: Option<usize>,
 }
 
 fn read_config(path: &Path) -> Result<ConfigFile, Exit> {
@@ -73,10 +78,22 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
         )
     })?;
     let log_format = args.log_format.or(file.log_format).unwrap_or_else(|| "text".to_string());
+    let write_queue_requests = args
+        .write_queue_requests
+        .or(file.write_queue_requests)
+        .unwrap_or(sessionizer_server::limits::WRITE_QUEUE_REQUESTS);
+    let max_queue = sessionizer_server::limits::MAX_WRITE_QUEUE_REQUESTS;
+    if !(1..=max_queue).contains(&write_queue_requests) {
+        return Err(Exit::new(
+            Failure::Usage,
+            anyhow::anyhow!("write_queue_requests must be between 1 and {max_queue}, got {write_queue_requests}"),
+        )
+        .into());
+    }
     init_logging(&log_format)?;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
-    let config = ServerConfig { data_dir, listen };
+    let config = ServerConfig { data_dir, listen, write_queue_requests };
     runtime.block_on(sessionizer_server::serve(config, shutdown_signal())).map_err(|error| {
         let failure = match error {
             ServeError::Listen { .. } | ServeError::DataDirInUse(_) => Failure::Unavailable,

@@ -55,6 +55,8 @@ use crate::writer::{WriteRequest, WriterHandle};
 pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
+    /// Requests that may wait for the writer (1 ..= [`limits::MAX_WRITE_QUEUE_REQUESTS`]).
+    pub write_queue_requests: usize,
 }
 
 /// Errors that stop the server from starting or running.
@@ -113,7 +115,7 @@ pub async fn serve(
     let metrics = Arc::new(Metrics::default());
     let readers = Arc::new(Readers::new(config.data_dir.clone()));
     let keys = Arc::new(Keys::load(&store)?);
-    let (writer, writer_thread) = writer::start(store, metrics.clone())?;
+    let (writer, writer_thread) = writer::start(store, metrics.clone(), config.write_queue_requests)?;
     let board = Arc::new(board::BoardState::default());
     board.start_loading(config.data_dir.clone());
     let state = AppState { writer, keys: keys.clone(), readers, metrics, board };

@@ -20,8 +20,12 @@ pub const MIN_SKEW_CORRECTION_MS: i64 = 60 * 1_000;
 /// Oldest accepted event time, relative to the server clock. Older history goes
 /// through `sessionizer import`-style batch loads, not the live API.
 pub const MAX_AGE_MS: i64 = 2 * 365 * 24 * 60 * 60 * 1_000;
-/// Requests waiting for the writer; beyond this, ingestion answers 503.
+/// Requests waiting for the writer by default (`serve --write-queue-requests`);
+/// beyond this, ingestion answers 503 (429 on Amplitude's routes) and stores nothing.
 pub const WRITE_QUEUE_REQUESTS: usize = 1_024;
+/// Largest configurable write queue: each waiting request holds up to
+/// `MAX_DECOMPRESSED_BYTES` of parsed events.
+pub const MAX_WRITE_QUEUE_REQUESTS: usize = 65_536;
 /// Most requests grouped into one commit.
 pub const MAX_GROUP_REQUESTS: usize = 256;
 /// Most events grouped into one commit.

@@ -23,7 +23,7 @@ use sessionizer_store::{NewEvent, Project, Store, StoreError, StoredSession, ses
 use tokio::sync::oneshot;
 
 use crate::error::ApiError;
-use crate::limits::{MAX_GROUP_EVENTS, MAX_GROUP_REQUESTS, WRITE_QUEUE_REQUESTS};
+use crate::limits::{MAX_GROUP_EVENTS, MAX_GROUP_REQUESTS, MAX_WRITE_QUEUE_REQUESTS};
 use crate::metrics::Metrics;
 
 /// How often the writer concludes sessions and looks for settings changes.
@@ -97,8 +97,10 @@ fn now_ms() -> i64 {
 pub(crate) fn start(
     store: Store,
     metrics: Arc<Metrics>,
+    queue_requests: usize,
 ) -> std::io::Result<(WriterHandle, std::thread::JoinHandle<()>)> {
-    let (sender, receiver) = std::sync::mpsc::sync_channel(WRITE_QUEUE_REQUESTS);
+    let queue_requests = queue_requests.clamp(1, MAX_WRITE_QUEUE_REQUESTS);
+    let (sender, receiver) = std::sync::mpsc::sync_channel(queue_requests);
     let health = Arc::new(Health::default());
     let handle = WriterHandle { sender, health: health.clone(), metrics: metrics.clone() };
     let thread = std::thread::Builder::new()

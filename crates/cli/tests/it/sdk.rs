@@ -208,3 +208,77 @@ fn client_session_source_follows_the_sdk_session_ids() {
     assert_eq!(starts, [&json!(t0), &json!(t0 + 6 * MIN)]);
     assert_eq!(sessions[0]["end_reason"], json!("client_session"));
 }
+
+/// A full write queue refuses at once and stores nothing: 503 with
+/// `Retry-After` on the native route, Amplitude's 429 throttling answer on
+/// its routes; every acknowledged event is stored, no refused one is.
+#[test]
+fn a_full_write_queue_answers_busy_and_stores_nothing_of_the_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = create_project(dir.path(), "busy");
+    let server = TestServer::start_with(dir.path(), free_port(), &["--write-queue-requests", "1"]);
+    let t0 = now_ms() - 60 * MIN;
+    let mut acknowledged = std::collections::BTreeSet::new();
+    let mut refused = std::collections::BTreeSet::new();
+    let (mut native_busy, mut amplitude_busy) = (0, 0);
+    for round in 0..40 {
+        let replies: Vec<(String, bool, u16, Option<String>, String)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..32)
+                .map(|i| {
+                    let (server, key) = (&server, project.write_key.as_str());
+                    scope.spawn(move || {
+                        let user = format!("u{round}-{i}");
+                        let event = json!({"user_id": user, "event_type": "e", "time": t0 + i, "insert_id": user});
+                        let amplitude = i % 2 == 0;
+                        let (path, headers, body) = if amplitude {
+                            ("/2/httpapi", vec![], json!({"api_key": key, "events": [event]}))
+                        } else {
+                            let auth = format!("Bearer {key}");
+                            ("/v1/events", vec![("Authorization".to_string(), auth)], json!({"events": [event]}))
+                        };
+                        let mut all: Vec<(&str, &str)> = vec![("Content-Type", "application/json")];
+                        all.extend(headers.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+                        let (status, headers, body) = server.request("POST", path, &all, body.to_string().as_bytes());
+                        let retry = headers.get("retry-after").map(|v| v.to_str().unwrap().to_string());
+                        (user, amplitude, status, retry, body)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (user, amplitude, status, retry, body) in replies {
+            match (status, amplitude) {
+                (200, _) => {
+                    acknowledged.insert(user);
+                }
+                (503, false) => {
+                    assert_eq!(retry.as_deref(), Some("1"), "{body}");
+                    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"]["code"], json!("busy"));
+                    native_busy += 1;
+                    refused.insert(user);
+                }
+                (429, true) => {
+                    assert_eq!(retry.as_deref(), Some("1"), "{body}");
+                    let body: Value = serde_json::from_str(&body).unwrap();
+                    assert_eq!(body["code"], json!(429), "Amplitude reads the code from the body");
+                    assert!(body["throttled_events"].is_array(), "{body}");
+                    amplitude_busy += 1;
+                    refused.insert(user);
+                }
+                other => panic!("unexpected answer {other:?}: {body}"),
+            }
+        }
+        if native_busy > 0 && amplitude_busy > 0 && round >= 2 {
+            break;
+        }
+    }
+    assert!(native_busy > 0 && amplitude_busy > 0, "a one-request queue overflows under 32 concurrent requests");
+    let export = server.get("/v1/export/events?format=ndjson", Some(&project.read_key));
+    let stored: std::collections::BTreeSet<String> = export
+        .body
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap()["user_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(stored, acknowledged, "exactly the acknowledged events are stored");
+    assert!(refused.is_disjoint(&stored));
+}

@@ -68,8 +68,20 @@ impl TestServer {
     /// Starts the process without waiting until it is ready (the crash test
     /// kills some servers while they load).
     pub(crate) fn spawn(data: &Path, port: u16) -> TestServer {
+        TestServer::spawn_with(data, port, &[])
+    }
+
+    /// Starts the process with extra `serve` arguments and waits until it is ready.
+    pub(crate) fn start_with(data: &Path, port: u16, extra: &[&str]) -> TestServer {
+        let server = TestServer::spawn_with(data, port, extra);
+        server.wait_ready();
+        server
+    }
+
+    fn spawn_with(data: &Path, port: u16, extra: &[&str]) -> TestServer {
         let child = Command::new(BIN)
             .args(["serve", "--data", data.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
             .env("SESSIONIZER_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -282,7 +294,8 @@ fn keys_roles_and_bad_requests() {
     assert_eq!(code(server.get("/v1/sessions?user_id=u", Some(&shop.write_key))), (403, "forbidden".into()));
     assert_eq!(code(server.get("/v1/sessions?user_id=u", None)), (401, "missing_key".into()));
     // The key may come in the body instead (what `navigator.sendBeacon` can send), never a read key.
-    let keyed = |key: &str| json!({"write_key": key, "events": [{"user_id": "w", "event_type": "e", "time": now_ms()}]});
+    let keyed =
+        |key: &str| json!({"write_key": key, "events": [{"user_id": "w", "event_type": "e", "time": now_ms()}]});
     assert_eq!(server.post("/v1/events", None, &keyed(&shop.write_key)).status, 200);
     assert_eq!(code(server.post("/v1/events", None, &keyed(&shop.read_key))), (403, "forbidden".into()));
     assert_eq!(code(server.post("/v1/events", None, &keyed("sk_write_nope"))), (401, "bad_key".into()));
