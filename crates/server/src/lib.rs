@@ -14,6 +14,7 @@
 
 mod auth;
 mod board;
+mod browser_sdk;
 mod cors;
 mod dashboard;
 mod error;
@@ -149,6 +150,7 @@ fn router(state: AppState) -> Router {
         .merge(ingestion)
         .merge(query::routes())
         .merge(dashboard::routes())
+        .merge(browser_sdk::routes())
         .route("/v1/export/events", get(export_events))
         .route("/v1/export/sessions", get(export_sessions))
         .route("/healthz", get(healthz))
