@@ -315,16 +315,24 @@ test('the sessionizer browser SDK in headless Chromium', { timeout: 180_000, ski
     await page.goto(site.url('/docs', { key: main.writeKey, options: { userId: user } }));
     await page.clock.fastForward(10 * MINUTE);
     await page.evaluate(() => window.sdk.track('Read'));
+    await page.clock.fastForward(MINUTE);
+    await page.mouse.move(50, 50); // activity after the last event: sent as the page goes
+    await page.clock.fastForward(MINUTE);
     await page.reload();
-    assert.equal(await page.evaluate(() => Date.now()), t0 + 10 * MINUTE, 'the page clock is still paused');
+    assert.equal(await page.evaluate(() => Date.now()), t0 + 12 * MINUTE, 'the page clock is still paused');
     assert.equal(await sessionId(page), t0, 'the same session after the reload');
-    assert.deepEqual((await queued(page)).map((e) => e.event_type), ['Page Viewed', 'Read', 'Page Viewed']);
+    assert.deepEqual((await queued(page)).map((e) => e.event_type), ['Page Viewed', 'Read', 'Activity', 'Page Viewed']);
     await realTime(context);
     await context.unroute(`${server.url}/v1/events`, block);
     await page.evaluate(() => window.sdk.flush());
-    const { events, sessions } = await waitForEvents(main, user, 3);
-    assert.deepEqual(summary(events), [['Page Viewed', t0, false], ['Page Viewed', t0 + 10 * MINUTE, false], ['Read', t0 + 10 * MINUTE, false]]);
-    assert.deepEqual(shape(sessions), [[t0, t0, t0 + 10 * MINUTE, 3]]);
+    const { events, sessions } = await waitForEvents(main, user, 4);
+    assert.deepEqual(summary(events), [
+      ['Page Viewed', t0, false],
+      ['Read', t0 + 10 * MINUTE, false],
+      ['Activity', t0 + 11 * MINUTE, false],
+      ['Page Viewed', t0 + 12 * MINUTE, false],
+    ]);
+    assert.deepEqual(shape(sessions), [[t0, t0, t0 + 12 * MINUTE, 4]]);
     assert.equal((await queued(page)).length, 0);
     await context.close();
   });
@@ -482,9 +490,19 @@ test('the sessionizer browser SDK in headless Chromium', { timeout: 180_000, ski
     });
     const id = await sessionId(page);
     await page.evaluate(() => window.named.track('From Module'));
-    const { events, sessions } = await waitForEvents(main, user, 2);
-    assert.deepEqual(events.map((e) => e.event_type), ['Page Viewed', 'From Module']);
+    // A single-page-app navigation is a page view, whose referrer is the previous URL.
+    await page.evaluate(() => history.pushState({}, '', '/module/next#top'));
+    const { events, sessions } = await waitForEvents(main, user, 3);
+    assert.deepEqual(events.map((e) => [e.event_type, e.page]), [['Page Viewed', '/module'], ['From Module', '/module'], ['Page Viewed', '/module/next']]);
     assert.equal(Number(sessions[0].session_id), id);
+    const views = (await (await fetch(`${server.url}/v1/sessions/${sessions[0].session_uid}`, { headers: { Authorization: `Bearer ${main.readKey}` } })).json()).events
+      .filter((e) => e.event_type === 'Page Viewed')
+      .map((e) => JSON.parse(typeof e.properties === 'string' ? e.properties : JSON.stringify(e.properties)));
+    assert.equal(views.length, 2);
+    assert.match(views[0].url, /\/module\?c=/);
+    assert.equal(views[0].title, 'Page "/module"');
+    assert.equal(views[1].url, `${site.origin}/module/next`);
+    assert.equal(views[1].referrer, views[0].url);
     await context.close();
   });
 
