@@ -165,6 +165,8 @@ function createSessionizer(scriptUrl) {
       if (retryAfterMs != null) {
         failures += 1;
         const backoff = Math.min(RETRY_MAX_MS, RETRY_MIN_MS * 2 ** (failures - 1));
+        clearTimeout(timer); // a send scheduled meanwhile waits for the backoff too
+        timer = 0;
         // Jitter, so that pages do not all come back at once after an outage.
         schedule(Math.max(retryAfterMs, backoff * (0.5 + Math.random() / 2)));
         return;
