@@ -95,7 +95,7 @@ async function createProject(server, name, settings) {
   const bin = process.env.SESSIONIZER_BIN;
   const created = JSON.parse(execFileSync(bin, ['project', 'create', '--data', server.data, '--name', name], { encoding: 'utf8' }));
   execFileSync(bin, ['project', 'set', created.project_id, '--data', server.data, ...settings], { encoding: 'utf8' });
-  const project = { writeKey: created.write_key, readKey: created.read_key };
+  const project = { url: server.url, writeKey: created.write_key, readKey: created.read_key };
   project.read = async (pathAndQuery) => {
     const response = await fetch(`${server.url}${pathAndQuery}`, { headers: { Authorization: `Bearer ${created.read_key}` } });
     return response.status === 200 ? response.json() : null;
@@ -339,7 +339,6 @@ test('the sessionizer browser SDK in headless Chromium', { timeout: 180_000, ski
 
   await t.test('the timeout option: smaller than 1 second is an error; 1 second is honoured, as the server splits', async () => {
     const project = await createProject(server, 'one-second', ['--timeout', '1s']);
-    project.url = server.url;
     await project.settled(SECOND);
     const { context, page } = await open();
     await page.goto(site.url('/', { key: null }));
