@@ -8,6 +8,8 @@
 # Chromium against a server filled with generated events, checks every figure
 # it shows against a naive reference, and saves a screenshot of each page to
 # tests/sdk/artifacts/dashboard-<page>.png. See docs/dashboard.md.
+# test/sessionizer-sdk.test.mjs drives sessionizer's own browser SDK (/sdk.js,
+# /sdk.mjs) in Chromium with the page clock controlled. See docs/browser-sdk.md.
 #
 #   bash tests/sdk/run.sh              # builds the release binary first
 #   SESSIONIZER_BIN=path bash tests/sdk/run.sh   # uses that binary instead

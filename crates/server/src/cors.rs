@@ -36,4 +36,6 @@ fn allow_origin(response: &mut Response, origin: Option<HeaderValue>) {
     let headers = response.headers_mut();
     headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.unwrap_or(HeaderValue::from_static("*")));
     headers.insert(header::VARY, HeaderValue::from_static("Origin"));
+    // So that pages on other origins can honour the server's retry delay.
+    headers.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("Retry-After"));
 }

@@ -7,6 +7,7 @@
 //!   cohorts, the change feed, the timeout preview.
 //! * `GET /v1/export/events|sessions?from_ms=&to_ms=&format=` (read key): streamed exports.
 //! * The dashboard ([`dashboard`]) under `/dashboard/`, signed in with a read key.
+//! * The browser SDK ([`browser_sdk`]): `GET /sdk.js` (script tag) and `GET /sdk.mjs` (ES module).
 //! * `GET /healthz`, `GET /readyz`, `GET /metrics`, `GET /openapi.json`.
 //!
 //! Writes go through one writer thread ([`writer`]); reads use a small pool
