@@ -17,7 +17,7 @@ use sessionizer_engine::{
 };
 use sessionizer_formats::{
     EventChunk, EventRow, FieldNames, FileFormat, ReadErrorKind, ReadOptions, SessionRow, StrColumn, WriteError,
-    create_event_writer, create_session_writer, open_event_reader,
+    create_event_writer, open_event_reader, write_session_rows,
 };
 use uuid::Uuid;
 
@@ -145,12 +145,13 @@ pub(crate) fn run(args: SessionizeArgs) -> anyhow::Result<()> {
     timings.sessionize = seconds_since(phase);
     progress.set_message("writing");
     let phase = Instant::now();
-    let order = output_order(&table, &result);
-    // Computed once: both writers need them.
-    let uids: Vec<Uuid> =
-        result.sessions.iter().map(|s| session_uid(&args.project, &table.users[s.user as usize], s.start_ms)).collect();
-    write_sessions(&args, &table, &result, &uids, &order)?;
+    write_sessions(&args, &table, &result, threads)?;
     if let Some(path) = &args.events_out {
+        let uids: Vec<Uuid> = result
+            .sessions
+            .iter()
+            .map(|s| session_uid(&args.project, &table.users[s.user as usize], s.start_ms))
+            .collect();
         write_events(path, &table, &result, &uids)?;
     }
     timings.write = seconds_since(phase);
@@ -663,13 +664,14 @@ fn merge_interned<'a>(locals: Vec<LocalInterned<'a>>, rows: usize) -> Merged<'a>
 }
 
 /// Sessions in output order: by start, then user.
-fn output_order(table: &EventTable<'_>, result: &BatchSessions) -> Vec<u32> {
-    let mut order: Vec<u32> = (0..result.sessions.len() as u32).collect();
-    order.sort_unstable_by(|&a, &b| {
-        let (a, b) = (&result.sessions[a as usize], &result.sessions[b as usize]);
-        a.start_ms.cmp(&b.start_ms).then_with(|| table.users[a.user as usize].cmp(&table.users[b.user as usize]))
-    });
-    order
+fn output_order(table: &EventTable<'_>, result: &BatchSessions) -> Vec<BatchSession> {
+    let mut keys: Vec<(i64, u32, u32)> =
+        result.sessions.iter().enumerate().map(|(index, s)| (s.start_ms, s.user, index as u32)).collect();
+    // Users are compared (as strings) only on equal starts; a user's sessions
+    // have distinct starts, so the order is total.
+    keys.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| table.users[a.1 as usize].cmp(&table.users[b.1 as usize])));
+    // A gather with no dependent loads: the misses overlap.
+    keys.iter().map(|&(_, _, index)| result.sessions[index as usize]).collect()
 }
 
 fn output_error(path: Option<&Path>, error: WriteError) -> anyhow::Error {
@@ -682,23 +684,33 @@ fn write_sessions(
     args: &SessionizeArgs,
     table: &EventTable<'_>,
     result: &BatchSessions,
-    uids: &[Uuid],
-    order: &[u32],
+    threads: usize,
 ) -> anyhow::Result<()> {
-    let path = args.output.as_deref().filter(|p| p.as_os_str() != "-");
-    let mut sink = create_session_writer(path).map_err(|error| output_error(path, error))?;
-    let mut uid_buffer = Uuid::encode_buffer();
-    for &index in order {
-        let session = &result.sessions[index as usize];
+    let sessions = output_order(table, result);
+    // Every uid's text in output order, in one buffer the columns borrow from;
+    // hashing and formatting them is worth the threads.
+    let parts = threads.clamp(1, 16);
+    let uid_text: String = run_parts(parts, |part| {
+        let mine = &sessions[sessions.len() * part / parts..sessions.len() * (part + 1) / parts];
+        let mut text = String::with_capacity(mine.len() * UUID_TEXT_BYTES);
+        let mut buffer = Uuid::encode_buffer();
+        for s in mine {
+            let uid = session_uid(&args.project, &table.users[s.user as usize], s.start_ms);
+            text.push_str(uid.hyphenated().encode_lower(&mut buffer));
+        }
+        text
+    })
+    .concat();
+    let row = |position: usize| {
+        let session = &sessions[position];
         let user = &table.users[session.user as usize];
-        let uid = uids[index as usize];
         let (entry_chunk, entry_row) = table.locate(session.entry_event);
         let (exit_chunk, exit_row) = table.locate(session.exit_event);
-        let row = SessionRow {
+        SessionRow {
             user_id: user.user_id(),
             device_id: user.device_id(),
             session_id: session.start_ms,
-            session_uid: uid.hyphenated().encode_lower(&mut uid_buffer),
+            session_uid: &uid_text[position * UUID_TEXT_BYTES..(position + 1) * UUID_TEXT_BYTES],
             start_ms: session.start_ms,
             end_ms: session.end_ms,
             length_ms: session.length_ms(),
@@ -708,13 +720,14 @@ fn write_sessions(
             entry_page: entry_chunk.page.get(entry_row),
             exit_event_type: table.event_type_of(session.exit_event),
             exit_page: exit_chunk.page.get(exit_row),
-        };
-        if let Err(error) = sink.write(&row) {
-            return finish_after_error(path, error);
         }
-    }
-    sink.finish().or_else(|error| finish_after_error(path, error))
+    };
+    let path = args.output.as_deref().filter(|p| p.as_os_str() != "-");
+    write_session_rows(path, sessions.len(), &row, threads).or_else(|error| finish_after_error(path, error))
 }
+
+/// Length of a UUID's hyphenated text.
+const UUID_TEXT_BYTES: usize = 36;
 
 /// A reader that went away (`| head`) is not an error; anything else is.
 fn finish_after_error(path: Option<&Path>, error: WriteError) -> anyhow::Result<()> {

@@ -12,7 +12,8 @@
 //! * `columns`: [`StrColumn`] and [`EventChunk`], the columnar form of events.
 //! * `time`: parsing of event times (epoch ms, epoch s, ISO-8601).
 //! * `read`: [`open_event_reader`] and the per-format readers.
-//! * `write`: [`create_session_writer`], [`create_event_writer`].
+//! * `write`: [`create_session_writer`], [`create_event_writer`], and the
+//!   parallel [`write_session_rows`].
 
 mod columns;
 mod error;
@@ -31,5 +32,5 @@ pub use time::{
 };
 pub use write::{
     EventRow, EventSink, SessionRow, SessionSink, create_event_writer, create_session_writer, event_writer_to,
-    session_writer_to,
+    session_rows_to, session_writer_to, write_session_rows,
 };

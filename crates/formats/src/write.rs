@@ -14,6 +14,10 @@ use std::path::Path;
 use crate::error::WriteError;
 use crate::read::FileFormat;
 
+mod parallel;
+
+pub use parallel::{session_rows_to, write_session_rows};
+
 /// One session, as written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionRow<'a> {
@@ -282,9 +286,7 @@ impl NdjsonOut {
     }
 
     fn write_row<R: Row>(&mut self, row: &R) -> Result<(), WriteError> {
-        self.buffer.push(b'{');
-        row.visit(&mut JsonVisit { buffer: &mut self.buffer, columns: R::COLUMNS, index: 0 })?;
-        self.buffer.extend_from_slice(b"}\n");
+        write_json_row(&mut self.buffer, row)?;
         if self.buffer.len() >= FLUSH_BYTES {
             self.out.write_all(&self.buffer)?;
             self.buffer.clear();
@@ -308,6 +310,14 @@ impl Drop for NdjsonOut {
             drop(self.out.flush());
         }
     }
+}
+
+/// Appends one row as a line of NDJSON.
+fn write_json_row<R: Row>(buffer: &mut Vec<u8>, row: &R) -> Result<(), WriteError> {
+    buffer.push(b'{');
+    row.visit(&mut JsonVisit { buffer, columns: R::COLUMNS, index: 0 })?;
+    buffer.extend_from_slice(b"}\n");
+    Ok(())
 }
 
 struct JsonVisit<'b> {
@@ -388,8 +398,7 @@ impl CsvOut {
     }
 
     fn write_row<R: Row>(&mut self, row: &R) -> Result<(), WriteError> {
-        row.visit(&mut CsvVisit(&mut self.writer))?;
-        self.writer.write_record(std::iter::empty::<&[u8]>()).map_err(csv_error)
+        write_csv_row(&mut self.writer, row)
     }
 
     fn finish(mut self) -> Result<(), WriteError> {
@@ -398,9 +407,15 @@ impl CsvOut {
     }
 }
 
-struct CsvVisit<'w>(&'w mut csv::Writer<Box<dyn Write>>);
+/// Appends one record to a CSV writer.
+fn write_csv_row<W: Write, R: Row>(writer: &mut csv::Writer<W>, row: &R) -> Result<(), WriteError> {
+    row.visit(&mut CsvVisit(writer))?;
+    writer.write_record(std::iter::empty::<&[u8]>()).map_err(csv_error)
+}
 
-impl Visit for CsvVisit<'_> {
+struct CsvVisit<'w, W: Write>(&'w mut csv::Writer<W>);
+
+impl<W: Write> Visit for CsvVisit<'_, W> {
     #[inline]
     fn str(&mut self, value: Option<&str>) -> Result<(), WriteError> {
         self.0.write_field(value.unwrap_or("")).map_err(csv_error)
@@ -445,7 +460,7 @@ mod parquet_out {
 
     /// Rows per row group: large enough for good compression, small enough to
     /// keep the builders' memory modest.
-    const ROW_GROUP_ROWS: usize = 128 * 1024;
+    pub(super) const ROW_GROUP_ROWS: usize = 128 * 1024;
 
     /// Columns whose values repeat across rows, worth dictionary encoding.
     const REPEATING_COLUMNS: [&str; 9] = [
@@ -474,37 +489,41 @@ mod parquet_out {
         rows: usize,
     }
 
-    fn parquet_error(error: impl std::fmt::Display) -> WriteError {
+    pub(super) fn parquet_error(error: impl std::fmt::Display) -> WriteError {
         WriteError::Parquet(error.to_string())
+    }
+
+    /// The Arrow schema of `columns` and how to encode them: zstd, and
+    /// dictionary encoding only where values repeat (on unique columns, ids
+    /// and times, the writer would build a dictionary and throw it away).
+    pub(super) fn schema_and_properties(columns: &[(&str, Kind)]) -> (SchemaRef, WriterProperties) {
+        let fields: Vec<Field> = columns
+            .iter()
+            .map(|&(name, kind)| {
+                let (data_type, nullable) = match kind {
+                    Kind::Str => (DataType::Utf8, false),
+                    Kind::OptStr => (DataType::Utf8, true),
+                    Kind::I64 => (DataType::Int64, false),
+                    Kind::OptI64 => (DataType::Int64, true),
+                    Kind::U64 => (DataType::UInt64, false),
+                    Kind::Bool => (DataType::Boolean, false),
+                };
+                Field::new(name, data_type, nullable)
+            })
+            .collect();
+        let mut properties = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::default()))
+            .set_max_row_group_size(ROW_GROUP_ROWS)
+            .set_dictionary_enabled(false);
+        for &(name, _) in columns.iter().filter(|(name, _)| REPEATING_COLUMNS.contains(name)) {
+            properties = properties.set_column_dictionary_enabled(ColumnPath::from(name), true);
+        }
+        (Arc::new(Schema::new(fields)), properties.build())
     }
 
     impl ParquetOut {
         pub(super) fn new(file: Box<dyn Write + Send>, columns: &[(&str, Kind)]) -> Result<Self, WriteError> {
-            let fields: Vec<Field> = columns
-                .iter()
-                .map(|&(name, kind)| {
-                    let (data_type, nullable) = match kind {
-                        Kind::Str => (DataType::Utf8, false),
-                        Kind::OptStr => (DataType::Utf8, true),
-                        Kind::I64 => (DataType::Int64, false),
-                        Kind::OptI64 => (DataType::Int64, true),
-                        Kind::U64 => (DataType::UInt64, false),
-                        Kind::Bool => (DataType::Boolean, false),
-                    };
-                    Field::new(name, data_type, nullable)
-                })
-                .collect();
-            let schema = Arc::new(Schema::new(fields));
-            // Dictionary encoding only where values repeat: on unique columns
-            // (ids, times) the writer would build a dictionary and throw it away.
-            let mut properties = WriterProperties::builder()
-                .set_compression(Compression::ZSTD(ZstdLevel::default()))
-                .set_max_row_group_size(ROW_GROUP_ROWS)
-                .set_dictionary_enabled(false);
-            for &(name, _) in columns.iter().filter(|(name, _)| REPEATING_COLUMNS.contains(name)) {
-                properties = properties.set_column_dictionary_enabled(ColumnPath::from(name), true);
-            }
-            let properties = properties.build();
+            let (schema, properties) = schema_and_properties(columns);
             let writer = ArrowWriter::try_new(file, schema.clone(), Some(properties)).map_err(parquet_error)?;
             let builders = columns
                 .iter()

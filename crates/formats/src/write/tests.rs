@@ -359,3 +359,70 @@ fn a_dropped_ndjson_writer_still_flushes() {
     }
     assert_eq!(read_ndjson(&path, &EVENT_COLUMNS), [event_json(&events()[0])]);
 }
+
+/// `rows` varied sessions borrowing from `text` (one string per row).
+fn many_sessions(text: &[String]) -> Vec<SessionRow<'_>> {
+    let template = sessions();
+    text.iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let base = template[i % 2];
+            let i = i as i64;
+            SessionRow {
+                user_id: base.user_id.map(|_| s.as_str()),
+                device_id: base.device_id.map(|_| s.as_str()),
+                session_id: i * 1_000,
+                session_uid: s,
+                start_ms: i * 1_000,
+                end_ms: i * 1_000 + i % 7,
+                length_ms: i % 7,
+                event_count: (i % 5) as u64,
+                end_reason: ["inactivity", "max_length", "midnight"][i as usize % 3],
+                entry_event_type: if i % 11 == 0 { TRICKY } else { "Page Viewed" },
+                entry_page: (i % 3 == 0).then_some(s.as_str()),
+                exit_event_type: "Login",
+                exit_page: (i % 4 == 0).then_some(TRICKY),
+            }
+        })
+        .collect()
+}
+
+/// The parallel writer writes exactly what the row writer writes, in every
+/// format and with any thread count: rows in order, same row groups.
+#[test]
+fn parallel_session_writer_equals_the_row_writer() {
+    // Past two Parquet row groups and several text blocks.
+    let text: Vec<String> = (0..2 * 131_072 + 5).map(|i| format!("user-{i}")).collect();
+    let rows = many_sessions(&text);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut extensions = vec!["ndjson", "csv"];
+    if cfg!(feature = "parquet") {
+        extensions.push("parquet");
+    }
+    for extension in extensions {
+        let by_rows = dir.path().join(format!("rows.{extension}"));
+        let mut sink = create_session_writer(Some(&by_rows)).expect("create");
+        for row in &rows {
+            sink.write(row).expect("write");
+        }
+        sink.finish().expect("finish");
+        for threads in [1, 3] {
+            let parallel = dir.path().join(format!("parallel{threads}.{extension}"));
+            write_session_rows(Some(&parallel), rows.len(), &|i| rows[i], threads).expect("write in parallel");
+            let (expected, actual) = (std::fs::read(&by_rows).expect("read"), std::fs::read(&parallel).expect("read"));
+            assert!(expected == actual, "{extension} with {threads} threads differs from the row writer");
+        }
+    }
+}
+
+#[test]
+fn parallel_writer_with_no_sessions_writes_an_empty_file_of_the_format() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let no_row = |_: usize| -> SessionRow<'static> { unreachable!("there are no rows") };
+    let path = dir.path().join("empty.csv");
+    write_session_rows(Some(&path), 0, &no_row, 2).expect("write");
+    assert_eq!(std::fs::read_to_string(&path).expect("read"), SESSION_COLUMNS.join(",") + "\n");
+    let path = dir.path().join("empty.ndjson");
+    write_session_rows(Some(&path), 0, &no_row, 2).expect("write");
+    assert_eq!(std::fs::read_to_string(&path).expect("read"), "");
+}
