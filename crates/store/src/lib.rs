@@ -631,10 +631,21 @@ impl Batch<'_> {
             delete.execute(params![project, user_kind(&session.user), session.user.id(), session.session_id])?;
         } else {
             let mut upsert = self.tx.prepare_cached(
-                "INSERT OR REPLACE INTO sessions (project, user_kind, user_key, session_id, session_uid, start_ms, \
+                // An upsert, not `INSERT OR REPLACE`: an amendment updates the row in
+                // place and leaves the start and uid indexes alone (a replace
+                // deletes and re-inserts every index entry). The start and the
+                // uid follow from the key (the id is the start), so they never change.
+                "INSERT INTO sessions (project, user_kind, user_key, session_id, session_uid, start_ms, \
                  end_ms, last_event_ms, event_count, end_reason, concluded, entry_event_type, entry_page, \
                  exit_event_type, exit_page, revision) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) \
+                 ON CONFLICT (project, user_kind, user_key, session_id) DO UPDATE SET \
+                 end_ms = excluded.end_ms, \
+                 last_event_ms = excluded.last_event_ms, event_count = excluded.event_count, \
+                 end_reason = excluded.end_reason, concluded = excluded.concluded, \
+                 entry_event_type = excluded.entry_event_type, entry_page = excluded.entry_page, \
+                 exit_event_type = excluded.exit_event_type, exit_page = excluded.exit_page, \
+                 revision = excluded.revision",
             )?;
             upsert.execute(params![
                 project,
