@@ -4,6 +4,7 @@
 //! Golden files live in `tests/golden`; `UPDATE_GOLDEN=1 cargo test -p sessionizer`
 //! rewrites them (then review the diff).
 
+mod access;
 mod crash;
 mod query;
 mod sdk;
