@@ -21,7 +21,8 @@ const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 /// Run the server: ingest events over HTTP, sessionize them live, store them durably.
 ///
 /// Settings come from flags, then environment variables, then the TOML file
-/// given by --config (keys `data`, `listen`, `log_format`, `write_queue_requests`), then defaults.
+/// given by --config (keys `data`, `listen`, `log_format`, `write_queue_requests`,
+/// `ingest_rate_limit`, `read_rate_limit`), then defaults.
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
     /// Data directory (created if missing) [default: ./sessionizer-data].
@@ -40,6 +41,13 @@ pub(crate) struct ServeArgs {
     /// are refused at once (503, or 429 on Amplitude's routes) [default: 1024].
     #[arg(long, value_name = "N", env = "SESSIONIZER_WRITE_QUEUE_REQUESTS")]
     write_queue_requests: Option<usize>,
+    /// Events per second each project's write key may send (bursts of two
+    /// seconds pass); beyond it, 429 with Retry-After. 0 turns it off [default: 100000].
+    #[arg(long, value_name = "EVENTS_PER_S", env = "SESSIONIZER_INGEST_RATE_LIMIT")]
+    ingest_rate_limit: Option<u32>,
+    /// Read requests per second each project's read key may make; 0 turns it off [default: 100].
+    #[arg(long, value_name = "REQUESTS_PER_S", env = "SESSIONIZER_READ_RATE_LIMIT")]
+    read_rate_limit: Option<u32>,
 }
 
 /// The configuration file's keys.
@@ -50,6 +58,8 @@ struct ConfigFile {
     listen: Option<String>,
     log_format: Option<String>,
     write_queue_requests: Option<usize>,
+    ingest_rate_limit: Option<u32>,
+    read_rate_limit: Option<u32>,
 }
 
 fn read_config(path: &Path) -> Result<ConfigFile, Exit> {
@@ -93,7 +103,12 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(&log_format)?;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
-    let config = ServerConfig { data_dir, listen, write_queue_requests };
+    let defaults = sessionizer_server::RateLimits::default();
+    let rate_limits = sessionizer_server::RateLimits {
+        ingest_events_per_s: args.ingest_rate_limit.or(file.ingest_rate_limit).unwrap_or(defaults.ingest_events_per_s),
+        read_requests_per_s: args.read_rate_limit.or(file.read_rate_limit).unwrap_or(defaults.read_requests_per_s),
+    };
+    let config = ServerConfig { data_dir, listen, write_queue_requests, rate_limits };
     runtime.block_on(sessionizer_server::serve(config, shutdown_signal())).map_err(|error| {
         let failure = match error {
             ServeError::Listen { .. } | ServeError::DataDirInUse(_) => Failure::Unavailable,

@@ -14,6 +14,11 @@ pub struct EventProblem {
     pub message: String,
 }
 
+/// Whole seconds to wait, at least 1 (what `Retry-After` can say).
+pub(crate) fn retry_seconds(wait: &std::time::Duration) -> u64 {
+    wait.as_secs_f64().ceil().max(1.0) as u64
+}
+
 /// How many distinct events a list of problems names.
 pub(crate) fn distinct_events(problems: &[EventProblem]) -> u64 {
     problems.iter().map(|p| p.index).collect::<std::collections::BTreeSet<_>>().len() as u64
@@ -40,6 +45,8 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("the server is busy: retry later")]
     Busy,
+    #[error("this key's rate limit is reached: retry in {} s", retry_seconds(.0))]
+    RateLimited(std::time::Duration),
     #[error("the server is not accepting writes: {0}")]
     Unavailable(String),
     #[error("{0}: retry shortly")]
@@ -61,6 +68,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Busy | ApiError::Unavailable(_) | ApiError::Loading(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::DiskFull => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -77,6 +85,7 @@ impl ApiError {
             ApiError::TooLarge(_) => "too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::Busy => "busy",
+            ApiError::RateLimited(_) => "rate_limited",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Loading(_) => "loading",
             ApiError::DiskFull => "disk_full",
@@ -122,6 +131,9 @@ impl IntoResponse for ApiError {
         let mut response = (status, axum::Json(body)).into_response();
         if matches!(self, ApiError::Busy | ApiError::Unavailable(_) | ApiError::Loading(_)) {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let ApiError::RateLimited(wait) = &self {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_seconds(wait)));
         }
         response
     }

@@ -23,6 +23,7 @@ mod ingest;
 pub mod limits;
 mod metrics;
 mod query;
+pub mod rate_limit;
 mod reads;
 mod sdk;
 mod sdk_routes;
@@ -44,6 +45,7 @@ use sessionizer_store::{KeyRole, Store, StoreError};
 use tokio::sync::oneshot;
 
 pub use error::{ApiError, EventProblem};
+pub use rate_limit::RateLimits;
 pub use ingest::{decode_body, parse_batch};
 pub use writer::Ingested;
 
@@ -59,6 +61,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Requests that may wait for the writer (1 ..= [`limits::MAX_WRITE_QUEUE_REQUESTS`]).
     pub write_queue_requests: usize,
+    /// Per-key rate limits.
+    pub rate_limits: RateLimits,
 }
 
 /// Errors that stop the server from starting or running.
@@ -96,6 +100,17 @@ pub(crate) struct AppState {
     readers: Arc<Readers>,
     metrics: Arc<Metrics>,
     board: Arc<board::BoardState>,
+    ingest_limit: Arc<rate_limit::Limiter>,
+    read_limit: Arc<rate_limit::Limiter>,
+}
+
+impl AppState {
+    /// The project a read request may read (header or dashboard cookie), within the key's rate limit.
+    pub(crate) fn authorize_read(&self, headers: &HeaderMap) -> Result<i64, ApiError> {
+        let project = self.keys.authorize(headers, KeyRole::Read)?;
+        self.read_limit.take(project, 1, Instant::now()).map_err(ApiError::RateLimited)?;
+        Ok(project)
+    }
 }
 
 /// Runs the server until `shutdown` resolves, then drains in-flight requests,
@@ -120,7 +135,9 @@ pub async fn serve(
     let (writer, writer_thread) = writer::start(store, metrics.clone(), config.write_queue_requests)?;
     let board = Arc::new(board::BoardState::default());
     board.start_loading(config.data_dir.clone());
-    let state = AppState { writer, keys: keys.clone(), readers, metrics, board };
+    let ingest_limit = Arc::new(rate_limit::Limiter::new(config.rate_limits.ingest_events_per_s));
+    let read_limit = Arc::new(rate_limit::Limiter::new(config.rate_limits.read_requests_per_s));
+    let state = AppState { writer, keys: keys.clone(), readers, metrics, board, ingest_limit, read_limit };
     let refresher = tokio::spawn(auth::refresh_periodically(keys, config.data_dir.clone()));
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -206,7 +223,21 @@ async fn ingest(state: &AppState, request: Request) -> Result<Ingested, ApiError
         (None, Some(key)) => state.keys.authorize_key(&key, KeyRole::Write).inspect_err(unauthorized)?,
         (None, None) => return Err(ApiError::MissingKey).inspect_err(unauthorized),
     };
+    submit_events(state, project, events).await
+}
+
+/// Every ingestion route ends here: the key's rate limit, the write queue,
+/// and the answer once the events are durable (or why not), counted in the metrics.
+pub(crate) async fn submit_events(
+    state: &AppState,
+    project: i64,
+    events: Vec<sessionizer_store::NewEvent>,
+) -> Result<Ingested, ApiError> {
     let count = events.len() as u64;
+    state.ingest_limit.take(project, count, Instant::now()).map_err(|wait| {
+        state.metrics.reject(RejectReason::RateLimited, count);
+        ApiError::RateLimited(wait)
+    })?;
     let (reply, answer) = oneshot::channel();
     state.writer.submit(WriteRequest { project, events, reply }).inspect_err(|error| {
         let reason = if matches!(error, ApiError::Busy) { RejectReason::Busy } else { RejectReason::Unavailable };
@@ -250,7 +281,7 @@ async fn export_events(
     headers: HeaderMap,
     query: Result<Query<ExportQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let project = state.keys.authorize(&headers, KeyRole::Read)?;
+    let project = state.authorize_read(&headers)?;
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let (from_ms, to_ms) = export_range(&query)?;
     let (format, content_type) = query::export_format(query.format.as_deref())?;
@@ -263,7 +294,7 @@ async fn export_sessions(
     headers: HeaderMap,
     query: Result<Query<ExportQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let project = state.keys.authorize(&headers, KeyRole::Read)?;
+    let project = state.authorize_read(&headers)?;
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let (from_ms, to_ms) = export_range(&query)?;
     let (format, content_type) = query::export_format(query.format.as_deref())?;

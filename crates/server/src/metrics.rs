@@ -57,15 +57,17 @@ pub(crate) enum RejectReason {
     Busy,
     Unavailable,
     DiskFull,
+    RateLimited,
 }
 
-const REJECT_REASONS: [(RejectReason, &str); 6] = [
+const REJECT_REASONS: [(RejectReason, &str); 7] = [
     (RejectReason::Invalid, "invalid"),
     (RejectReason::TooLarge, "too_large"),
     (RejectReason::Unauthorized, "unauthorized"),
     (RejectReason::Busy, "busy"),
     (RejectReason::Unavailable, "unavailable"),
     (RejectReason::DiskFull, "disk_full"),
+    (RejectReason::RateLimited, "rate_limited"),
 ];
 
 /// Every metric the server exports.

@@ -23,7 +23,7 @@ use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
 use sessionizer_engine::UserKey;
 use sessionizer_store::{
-    ChangeRecord, CohortFilter, KeyRole, Project, SESSIONS_PER_USER_BUCKETS, SessionCursor, SessionFilter, Store,
+    ChangeRecord, CohortFilter, Project, SESSIONS_PER_USER_BUCKETS, SessionCursor, SessionFilter, Store,
     sessionize_stored,
 };
 
@@ -185,7 +185,7 @@ struct DistributionQuery {
 }
 
 async fn project_info(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let project = state.keys.authorize(&headers, KeyRole::Read)?;
+    let project = state.authorize_read(&headers)?;
     let body = state
         .readers
         .run(move |store| {
@@ -203,7 +203,7 @@ async fn project_info(State(state): State<AppState>, headers: HeaderMap) -> Resu
 }
 
 async fn stats_range(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let project = state.keys.authorize(&headers, KeyRole::Read)?;
+    let project = state.authorize_read(&headers)?;
     let body = state
         .readers
         .run(move |store| {
@@ -227,7 +227,7 @@ async fn stats_daily(
     headers: HeaderMap,
     query: Result<Query<RangeQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let project = state.keys.authorize(&headers, KeyRole::Read)?;
+    let project = state.authorize_read(&headers)?;
     let Query(query) = query.map_err(bad_query)?;
     let board = state.board.clone();
     let body = state
@@ -293,7 +293,7 @@ async fn stats_length_distribution(
     headers: HeaderMap,
     query: Result<Query<DistributionQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let project = state.keys.authorize(&headers, KeyRole::Read)?;
+    let project = state.authorize_read(&headers)?;
     let Query(query) = query.map_err(bad_query)?;
     let bounds = parse_bounds(query.bounds_ms.as_deref())?;
     let board = state.board.clone();
@@ -328,7 +328,7 @@ async fn stats_summary(
     headers: HeaderMap,
     query: Result<Query<RangeQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let project = state.keys.authorize(&headers, KeyRole::Read)?;
+    let project = state.authorize_read(&headers)?;
     let Query(query) = query.map_err(bad_query)?;
     let board = state.board.clone();
     let body = state
@@ -401,7 +401,7 @@ async fn list_sessions(
     headers: HeaderMap,
     query: Result<Query<SessionsQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let project = state.keys.authorize(&headers, KeyRole::Read)?;
+    let project = state.authorize_read(&headers)?;
     let Query(query) = query.map_err(bad_query)?;
     let user =
         match (query.user_id.clone().filter(|u| !u.is_empty()), query.device_id.clone().filter(|d| !d.is_empty())) {
@@ -483,7 +483,7 @@ async fn session_detail(
     headers: HeaderMap,
     Path(session_uid): Path<String>,
 ) -> Result<Response, ApiError> {
-    let project = state.keys.authorize(&headers, KeyRole::Read)?;
+    let project = state.authorize_read(&headers)?;
     let uid = uuid::Uuid::parse_str(&session_uid)
         .map_err(|_| ApiError::BadRequest(format!("{session_uid:?} is not a session uid (a UUID)")))?
         .to_string();
@@ -537,7 +537,7 @@ async fn user_usage(
     headers: HeaderMap,
     Path(user_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let project = state.keys.authorize(&headers, KeyRole::Read)?;
+    let project = state.authorize_read(&headers)?;
     let body = state
         .readers
         .run(move |store| {
@@ -604,7 +604,7 @@ async fn cohort_preview(
     format: Result<Query<FormatQuery>, QueryRejection>,
     request: Result<axum::Json<CohortRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let project = state.keys.authorize(&headers, KeyRole::Read)?;
+    let project = state.authorize_read(&headers)?;
     let Query(format) = format.map_err(bad_query)?;
     let csv = match format.format.as_deref().unwrap_or("json") {
         "json" => false,
@@ -679,7 +679,7 @@ async fn changes(
     headers: HeaderMap,
     query: Result<Query<ChangesQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let project = state.keys.authorize(&headers, KeyRole::Read)?;
+    let project = state.authorize_read(&headers)?;
     let Query(query) = query.map_err(bad_query)?;
     let after: i64 = match query.cursor.as_deref().filter(|c| !c.is_empty()) {
         None => 0,
@@ -747,7 +747,7 @@ async fn timeout_preview(
     headers: HeaderMap,
     query: Result<Query<PreviewQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let project = state.keys.authorize(&headers, KeyRole::Read)?;
+    let project = state.authorize_read(&headers)?;
     let Query(query) = query.map_err(bad_query)?;
     let timeouts = parse_timeouts(query.timeouts.as_deref())?;
     let board = state.board.clone();

@@ -12,13 +12,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 use sessionizer_store::KeyRole;
-use tokio::sync::oneshot;
 
 use crate::error::{ApiError, EventProblem};
 use crate::ingest::decode_body;
 use crate::metrics::RejectReason;
 use crate::sdk::{self, Context, Translated};
-use crate::writer::{Ingested, WriteRequest};
+use crate::writer::Ingested;
 use crate::{AppState, limits};
 
 /// Whether a format rejects a batch with any invalid event, or keeps the valid ones.
@@ -90,18 +89,7 @@ async fn store(
     if events.is_empty() {
         return Ok((Ingested { accepted: 0, duplicates: 0 }, problems));
     }
-    let count = events.len() as u64;
-    let (reply, answer) = oneshot::channel();
-    state.writer.submit(WriteRequest { project, events, reply }).inspect_err(|error| {
-        let reason = if matches!(error, ApiError::Busy) { RejectReason::Busy } else { RejectReason::Unavailable };
-        state.metrics.reject(reason, count);
-    })?;
-    let ingested =
-        answer.await.map_err(|_| ApiError::Unavailable("the writer stopped".into()))?.inspect_err(|error| {
-            let reason =
-                if matches!(error, ApiError::DiskFull) { RejectReason::DiskFull } else { RejectReason::Unavailable };
-            state.metrics.reject(reason, count);
-        })?;
+    let ingested = crate::submit_events(state, project, events).await?;
     Ok((ingested, problems))
 }
 
@@ -157,17 +145,21 @@ fn amplitude_answer(result: Result<(Ingested, usize), ApiError>) -> Response {
             (StatusCode::PAYLOAD_TOO_LARGE, axum::Json(json!({"code": 413, "error": "Payload too large"})))
                 .into_response()
         }
-        Err(ApiError::Busy) => {
+        Err(error @ (ApiError::Busy | ApiError::RateLimited(_))) => {
             // Amplitude's throttling answer; no event is singled out, so the SDK retries them all at its next flush.
+            let retry = match &error {
+                ApiError::RateLimited(wait) => crate::error::retry_seconds(wait),
+                _ => 1,
+            };
             let body = json!({
                 "code": 429,
-                "error": "Too many requests: the server is busy",
+                "error": format!("Too many requests: {error}"),
                 "throttled_events": [],
                 "throttled_devices": {},
                 "throttled_users": {},
             });
             let mut response = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
-            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(retry));
             response
         }
         Err(error) => {

@@ -402,3 +402,52 @@ fn events_older_than_the_live_horizon_still_land_in_their_sessions() {
     );
     assert_eq!(list[0]["end_reason"], json!("inactivity"));
 }
+
+/// A project over its key's rate limit gets 429 with `Retry-After` and
+/// nothing of those requests stored, while another project carries on.
+#[test]
+fn rate_limits_refuse_one_project_and_spare_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let noisy = create_project(dir.path(), "noisy");
+    let quiet = create_project(dir.path(), "quiet");
+    let server =
+        TestServer::start_with(dir.path(), free_port(), &["--ingest-rate-limit", "100", "--read-rate-limit", "5"]);
+    let t0 = now_ms() - 60 * MIN;
+    let batch = |prefix: &str, n: usize| {
+        let events: Vec<Value> = (0..n)
+            .map(|i| json!({"user_id": format!("{prefix}-{i}"), "event_type": "e", "time": t0, "insert_id": format!("{prefix}-{i}")}))
+            .collect();
+        json!({"events": events})
+    };
+    // A burst of two seconds' worth (200 events) passes, the next is refused at once.
+    let mut statuses = Vec::new();
+    for round in 0..4 {
+        let reply = server.post("/v1/events", Some(&noisy.write_key), &batch(&format!("n{round}"), 100));
+        if reply.status == 429 {
+            assert_eq!(reply.json()["error"]["code"], json!("rate_limited"), "{}", reply.body);
+        }
+        statuses.push(reply.status);
+    }
+    assert_eq!(statuses[..2], [200, 200], "{statuses:?}");
+    assert!(statuses[2..].contains(&429), "{statuses:?}");
+    // Amplitude's route answers in Amplitude's throttling format, with a delay.
+    let amplitude_events: Vec<Value> =
+        (0..150).map(|i| json!({"user_id": format!("amp-{i}"), "event_type": "e", "time": t0})).collect();
+    let amplitude = json!({"api_key": noisy.write_key, "events": amplitude_events});
+    let (status, headers, body) = server.request("POST", "/2/httpapi", &[], amplitude.to_string().as_bytes());
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["code"], json!(429));
+    assert!(headers.get("retry-after").unwrap().to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    // The other project is not slowed down.
+    assert_eq!(server.post("/v1/events", Some(&quiet.write_key), &batch("q", 100)).status, 200);
+
+    // Reads: thirty at once from one read key, five per second with a burst of ten; the other key still reads.
+    let reads: Vec<u16> = (0..30).map(|_| server.get("/v1/stats/summary", Some(&noisy.read_key)).status).collect();
+    assert!(reads.contains(&429), "{reads:?}");
+    assert_eq!(server.get("/v1/stats/summary", Some(&quiet.read_key)).status, 200);
+    // Nothing of the refused requests was stored.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let export = server.get("/v1/export/events?format=ndjson", Some(&noisy.read_key));
+    let accepted = statuses.iter().filter(|&&s| s == 200).count() * 100;
+    assert_eq!(export.body.lines().count(), accepted);
+}
