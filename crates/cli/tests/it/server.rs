@@ -451,3 +451,62 @@ fn rate_limits_refuse_one_project_and_spare_the_others() {
     let accepted = statuses.iter().filter(|&&s| s == 200).count() * 100;
     assert_eq!(export.body.lines().count(), accepted);
 }
+
+/// Logs (at debug level, as an operator investigating would set them) hold
+/// no API key and no user data, whatever the requests: good, bad, refused.
+#[test]
+fn logs_hold_no_keys_and_no_user_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = create_project(dir.path(), "logs");
+    let log_path = dir.path().join("server.log");
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--data", dir.path().to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")])
+        .env("SESSIONIZER_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while agent.get(&url("/readyz")).call().map(|r| r.status().as_u16()).ok() != Some(200) {
+        assert!(Instant::now() < deadline, "the server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let secret_user = "user-3c1f-private@example.com";
+    let secret_page = "/account/secret-page-77";
+    let good = json!({"events": [{"user_id": secret_user, "event_type": "Secret Type", "time": now_ms(),
+        "insert_id": "secret-insert-id", "page": secret_page, "properties": {"card": "4111-1111"}}]});
+    let bad = json!({"events": [{"user_id": secret_user, "time": "not a time", "page": secret_page}]});
+    let post = |key: &str, body: &Value| {
+        agent
+            .post(&url("/v1/events"))
+            .header("Authorization", &format!("Bearer {key}"))
+            .send(body.to_string())
+            .unwrap();
+    };
+    post(&project.write_key, &good);
+    post(&project.write_key, &bad);
+    post(&project.read_key, &good);
+    post("sk_write_0123456789abcdef0123456789abcdef", &good);
+    for path in [format!("/v1/users/{secret_user}"), format!("/v1/sessions?user_id={secret_user}"), "/v1/nope".into()] {
+        agent.get(&url(&path)).header("Authorization", &format!("Bearer {}", project.read_key)).call().unwrap();
+    }
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(child.wait().unwrap().success());
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.contains("sessionizer serving"), "the log was written: {log}");
+    for secret in [
+        project.write_key.as_str(),
+        project.read_key.as_str(),
+        "sk_write_0123456789abcdef",
+        secret_user,
+        secret_page,
+        "Secret Type",
+        "secret-insert-id",
+        "4111-1111",
+    ] {
+        assert!(!log.contains(secret), "the log holds {secret:?}:\n{log}");
+    }
+}
