@@ -25,3 +25,4 @@ python3 bench/sessionize_vs_duckdb.py --events 200000 --repeat 1 --cross-check \
 SESSIONIZER_BIN="$CARGO_TARGET_DIR/debug/sessionizer" bash tests/sdk/run.sh
 
 cargo test --workspace --locked
+cargo test --manifest-path fuzz/Cargo.toml --locked
