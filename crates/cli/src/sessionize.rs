@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -486,12 +487,16 @@ fn intern_rows<'a>(chunks: &'a [EventChunk], classifier: &EventClassifier) -> Lo
         event_type: Vec::with_capacity(rows),
         class: Vec::with_capacity(rows),
     };
+    // Dictionary-encoded columns are resolved once per distinct value (on
+    // first use, so numbering stays in first-seen row order), and once per
+    // dictionary, which the chunks of a Parquet row group share.
+    let mut user_of_key = KeyCache::default();
+    let mut device_of_key = KeyCache::default();
+    let mut type_of_key = KeyCache::default();
     for chunk in chunks {
-        // Dictionary-encoded columns are resolved once per distinct value
-        // (on first use, so numbering stays in first-seen row order).
-        let mut user_of_key = KeyCache::new(&chunk.user_id);
-        let mut device_of_key = KeyCache::new(&chunk.device_id);
-        let mut type_of_key = KeyCache::new(&chunk.event_type);
+        user_of_key.switch_to(&chunk.user_id);
+        device_of_key.switch_to(&chunk.device_id);
+        type_of_key.switch_to(&chunk.event_type);
         for row in 0..chunk.len() {
             let device_id = chunk.device_id.get(row).filter(|id| !id.is_empty());
             let user_key = user_of_key.key(row);
@@ -567,9 +572,11 @@ fn intern_rows<'a>(chunks: &'a [EventChunk], classifier: &EventClassifier) -> Lo
     local
 }
 
-/// For a dictionary-encoded column of one chunk, the interned id of each
-/// distinct value once known; inert for a plain column.
+/// For the dictionary-encoded column of the current chunk, the interned id
+/// of each distinct value once known; inert for a plain column.
+#[derive(Default)]
 struct KeyCache<'a> {
+    dictionary: Option<&'a Arc<StrColumn>>,
     keys: Option<&'a [u32]>,
     ids: Vec<u32>,
 }
@@ -577,8 +584,17 @@ struct KeyCache<'a> {
 impl<'a> KeyCache<'a> {
     const UNKNOWN: u32 = u32::MAX;
 
-    fn new(column: &'a StrColumn) -> Self {
-        Self { keys: column.dictionary_keys(), ids: vec![Self::UNKNOWN; column.dictionary_len()] }
+    /// Moves to the next chunk's column, keeping the known ids when it shares
+    /// the previous chunk's dictionary.
+    fn switch_to(&mut self, column: &'a StrColumn) {
+        self.keys = column.dictionary_keys();
+        let dictionary = column.dictionary();
+        let same = matches!((self.dictionary, dictionary), (Some(a), Some(b)) if Arc::ptr_eq(a, b));
+        if !same {
+            self.dictionary = dictionary;
+            self.ids.clear();
+            self.ids.resize(column.dictionary_len(), Self::UNKNOWN);
+        }
     }
 
     /// The row's dictionary key, `None` for a plain column or a null row.

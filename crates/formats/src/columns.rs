@@ -1,5 +1,7 @@
 //! The columnar form of events: what every reader produces.
 
+use std::sync::Arc;
+
 /// A column of optional strings in Arrow's layout: all bytes in one buffer,
 /// `len + 1` offsets into it and one validity flag per row.
 ///
@@ -12,6 +14,8 @@
 /// then the buffers hold each distinct value once and every row is a key into
 /// them. Readers see the same rows either way; consumers that intern values
 /// can use [`StrColumn::dictionary_keys`] to do it once per distinct value.
+/// The Parquet reader shares one dictionary among the chunks of a row group
+/// ([`StrColumn::dictionary`] tells), so such work can be kept across chunks.
 #[derive(Debug, Clone)]
 pub struct StrColumn {
     /// A `String`, not bytes: reading a row is then a slice, with no UTF-8
@@ -19,9 +23,10 @@ pub struct StrColumn {
     data: String,
     offsets: Vec<u32>,
     valid: Vec<bool>,
-    /// Dictionary mode: the row's index into the values above, or
-    /// [`StrColumn::NULL_KEY`].
-    keys: Option<Vec<u32>>,
+    /// Dictionary mode: the distinct values (a plain column, possibly shared
+    /// with other columns) and each row's index into them, or
+    /// [`StrColumn::NULL_KEY`]; the buffers above are then empty.
+    dictionary: Option<(Arc<StrColumn>, Vec<u32>)>,
 }
 
 /// Columns are equal when their rows are, whatever their encoding.
@@ -49,7 +54,7 @@ impl StrColumn {
     pub fn with_capacity(rows: usize, bytes: usize) -> Self {
         let mut offsets = Vec::with_capacity(rows + 1);
         offsets.push(0);
-        Self { data: String::with_capacity(bytes), offsets, valid: Vec::with_capacity(rows), keys: None }
+        Self { data: String::with_capacity(bytes), offsets, valid: Vec::with_capacity(rows), dictionary: None }
     }
 
     /// The key of a null row in a dictionary-encoded column.
@@ -62,17 +67,32 @@ impl StrColumn {
     /// # Panics
     /// If `values` is itself dictionary-encoded or a key is out of range.
     pub fn from_dictionary(values: StrColumn, keys: Vec<u32>) -> Self {
-        assert!(values.keys.is_none(), "dictionary values must be plain");
+        Self::from_shared_dictionary(Arc::new(values), keys)
+    }
+
+    /// [`StrColumn::from_dictionary`] with values other columns may share.
+    ///
+    /// # Panics
+    /// If `values` is itself dictionary-encoded or a key is out of range.
+    pub fn from_shared_dictionary(values: Arc<StrColumn>, keys: Vec<u32>) -> Self {
+        assert!(values.dictionary.is_none(), "dictionary values must be plain");
         let count = values.len() as u32;
         assert!(keys.iter().all(|&k| k < count || k == Self::NULL_KEY), "dictionary key out of range");
-        Self { keys: Some(keys), ..values }
+        Self { dictionary: Some((values, keys)), ..Self::new() }
     }
 
     /// In dictionary mode, the key of every row (see
     /// [`StrColumn::dictionary_value`]); `None` for a plain column.
     #[inline]
     pub fn dictionary_keys(&self) -> Option<&[u32]> {
-        self.keys.as_deref()
+        self.dictionary.as_ref().map(|(_, keys)| keys.as_slice())
+    }
+
+    /// In dictionary mode, the distinct values: columns that share them
+    /// ([`Arc::ptr_eq`]) give each key the same value.
+    #[inline]
+    pub fn dictionary(&self) -> Option<&Arc<StrColumn>> {
+        self.dictionary.as_ref().map(|(values, _)| values)
     }
 
     /// In dictionary mode, the value of a key, `None` for a null or empty
@@ -82,24 +102,24 @@ impl StrColumn {
     /// If the column is plain or the key is out of range.
     #[inline]
     pub fn dictionary_value(&self, key: u32) -> Option<&str> {
-        assert!(self.keys.is_some(), "not a dictionary-encoded column");
-        if key == Self::NULL_KEY { None } else { self.value(key as usize) }
+        let (values, _) = self.dictionary.as_ref().expect("not a dictionary-encoded column");
+        if key == Self::NULL_KEY { None } else { values.value(key as usize) }
     }
 
     /// Number of distinct values of a dictionary-encoded column, 0 for a plain one.
     pub fn dictionary_len(&self) -> usize {
-        if self.keys.is_some() { self.valid.len() } else { 0 }
+        self.dictionary.as_ref().map_or(0, |(values, _)| values.len())
     }
 
     /// Turns a dictionary-encoded column into a plain one (before appending).
     #[cold]
     fn make_plain(&mut self) {
-        let Some(keys) = self.keys.take() else {
+        let Some((values, keys)) = self.dictionary.take() else {
             return;
         };
-        let dictionary = std::mem::replace(self, Self::with_capacity(keys.len(), 0));
+        *self = Self::with_capacity(keys.len(), 0);
         for &key in &keys {
-            let value = if key == Self::NULL_KEY { None } else { dictionary.value(key as usize) };
+            let value = if key == Self::NULL_KEY { None } else { values.value(key as usize) };
             self.push(value);
         }
     }
@@ -186,7 +206,7 @@ impl StrColumn {
     /// previous row ended.
     #[inline]
     pub(crate) fn close_row(&mut self, valid: bool) {
-        debug_assert!(self.keys.is_none(), "bytes were appended to a dictionary-encoded column");
+        debug_assert!(self.dictionary.is_none(), "bytes were appended to a dictionary-encoded column");
         let end = u32::try_from(self.data.len()).expect("StrColumn holds more than u32::MAX bytes");
         self.offsets.push(end);
         self.valid.push(valid);
@@ -204,16 +224,16 @@ impl StrColumn {
     /// If `i >= self.len()`.
     #[inline]
     pub fn get(&self, i: usize) -> Option<&str> {
-        match &self.keys {
+        match &self.dictionary {
             None => self.value(i),
-            Some(keys) => match keys[i] {
+            Some((values, keys)) => match keys[i] {
                 Self::NULL_KEY => None,
-                key => self.value(key as usize),
+                key => values.value(key as usize),
             },
         }
     }
 
-    /// Entry `i` of the buffers: row `i` of a plain column, value `i` of a dictionary.
+    /// Row `i` of a plain column.
     #[inline]
     fn value(&self, i: usize) -> Option<&str> {
         if !self.valid[i] {
@@ -226,7 +246,7 @@ impl StrColumn {
     /// Number of rows.
     #[inline]
     pub fn len(&self) -> usize {
-        self.keys.as_ref().map_or(self.valid.len(), Vec::len)
+        self.dictionary.as_ref().map_or(self.valid.len(), |(_, keys)| keys.len())
     }
 
     /// Whether the column has no rows.
@@ -238,7 +258,7 @@ impl StrColumn {
     /// Total bytes of all values (of the distinct values, for a dictionary).
     #[inline]
     pub fn byte_len(&self) -> usize {
-        self.data.len()
+        self.dictionary.as_ref().map_or(self.data.len(), |(values, _)| values.data.len())
     }
 
     /// Iterates over the rows in order.
@@ -248,7 +268,7 @@ impl StrColumn {
 
     /// Removes every row, keeping the allocations.
     pub fn clear(&mut self) {
-        self.keys = None;
+        self.dictionary = None;
         self.data.clear();
         self.offsets.truncate(1);
         self.valid.clear();

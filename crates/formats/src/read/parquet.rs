@@ -19,7 +19,7 @@ use arrow_array::types::{
     TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType, UInt8Type, UInt16Type, UInt32Type,
     UInt64Type,
 };
-use arrow_array::{Array, BooleanArray, GenericStringArray, RecordBatch, StringViewArray};
+use arrow_array::{Array, ArrayRef, BooleanArray, GenericStringArray, RecordBatch, StringViewArray};
 use arrow_buffer::NullBuffer;
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use parquet::arrow::ProjectionMask;
@@ -86,6 +86,7 @@ struct Decoder {
     /// 0-based file row of the next batch's first row.
     next_row: u64,
     skips: Skips,
+    dictionaries: Dictionaries,
 }
 
 impl Decoder {
@@ -98,7 +99,7 @@ impl Decoder {
             let batch = batch.map_err(|e| self.plan.parquet_error(e))?;
             let first_row = self.next_row;
             self.next_row += batch.num_rows() as u64;
-            let chunk = decode_batch(&self.plan, &batch, first_row, &mut self.skips)?;
+            let chunk = decode_batch(&self.plan, &batch, first_row, &mut self.skips, &mut self.dictionaries)?;
             if !chunk.is_empty() {
                 return Ok(Some(chunk));
             }
@@ -174,6 +175,7 @@ impl ParquetReader {
                 plan: plan.clone(),
                 next_row: 0,
                 skips: Skips::new(options.skip_invalid),
+                dictionaries: Dictionaries::default(),
             }))
         } else {
             start_workers(&plan, threads)
@@ -215,6 +217,7 @@ fn run_worker(plan: &Plan, row_groups: &[usize], sender: &SyncSender<Message>) {
                 batches,
                 next_row: plan.row_group_starts[group],
                 skips: Skips::new(plan.skip_invalid),
+                dictionaries: Dictionaries::default(),
             };
             while let Some(chunk) = decoder.next_chunk()? {
                 if sender.send(Message::Chunk(chunk)).is_err() {
@@ -485,6 +488,8 @@ enum StrSource<'a> {
     Dictionary {
         keys: Vec<u32>,
         values: Box<StrSource<'a>>,
+        /// The values array itself: the batches of one column chunk share it.
+        array: &'a ArrayRef,
     },
     Int {
         values: Ints<'a>,
@@ -519,7 +524,7 @@ impl<'a> StrSource<'a> {
                         })
                         .collect()
                 };
-                StrSource::Dictionary { keys, values: Box::new(StrSource::new(Some(values.as_ref()))) }
+                StrSource::Dictionary { keys, values: Box::new(StrSource::new(Some(values.as_ref()))), array: values }
             }
             // `project` admits only strings and integers.
             _ => match Ints::new(array) {
@@ -554,7 +559,7 @@ impl<'a> StrSource<'a> {
                     Value::Str(a.value(i))
                 }
             }
-            StrSource::Dictionary { keys, values } => match keys[i] {
+            StrSource::Dictionary { keys, values, .. } => match keys[i] {
                 StrColumn::NULL_KEY => Value::Null,
                 k => values.value(k as usize),
             },
@@ -596,7 +601,7 @@ impl<'a> StrSource<'a> {
                     lengths_ok: max as usize <= MAX_FIELD_BYTES,
                 }
             }
-            StrSource::Dictionary { keys, values } => {
+            StrSource::Dictionary { keys, values, .. } => {
                 let values = values.summary();
                 Summary {
                     every_row_present: values.every_row_present && keys.iter().all(|&k| k != StrColumn::NULL_KEY),
@@ -612,7 +617,14 @@ impl<'a> StrSource<'a> {
     /// Appends the `rows` of this column to `column` (all `len` rows when
     /// `None`). `bulk` says every value is within the field limit, so
     /// buffers may be copied whole.
-    fn append(&self, column: &mut StrColumn, rows: Option<&[usize]>, len: usize, bulk: bool) {
+    fn append(
+        &self,
+        column: &mut StrColumn,
+        rows: Option<&[usize]>,
+        len: usize,
+        bulk: bool,
+        dictionaries: &mut Dictionaries,
+    ) {
         fn extend<O: arrow_array::OffsetSizeTrait + Into<i64>>(column: &mut StrColumn, a: &GenericStringArray<O>) {
             match a.nulls() {
                 None => column.extend_utf8(a.value_data(), a.value_offsets(), |_| true),
@@ -621,18 +633,21 @@ impl<'a> StrSource<'a> {
         }
         match (self, rows) {
             // Dictionary in, dictionary out: each distinct value is copied once.
-            (StrSource::Dictionary { keys, values }, rows)
+            (StrSource::Dictionary { keys, values, array }, rows)
                 if column.is_empty()
                     && matches!(**values, StrSource::Utf8(_) | StrSource::LargeUtf8(_))
                     && values.summary().lengths_ok =>
             {
-                let mut distinct = StrColumn::with_capacity(0, 0);
-                values.append(&mut distinct, None, 0, true);
+                let distinct = dictionaries.get_or_insert(array, || {
+                    let mut distinct = StrColumn::with_capacity(0, 0);
+                    values.append(&mut distinct, None, 0, true, &mut Dictionaries::default());
+                    distinct
+                });
                 let keys = match rows {
                     None => keys.clone(),
                     Some(rows) => rows.iter().map(|&i| keys[i]).collect(),
                 };
-                *column = StrColumn::from_dictionary(distinct, keys);
+                *column = StrColumn::from_shared_dictionary(distinct, keys);
             }
             (StrSource::Utf8(a), None) if bulk => extend(column, a),
             (StrSource::LargeUtf8(a), None) if bulk => extend(column, a),
@@ -651,6 +666,51 @@ impl<'a> StrSource<'a> {
             Value::UInt(v) => column.push_int(v),
         }
     }
+}
+
+/// The dictionaries of the current row group, each converted once: arrow
+/// hands every batch of a column chunk the same values buffers, so the chunks
+/// of a row group share one [`StrColumn`] of values (and consumers can keep
+/// per-value work across chunks).
+#[derive(Default)]
+struct Dictionaries {
+    /// Holding the arrays keeps their buffers' addresses from being reused.
+    converted: Vec<(ArrayRef, Arc<StrColumn>)>,
+}
+
+impl Dictionaries {
+    /// More than this many dictionaries in a row group only happens when
+    /// arrow recomputes them per batch; then keep only the latest.
+    const MAX_KEPT: usize = 8;
+
+    fn get_or_insert(&mut self, array: &ArrayRef, convert: impl FnOnce() -> StrColumn) -> Arc<StrColumn> {
+        if let Some((_, values)) = self.converted.iter().find(|(known, _)| same_buffers(known, array)) {
+            return values.clone();
+        }
+        if self.converted.len() == Self::MAX_KEPT {
+            self.converted.remove(0);
+        }
+        let values = Arc::new(convert());
+        self.converted.push((array.clone(), values.clone()));
+        values
+    }
+}
+
+/// Whether two arrays are views of the very same buffers (so the same
+/// values): arrow rebuilds each batch's array objects, but not its buffers.
+fn same_buffers(a: &ArrayRef, b: &ArrayRef) -> bool {
+    let (a, b) = (a.to_data(), b.to_data());
+    let same = |x: &arrow_buffer::Buffer, y: &arrow_buffer::Buffer| x.as_ptr() == y.as_ptr() && x.len() == y.len();
+    a.data_type() == b.data_type()
+        && a.len() == b.len()
+        && a.offset() == b.offset()
+        && a.buffers().len() == b.buffers().len()
+        && a.buffers().iter().zip(b.buffers()).all(|(x, y)| same(x, y))
+        && match (a.nulls(), b.nulls()) {
+            (None, None) => true,
+            (Some(x), Some(y)) => same(x.buffer(), y.buffer()) && x.offset() == y.offset(),
+            _ => false,
+        }
 }
 
 /// A column-wide view of a string column.
@@ -832,7 +892,13 @@ fn check_row(
 
 /// Converts one batch into a chunk; bad rows are skipped (counted in
 /// `skips`) or returned as the error.
-fn decode_batch(plan: &Plan, batch: &RecordBatch, first_row: u64, skips: &mut Skips) -> Result<EventChunk, ReadError> {
+fn decode_batch(
+    plan: &Plan,
+    batch: &RecordBatch,
+    first_row: u64,
+    skips: &mut Skips,
+    dictionaries: &mut Dictionaries,
+) -> Result<EventChunk, ReadError> {
     let fields = &*plan.fields;
     let column = |name: &str| batch.column_by_name(name).map(|a| a.as_ref());
     let user_id = StrSource::new(column(&fields.user_id));
@@ -896,11 +962,11 @@ fn decode_batch(plan: &Plan, batch: &RecordBatch, first_row: u64, skips: &mut Sk
         passive: Vec::with_capacity(n),
         source_line: Vec::with_capacity(n),
     };
-    user_id.append(&mut chunk.user_id, kept, rows, bulk);
-    device_id.append(&mut chunk.device_id, kept, rows, bulk);
-    event_type.append(&mut chunk.event_type, kept, rows, bulk);
-    insert_id.append(&mut chunk.insert_id, kept, rows, bulk);
-    page.append(&mut chunk.page, kept, rows, bulk);
+    user_id.append(&mut chunk.user_id, kept, rows, bulk, dictionaries);
+    device_id.append(&mut chunk.device_id, kept, rows, bulk, dictionaries);
+    event_type.append(&mut chunk.event_type, kept, rows, bulk, dictionaries);
+    insert_id.append(&mut chunk.insert_id, kept, rows, bulk, dictionaries);
+    page.append(&mut chunk.page, kept, rows, bulk, dictionaries);
     let passive_of = |i: usize| passive.is_some_and(|p| p.is_valid(i) && p.value(i));
     match kept {
         None => {

@@ -331,3 +331,38 @@ fn dictionary_encoded_columns_stay_dictionaries() {
     assert_eq!(chunk.user_id.iter().collect::<Vec<_>>(), [Some("u1"), None, Some("u1")]);
     assert_eq!(chunk.device_id.iter().collect::<Vec<_>>(), [None, Some("d1"), Some("d1")]);
 }
+
+#[test]
+fn chunks_of_one_row_group_share_their_dictionaries() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("shared.parquet");
+    // Two row groups of two chunks each.
+    let rows = 4 * crate::limits::CHUNK_ROWS;
+    let users: Vec<Option<String>> = (0..rows).map(|i| Some(format!("user_{}", i % 1000))).collect();
+    let users: Vec<Option<&str>> = users.iter().map(Option::as_deref).collect();
+    let types: Vec<Option<&str>> = (0..rows).map(|i| Some(["a", "b", "c"][i % 3])).collect();
+    write_parquet(
+        &path,
+        vec![
+            ("user_id", strings(&users)),
+            ("event_type", strings(&types)),
+            ("time", Arc::new(Int64Array::from_iter_values((0..rows as i64).map(|i| 1_767_610_800_000 + i)))),
+        ],
+        2 * crate::limits::CHUNK_ROWS,
+    );
+    for threads in [1, 2] {
+        let mut reader = open_event_reader(&path, &ReadOptions { threads, ..ReadOptions::default() }).expect("open");
+        let mut chunks = Vec::new();
+        while let Some(chunk) = reader.next_chunk().expect("read") {
+            chunks.push(chunk);
+        }
+        assert_eq!(chunks.len(), 4);
+        let same = |a: &EventChunk, b: &EventChunk| {
+            Arc::ptr_eq(a.user_id.dictionary().expect("dictionary"), b.user_id.dictionary().expect("dictionary"))
+        };
+        assert!(same(&chunks[0], &chunks[1]) && same(&chunks[2], &chunks[3]), "shared within a row group");
+        assert!(!same(&chunks[1], &chunks[2]), "each row group has its own");
+        let read: Vec<Option<&str>> = chunks.iter().flat_map(|c| c.user_id.iter()).collect();
+        assert_eq!(read, users);
+    }
+}
