@@ -370,6 +370,26 @@ fn every_board_figure_equals_the_naive_reference() {
     }
     assert_eq!(got, want);
 
+    // Sessions holding an event of a type: the reference's sessions with such an event in their span.
+    let searched: BTreeSet<(i64, String)> = sessions
+        .iter()
+        .filter(|s| {
+            events
+                .iter()
+                .any(|e| e.user == s.user && e.event_type == "Searched" && (s.start_ms..=s.end_ms).contains(&e.time_ms))
+        })
+        .map(|s| (s.start_ms, s.user.clone()))
+        .collect();
+    let answer = read(&server, &project, &spec, &format!("/v1/sessions?{range}&event_type=Searched&limit=10000"));
+    let got: BTreeSet<(i64, String)> = answer["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["start_ms"].as_i64().unwrap(), s["user_id"].as_str().unwrap().to_string()))
+        .collect();
+    assert!(!searched.is_empty() && searched.len() < sessions.len());
+    assert_eq!(got, searched);
+
     // One session: its events in order, entry and exit, history.
     let longest = sessions.iter().max_by_key(|s| (s.event_count, s.start_ms)).unwrap();
     let listed = read(&server, &project, &spec, &format!("/v1/sessions?user_id={}", urlencode(&longest.user)));
