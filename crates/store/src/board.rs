@@ -10,10 +10,17 @@
 //! feeds it every later change in order, so after a catch-up it equals the
 //! sessions table exactly. Everything here is pure: no I/O, no clock.
 //!
-//! Memory: about 24 bytes per session plus about 80 bytes per user (key,
-//! hash entry, vector header); 10M sessions of 1M users take about 320 MB.
+//! Memory: 24 bytes per session plus per user a key, a hash entry, a vector
+//! header and the vector's spare capacity; measured, 52 bytes per session at
+//! 10M sessions of 955k users (docs/benchmarks-board.md).
+//!
+//! Speed: the board's three endpoints ask for the same range one after the
+//! other (or at once), so [`Board::figures`] keeps the last pass over a range
+//! and answers any length distribution from its per-second length counts;
+//! a pass over many sessions is split across threads by user.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
@@ -25,6 +32,17 @@ const DAY_MS: i64 = 86_400_000;
 /// Percentiles are computed from lengths in whole seconds: a dense count per
 /// second up to this length, a sorted list beyond it.
 const DENSE_PERCENTILE_SECONDS: usize = 86_400;
+
+/// Below this many sessions in a project a pass runs on the calling thread:
+/// starting threads would cost more than they save.
+const PARALLEL_PASS_MIN_SESSIONS: u64 = 200_000;
+
+/// At most this many threads share a pass.
+const MAX_PASS_THREADS: usize = 8;
+
+/// A user's sessions up to this many are searched for a range's first day
+/// by a forward scan rather than a binary search (see [`first_on_or_after`]).
+const LINEAR_SEARCH_MAX_SESSIONS: usize = 64;
 
 /// The labels and inclusive bounds of the sessions-per-user distribution.
 pub const SESSIONS_PER_USER_BUCKETS: [(&str, u64, u64); 5] =
@@ -56,6 +74,20 @@ pub struct BoardChange {
 pub struct Board {
     projects: HashMap<i64, ProjectBoard>,
     applied_seq: i64,
+    /// Bumped by every change to what the board holds: a cached pass is
+    /// valid only for the generation it was computed at.
+    generation: u64,
+    /// The last pass: held while a pass runs, so concurrent requests for the
+    /// same range wait for it instead of repeating it.
+    last_pass: Mutex<Option<(PassKey, Arc<Pass>)>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PassKey {
+    project: i64,
+    from_day: i32,
+    to_day: i32,
+    generation: u64,
 }
 
 /// Compact state of one session; `day` is the start's day in the project's
@@ -158,9 +190,10 @@ impl ProjectBoard {
         // and it is counted nowhere.
     }
 
-    fn set_time_zone(&mut self, name: &str) {
+    /// Returns whether the zone changed.
+    fn set_time_zone(&mut self, name: &str) -> bool {
         if self.time_zone_name == name {
-            return;
+            return false;
         }
         self.time_zone = TimeZone::get(name).unwrap_or(TimeZone::UTC);
         self.time_zone_name = name.to_string();
@@ -170,6 +203,7 @@ impl ProjectBoard {
                 session.day = day_in(&time_zone, session.start_ms);
             }
         }
+        true
     }
 }
 
@@ -234,12 +268,27 @@ impl Board {
     /// Makes sure `project` exists and buckets days in `time_zone` (recomputing
     /// every day when the zone changed).
     pub fn set_project_time_zone(&mut self, project: i64, time_zone: &str) {
-        self.projects.entry(project).or_insert_with(|| ProjectBoard::new(time_zone)).set_time_zone(time_zone);
+        let mut created = false;
+        let board = self.projects.entry(project).or_insert_with(|| {
+            created = true;
+            ProjectBoard::new(time_zone)
+        });
+        if board.set_time_zone(time_zone) || created {
+            self.changed();
+        }
     }
 
     /// Adds a session of the snapshot (before any change is applied).
     pub fn load(&mut self, session: &BoardSession) {
         self.projects.entry(session.project).or_insert_with(|| ProjectBoard::new("UTC")).upsert(session);
+        self.changed();
+    }
+
+    /// Invalidates the cached pass.
+    fn changed(&mut self) {
+        self.generation += 1;
+        // Free it now rather than at the next pass.
+        *self.last_pass.get_mut().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// Marks the snapshot as taken at change `seq`.
@@ -259,6 +308,7 @@ impl Board {
         } else {
             project.upsert(&change.session);
         }
+        self.changed();
     }
 
     /// The day `ms` falls on in the project's time zone.
@@ -270,51 +320,27 @@ impl Board {
     /// length distribution over `bounds_ms` (increasing, positive).
     pub fn figures(&self, project: i64, from_day: i32, to_day: i32, bounds_ms: &[i64]) -> BoardFigures {
         let day_count = (to_day - from_day + 1).max(0) as usize;
-        let mut figures = BoardFigures {
-            from_day,
-            days: vec![DayFigures::default(); day_count],
-            length_buckets: vec![0; bounds_ms.len() + 1],
-            sessions: 0,
-            users: 0,
-            total_length_ms: 0,
-            median_length_ms: None,
-            p90_length_ms: None,
-            sessions_per_user: [0; SESSIONS_PER_USER_BUCKETS.len()],
-            single_event_sessions: 0,
-            open_sessions: 0,
+        let Some(board) = self.projects.get(&project) else {
+            return Pass::new(day_count).figures(from_day, bounds_ms);
         };
-        let Some(board) = self.projects.get(&project) else { return figures };
-        figures.open_sessions = board.open_sessions;
-        let mut seconds = LengthSeconds::default();
-        for user in &board.users {
-            let list = &user.sessions;
-            let first = list.partition_point(|c| c.day < from_day);
-            let mut in_range = 0u64;
-            let mut last_day = i32::MIN;
-            for session in list[first..].iter().take_while(|c| c.day <= to_day) {
-                let day = &mut figures.days[(session.day - from_day) as usize];
-                day.sessions += 1;
-                day.total_length_ms += session.length_ms;
-                if session.day != last_day {
-                    day.users += 1;
-                    last_day = session.day;
+        let key = PassKey { project, from_day, to_day, generation: self.generation };
+        let pass = {
+            let mut last = self.last_pass.lock().unwrap_or_else(|p| p.into_inner());
+            match last.as_ref() {
+                Some((cached, pass)) if *cached == key => pass.clone(),
+                _ => {
+                    let pass = Arc::new(board.pass(from_day, to_day));
+                    *last = Some((key, pass.clone()));
+                    pass
                 }
-                figures.length_buckets[bounds_ms.partition_point(|&b| b <= session.length_ms)] += 1;
-                figures.total_length_ms += session.length_ms;
-                figures.single_event_sessions += u64::from(session.event_count() == 1);
-                seconds.add(session.length_ms);
-                in_range += 1;
             }
-            if in_range > 0 {
-                figures.users += 1;
-                figures.sessions += in_range;
-                let bucket =
-                    SESSIONS_PER_USER_BUCKETS.iter().position(|&(_, low, high)| (low..=high).contains(&in_range));
-                figures.sessions_per_user[bucket.expect("the buckets cover 1..")] += 1;
-            }
+        };
+        let mut figures = pass.figures(from_day, bounds_ms);
+        figures.open_sessions = board.open_sessions;
+        // Bounds the per-second counts cannot answer: one more (rare) pass.
+        if !whole_seconds(bounds_ms) {
+            figures.length_buckets = board.length_buckets(from_day, to_day, bounds_ms);
         }
-        figures.median_length_ms = seconds.percentile(figures.sessions, 50);
-        figures.p90_length_ms = seconds.percentile(figures.sessions, 90);
         figures
     }
 
@@ -361,6 +387,197 @@ impl Board {
     }
 }
 
+/// Whether every bound is a positive whole number of seconds, so that
+/// `length_ms < bound` is `seconds(length_ms) < bound / 1000` (lengths below
+/// zero count as 0 s and fall below every positive bound either way).
+fn whole_seconds(bounds_ms: &[i64]) -> bool {
+    bounds_ms.iter().all(|&b| b > 0 && b % 1_000 == 0)
+}
+
+/// The index of the first session on or after `from_day` (sessions are in
+/// start order). A pass's time goes mostly into reaching each user's list, a
+/// cache miss per user; a binary search adds dependent misses (each probe
+/// waits for the previous one), while a forward scan over a short list reads
+/// consecutive lines the hardware prefetches.
+fn first_on_or_after(list: &[Compact], from_day: i32) -> usize {
+    if list.len() <= LINEAR_SEARCH_MAX_SESSIONS {
+        list.iter().position(|c| c.day >= from_day).unwrap_or(list.len())
+    } else {
+        list.partition_point(|c| c.day < from_day)
+    }
+}
+
+impl ProjectBoard {
+    /// One pass over the sessions starting on days `from_day..=to_day`, split
+    /// across threads by user when there are many sessions.
+    fn pass(&self, from_day: i32, to_day: i32) -> Pass {
+        let day_count = (to_day - from_day + 1).max(0) as usize;
+        let threads = if self.sessions < PARALLEL_PASS_MIN_SESSIONS {
+            1
+        } else {
+            std::thread::available_parallelism().map_or(1, usize::from).min(MAX_PASS_THREADS)
+        };
+        let users = &self.users[..];
+        if threads <= 1 || users.len() < threads {
+            let mut pass = Pass::new(day_count);
+            pass.add_users(users, from_day, to_day);
+            pass.finish();
+            return pass;
+        }
+        // Equal shares of sessions, not of users: activity is skewed.
+        let per_thread = self.sessions.div_ceil(threads as u64);
+        let mut splits = Vec::with_capacity(threads + 1);
+        splits.push(0);
+        let mut seen = 0u64;
+        for (index, user) in users.iter().enumerate() {
+            seen += user.sessions.len() as u64;
+            if seen >= per_thread * splits.len() as u64 && splits.len() < threads {
+                splits.push(index + 1);
+            }
+        }
+        splits.push(users.len());
+        let mut pass = std::thread::scope(|scope| {
+            let workers: Vec<_> = splits[1..splits.len() - 1]
+                .iter()
+                .zip(&splits[2..])
+                .map(|(&start, &end)| {
+                    scope.spawn(move || {
+                        let mut part = Pass::new(day_count);
+                        part.add_users(&users[start..end], from_day, to_day);
+                        part
+                    })
+                })
+                .collect();
+            let mut pass = Pass::new(day_count);
+            pass.add_users(&users[..splits[1]], from_day, to_day);
+            for worker in workers {
+                pass.merge(worker.join().expect("a board pass thread panicked"));
+            }
+            pass
+        });
+        pass.finish();
+        pass
+    }
+
+    /// Sessions per length bucket over the range, for any bounds.
+    fn length_buckets(&self, from_day: i32, to_day: i32, bounds_ms: &[i64]) -> Vec<u64> {
+        let mut buckets = vec![0; bounds_ms.len() + 1];
+        for user in &self.users {
+            let first = user.sessions.partition_point(|c| c.day < from_day);
+            for session in user.sessions[first..].iter().take_while(|c| c.day <= to_day) {
+                buckets[bounds_ms.partition_point(|&b| b <= session.length_ms)] += 1;
+            }
+        }
+        buckets
+    }
+}
+
+/// What one pass over a range finds: every figure but the length
+/// distribution, which comes from the per-second length counts.
+#[derive(Debug)]
+struct Pass {
+    days: Vec<DayFigures>,
+    sessions: u64,
+    users: u64,
+    total_length_ms: i64,
+    sessions_per_user: [u64; SESSIONS_PER_USER_BUCKETS.len()],
+    single_event_sessions: u64,
+    seconds: LengthSeconds,
+}
+
+impl Pass {
+    fn new(day_count: usize) -> Pass {
+        Pass {
+            days: vec![DayFigures::default(); day_count],
+            sessions: 0,
+            users: 0,
+            total_length_ms: 0,
+            sessions_per_user: [0; SESSIONS_PER_USER_BUCKETS.len()],
+            single_event_sessions: 0,
+            seconds: LengthSeconds::default(),
+        }
+    }
+
+    fn add_users(&mut self, users: &[UserSessions], from_day: i32, to_day: i32) {
+        for user in users {
+            let list = &user.sessions;
+            let first = first_on_or_after(list, from_day);
+            let mut in_range = 0u64;
+            let mut last_day = i32::MIN;
+            for session in list[first..].iter().take_while(|c| c.day <= to_day) {
+                let day = &mut self.days[(session.day - from_day) as usize];
+                day.sessions += 1;
+                day.total_length_ms += session.length_ms;
+                if session.day != last_day {
+                    day.users += 1;
+                    last_day = session.day;
+                }
+                self.total_length_ms += session.length_ms;
+                self.single_event_sessions += u64::from(session.event_count() == 1);
+                self.seconds.add(session.length_ms);
+                in_range += 1;
+            }
+            if in_range > 0 {
+                self.users += 1;
+                self.sessions += in_range;
+                let bucket =
+                    SESSIONS_PER_USER_BUCKETS.iter().position(|&(_, low, high)| (low..=high).contains(&in_range));
+                self.sessions_per_user[bucket.expect("the buckets cover 1..")] += 1;
+            }
+        }
+    }
+
+    /// Adds the figures of a pass over other users of the same range.
+    fn merge(&mut self, other: Pass) {
+        for (day, theirs) in self.days.iter_mut().zip(&other.days) {
+            day.sessions += theirs.sessions;
+            day.total_length_ms += theirs.total_length_ms;
+            day.users += theirs.users;
+        }
+        self.sessions += other.sessions;
+        self.users += other.users;
+        self.total_length_ms += other.total_length_ms;
+        for (ours, theirs) in self.sessions_per_user.iter_mut().zip(other.sessions_per_user) {
+            *ours += theirs;
+        }
+        self.single_event_sessions += other.single_event_sessions;
+        self.seconds.merge(other.seconds);
+    }
+
+    fn finish(&mut self) {
+        self.seconds.sort_long();
+    }
+
+    /// The figures, with length buckets over `bounds_ms` counted from the
+    /// per-second lengths (exact for whole-second bounds; the caller
+    /// recounts others). `open_sessions` is left for the caller.
+    fn figures(&self, from_day: i32, bounds_ms: &[i64]) -> BoardFigures {
+        let mut length_buckets = vec![0; bounds_ms.len() + 1];
+        if whole_seconds(bounds_ms) {
+            let mut below_previous = 0;
+            for (bucket, &bound) in length_buckets.iter_mut().zip(bounds_ms) {
+                let below = self.seconds.count_below((bound / 1_000) as u64);
+                *bucket = below - below_previous;
+                below_previous = below;
+            }
+            length_buckets[bounds_ms.len()] = self.sessions - below_previous;
+        }
+        BoardFigures {
+            from_day,
+            days: self.days.clone(),
+            length_buckets,
+            sessions: self.sessions,
+            users: self.users,
+            total_length_ms: self.total_length_ms,
+            median_length_ms: self.seconds.percentile(self.sessions, 50),
+            p90_length_ms: self.seconds.percentile(self.sessions, 90),
+            sessions_per_user: self.sessions_per_user,
+            single_event_sessions: self.single_event_sessions,
+            open_sessions: 0,
+        }
+    }
+}
+
 /// Session lengths in whole seconds, for exact (to the second) percentiles
 /// in one pass and bounded memory.
 #[derive(Debug, Default)]
@@ -382,9 +599,32 @@ impl LengthSeconds {
         }
     }
 
+    /// Sorts the lengths beyond the dense range: needed by the queries below.
+    fn sort_long(&mut self) {
+        self.long.sort_unstable();
+    }
+
+    fn merge(&mut self, other: LengthSeconds) {
+        if self.dense.is_empty() {
+            self.dense = other.dense;
+        } else {
+            for (ours, theirs) in self.dense.iter_mut().zip(other.dense) {
+                *ours += theirs;
+            }
+        }
+        self.long.extend(other.long);
+    }
+
+    /// Lengths under `seconds` (`long` sorted).
+    fn count_below(&self, seconds: u64) -> u64 {
+        let dense_end = (seconds as usize).min(self.dense.len());
+        let dense: u64 = self.dense[..dense_end].iter().sum();
+        dense + self.long.partition_point(|&s| (s as u64) < seconds) as u64
+    }
+
     /// The nearest-rank `percent` percentile (the value at rank
-    /// `ceil(percent / 100 * count)`), in ms, whole seconds.
-    fn percentile(&mut self, count: u64, percent: u64) -> Option<i64> {
+    /// `ceil(percent / 100 * count)`), in ms, whole seconds (`long` sorted).
+    fn percentile(&self, count: u64, percent: u64) -> Option<i64> {
         if count == 0 {
             return None;
         }
@@ -396,7 +636,6 @@ impl LengthSeconds {
                 return Some(seconds as i64 * 1_000);
             }
         }
-        self.long.sort_unstable();
         let index = (rank - seen - 1) as usize;
         self.long.get(index).map(|seconds| seconds * 1_000)
     }
@@ -485,6 +724,7 @@ mod tests {
         for length_ms in [2 * DAY_MS, 1_500, 3 * DAY_MS + 999] {
             seconds.add(length_ms);
         }
+        seconds.sort_long();
         assert_eq!(seconds.percentile(3, 50), Some(2 * DAY_MS));
         assert_eq!(seconds.percentile(3, 90), Some(3 * DAY_MS));
         assert_eq!(seconds.percentile(3, 10), Some(1_000));
@@ -510,5 +750,99 @@ mod tests {
         assert_eq!(board.cohort(1, &filter), vec![&UserKey::User("a".into())]);
         let one = CohortFilter { min_sessions: 1, ..filter };
         assert_eq!(board.cohort(1, &one).len(), 2);
+    }
+
+    /// The figures computed naively from a flat list of sessions.
+    fn naive(sessions: &[BoardSession], from_day: i32, to_day: i32, bounds_ms: &[i64]) -> BoardFigures {
+        let in_range: Vec<&BoardSession> = sessions
+            .iter()
+            .filter(|s| (from_day..=to_day).contains(&(s.session_id.div_euclid(DAY_MS) as i32)))
+            .collect();
+        let mut days = vec![DayFigures::default(); (to_day - from_day + 1) as usize];
+        let mut users_per_day = vec![std::collections::BTreeSet::new(); days.len()];
+        let mut per_user: HashMap<&UserKey, u64> = HashMap::new();
+        let mut length_buckets = vec![0; bounds_ms.len() + 1];
+        for s in &in_range {
+            let index = (s.session_id.div_euclid(DAY_MS) as i32 - from_day) as usize;
+            days[index].sessions += 1;
+            days[index].total_length_ms += s.length_ms;
+            users_per_day[index].insert(&s.user);
+            *per_user.entry(&s.user).or_default() += 1;
+            length_buckets[bounds_ms.iter().filter(|&&b| b <= s.length_ms).count()] += 1;
+        }
+        for (day, users) in days.iter_mut().zip(&users_per_day) {
+            day.users = users.len() as u64;
+        }
+        let mut seconds: Vec<i64> = in_range.iter().map(|s| s.length_ms.max(0) / 1_000 * 1_000).collect();
+        seconds.sort_unstable();
+        let rank =
+            |percent: usize| (!seconds.is_empty()).then(|| seconds[(percent * seconds.len()).div_ceil(100).max(1) - 1]);
+        let mut sessions_per_user = [0; SESSIONS_PER_USER_BUCKETS.len()];
+        for &n in per_user.values() {
+            sessions_per_user[SESSIONS_PER_USER_BUCKETS.iter().position(|&(_, l, h)| (l..=h).contains(&n)).unwrap()] +=
+                1;
+        }
+        BoardFigures {
+            from_day,
+            days,
+            length_buckets,
+            sessions: in_range.len() as u64,
+            users: per_user.len() as u64,
+            total_length_ms: in_range.iter().map(|s| s.length_ms).sum(),
+            median_length_ms: rank(50),
+            p90_length_ms: rank(90),
+            sessions_per_user,
+            single_event_sessions: in_range.iter().filter(|s| s.event_count == 1).count() as u64,
+            open_sessions: sessions.iter().filter(|s| !s.concluded).count() as u64,
+        }
+    }
+
+    #[test]
+    fn split_and_cached_passes_equal_the_naive_figures_for_any_bounds() {
+        // Enough sessions for a pass split across threads, with lengths
+        // beyond a day (the sorted tail) and ms that straddle bounds.
+        let mut state = 7u64;
+        let mut next = move |n: u64| {
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) % n
+        };
+        let mut sessions = Vec::new();
+        let mut starts = std::collections::HashSet::new();
+        while sessions.len() < PARALLEL_PASS_MIN_SESSIONS as usize + 20_000 {
+            let user = format!("u{}", next(5_000) * next(40) / 39);
+            let start_ms = DAY0 + next(20) as i64 * DAY_MS + next(DAY_MS as u64) as i64;
+            if !starts.insert((user.clone(), start_ms)) {
+                continue;
+            }
+            let length_ms = match next(10) {
+                0 => 0,
+                1 => next(3 * DAY_MS as u64) as i64,
+                _ => next(4_000_000) as i64,
+            };
+            sessions.push(session(&user, start_ms, length_ms, 1 + next(3), next(50) != 0));
+        }
+        let mut board = Board::default();
+        board.set_project_time_zone(1, "UTC");
+        for s in &sessions {
+            board.load(s);
+        }
+        let bounds_sets: [&[i64]; 4] =
+            [&[], &[10_000, 30_000, 60_000, 3_600_000, 7_200_000], &[1, 999, 10_500, 86_400_001], &[172_800_000]];
+        for (from, to) in [(19_723, 19_742), (19_725, 19_731), (19_700, 19_723), (19_750, 19_760)] {
+            for bounds in bounds_sets {
+                // The second call of a range is answered from the cached pass.
+                let expected = naive(&sessions, from, to, bounds);
+                assert_eq!(board.figures(1, from, to, bounds), expected);
+                assert_eq!(board.figures(1, from, to, bounds), expected);
+            }
+        }
+        // A change invalidates the cached pass.
+        let before = board.figures(1, 19_723, 19_742, &[]);
+        let extra = session("new", DAY0 + 5 * DAY_MS, 1_000, 1, true);
+        board.apply(&change(1, extra.clone(), false));
+        sessions.push(extra);
+        let after = board.figures(1, 19_723, 19_742, &[]);
+        assert_eq!(after.sessions, before.sessions + 1);
+        assert_eq!(after, naive(&sessions, 19_723, 19_742, &[]));
     }
 }
