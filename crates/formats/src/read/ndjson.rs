@@ -684,8 +684,10 @@ impl NdjsonReader {
         }
         let (fields, skip_invalid) = (&self.fields, self.skips.skip_invalid);
         let results: Vec<_> = std::thread::scope(|scope| {
-            let workers: Vec<_> =
-                blocks[1..used].iter().map(|block| scope.spawn(move || block.parse(fields, skip_invalid))).collect();
+            let workers: Vec<_> = blocks[used.min(1)..used]
+                .iter()
+                .map(|block| scope.spawn(move || block.parse(fields, skip_invalid)))
+                .collect();
             let first = blocks[..used.min(1)].iter().map(|block| block.parse(fields, skip_invalid));
             let rest = workers
                 .into_iter()

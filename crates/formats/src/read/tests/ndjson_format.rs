@@ -325,3 +325,18 @@ fn a_utf8_bom_on_the_first_line_is_ignored() {
     let path = write_file(&dir, "bom2.ndjson", format!("{GOOD}\n\u{feff}{GOOD}\n"));
     assert!(read_err(&path).starts_with(&format!("{}:2: invalid JSON: ", path.display())));
 }
+
+/// Found by the `ndjson_reader` fuzz target: with more than one thread, a
+/// file without a single event (empty, or only blank lines) made the parallel
+/// reader slice its blocks as `[1..0]` and panic.
+#[test]
+fn a_file_without_events_reads_as_empty_with_threads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, content) in [("empty.ndjson", ""), ("crs.ndjson", "\r\r"), ("blank.ndjson", "\n\r\n\n")] {
+        let path = write_file(&dir, name, content);
+        for threads in [1, 2, 3] {
+            let options = ReadOptions { threads, ..ReadOptions::default() };
+            assert_eq!(read_all(&path, &options).map_err(|e| e.to_string()), Ok(vec![]), "{name:?}, {threads} threads");
+        }
+    }
+}
