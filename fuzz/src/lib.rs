@@ -63,8 +63,11 @@ pub const MAX_INPUT_BYTES: usize = 256 * 1024;
 /// The server clock every target uses: 2026-01-05T09:00:00Z.
 pub const NOW_MS: i64 = 1_767_603_600_000;
 
+/// A target's body.
+pub type Body = fn(&[u8]);
+
 /// The targets, by name: the fuzz target, its corpus directory and its body.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Body)] = &[
     ("native_body", native_body),
     ("amplitude", amplitude),
     ("segment", segment),
@@ -230,7 +233,7 @@ fn check_events(target: &str, events: &[NewEvent], max_events: usize) {
         assert!(!event.event_type.trim().is_empty(), "{target}: empty event_type");
         assert!(event.event_type.len() <= sessionizer_engine::MAX_EVENT_TYPE_BYTES, "{target}: long event_type");
         assert!(
-            event.time_ms >= 0 && event.time_ms >= NOW_MS - MAX_AGE_MS && event.time_ms <= NOW_MS + MAX_FUTURE_MS,
+            event.time_ms >= NOW_MS - MAX_AGE_MS && event.time_ms <= NOW_MS + MAX_FUTURE_MS,
             "{target}: time {} outside the accepted window",
             event.time_ms
         );
