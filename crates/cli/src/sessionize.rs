@@ -401,7 +401,7 @@ fn sessionize_parallel(
     threads: usize,
 ) -> BatchSessions {
     let parts = threads.clamp(1, 16).min(events.user_count.max(1) as usize);
-    let bounds: Vec<u32> = (0..=parts).map(|part| (events.user_count as usize * part / parts) as u32).collect();
+    let bounds = balanced_user_bounds(events, parts);
     let results = run_parts(parts, |part| sessionize_users(events, rules, options, bounds[part]..bounds[part + 1]));
     let mut merged = BatchSessions::default();
     for result in results {
@@ -420,6 +420,28 @@ fn sessionize_parallel(
     }
     label_user_changes(events, rules, &mut merged.sessions);
     merged
+}
+
+/// `parts + 1` user bounds that give each part about the same number of
+/// events: activity is skewed (a few users have most events), so equal user
+/// counts would leave one thread with most of the work.
+fn balanced_user_bounds(events: &BatchEvents<'_>, parts: usize) -> Vec<u32> {
+    let mut per_user = vec![0u64; events.user_count as usize];
+    for &user in events.user {
+        per_user[user as usize] += 1;
+    }
+    let total = events.user.len() as u64;
+    let mut bounds = Vec::with_capacity(parts + 1);
+    bounds.push(0);
+    let mut seen = 0u64;
+    for (user, &count) in per_user.iter().enumerate() {
+        if bounds.len() < parts && seen >= total * bounds.len() as u64 / parts as u64 {
+            bounds.push(user as u32);
+        }
+        seen += count;
+    }
+    bounds.resize(parts + 1, events.user_count);
+    bounds
 }
 
 /// Runs `work(0..parts)`, on one thread per part when there is more than one.
