@@ -45,8 +45,8 @@ use sessionizer_store::{KeyRole, Store, StoreError};
 use tokio::sync::oneshot;
 
 pub use error::{ApiError, EventProblem};
-pub use rate_limit::RateLimits;
 pub use ingest::{decode_body, parse_batch};
+pub use rate_limit::RateLimits;
 pub use writer::Ingested;
 
 use crate::auth::Keys;
@@ -281,12 +281,7 @@ async fn export_events(
     headers: HeaderMap,
     query: Result<Query<ExportQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let project = state.authorize_read(&headers)?;
-    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let (from_ms, to_ms) = export_range(&query)?;
-    let (format, content_type) = query::export_format(query.format.as_deref())?;
-    let stream = state.readers.export_events(project, from_ms, to_ms, format).await?;
-    Ok(query::export_body(content_type, stream))
+    export(&state, &headers, query, Exported::Events).await
 }
 
 async fn export_sessions(
@@ -294,12 +289,34 @@ async fn export_sessions(
     headers: HeaderMap,
     query: Result<Query<ExportQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let project = state.authorize_read(&headers)?;
+    export(&state, &headers, query, Exported::Sessions).await
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Exported {
+    Events,
+    Sessions,
+}
+
+async fn export(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: Result<Query<ExportQuery>, axum::extract::rejection::QueryRejection>,
+    exported: Exported,
+) -> Result<Response, ApiError> {
+    let project = state.authorize_read(headers)?;
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let (from_ms, to_ms) = export_range(&query)?;
     let (format, content_type) = query::export_format(query.format.as_deref())?;
-    let stream = state.readers.export_sessions(project, from_ms, to_ms, format).await?;
-    Ok(query::export_body(content_type, stream))
+    let response = match exported {
+        Exported::Events => {
+            query::export_body(content_type, state.readers.export_events(project, from_ms, to_ms, format).await?)
+        }
+        Exported::Sessions => {
+            query::export_body(content_type, state.readers.export_sessions(project, from_ms, to_ms, format).await?)
+        }
+    };
+    Ok(response)
 }
 
 async fn healthz() -> &'static str {

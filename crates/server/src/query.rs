@@ -222,43 +222,58 @@ async fn stats_range(State(state): State<AppState>, headers: HeaderMap) -> Resul
     Ok(json_response(body))
 }
 
-async fn stats_daily(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    query: Result<Query<RangeQuery>, QueryRejection>,
+/// The board's figures for the request's day range, shaped by `answer`: the
+/// one path of the three statistics routes.
+async fn board_figures(
+    state: &AppState,
+    headers: &HeaderMap,
+    (from, to): (Option<String>, Option<String>),
+    bounds_ms: Vec<i64>,
+    answer: impl FnOnce(&Project, &DayRange, &sessionizer_store::BoardFigures, &[i64]) -> Value + Send + 'static,
 ) -> Result<Response, ApiError> {
-    let project = state.authorize_read(&headers)?;
-    let Query(query) = query.map_err(bad_query)?;
+    let project = state.authorize_read(headers)?;
     let board = state.board.clone();
     let body = state
         .readers
         .run(move |store| {
             let project = project_of(store, project)?;
-            let range = day_range(query.from.as_deref(), query.to.as_deref(), &time_zone_of(&project), now_ms())?;
-            let figures = board.read(store, |b| b.figures(project.id, range.from_day, range.to_day, &[]))?;
-            let days: Vec<Value> = figures
-                .days
-                .iter()
-                .enumerate()
-                .map(|(i, day)| {
-                    json!({
-                        "date": date_of_day(range.from_day + i as i32).to_string(),
-                        "sessions": day.sessions,
-                        "total_length_ms": day.total_length_ms,
-                        "users": day.users,
-                        "avg_length_ms": average(day.total_length_ms, day.sessions),
-                    })
-                })
-                .collect();
-            Ok(json!({
-                "from": range.from.to_string(),
-                "to": range.to.to_string(),
-                "time_zone": project.settings.time_zone,
-                "days": days,
-            }))
+            let range = day_range(from.as_deref(), to.as_deref(), &time_zone_of(&project), now_ms())?;
+            let figures = board.read(store, |b| b.figures(project.id, range.from_day, range.to_day, &bounds_ms))?;
+            Ok(answer(&project, &range, &figures, &bounds_ms))
         })
         .await?;
     Ok(json_response(body))
+}
+
+async fn stats_daily(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<RangeQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(bad_query)?;
+    board_figures(&state, &headers, (query.from, query.to), Vec::new(), |project, range, figures, _| {
+        let days: Vec<Value> = figures
+            .days
+            .iter()
+            .enumerate()
+            .map(|(i, day)| {
+                json!({
+                    "date": date_of_day(range.from_day + i as i32).to_string(),
+                    "sessions": day.sessions,
+                    "total_length_ms": day.total_length_ms,
+                    "users": day.users,
+                    "avg_length_ms": average(day.total_length_ms, day.sessions),
+                })
+            })
+            .collect();
+        json!({
+            "from": range.from.to_string(),
+            "to": range.to.to_string(),
+            "time_zone": project.settings.time_zone,
+            "days": days,
+        })
+    })
+    .await
 }
 
 /// Mean in whole ms, rounded half up; 0 with no sessions.
@@ -293,34 +308,21 @@ async fn stats_length_distribution(
     headers: HeaderMap,
     query: Result<Query<DistributionQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let project = state.authorize_read(&headers)?;
     let Query(query) = query.map_err(bad_query)?;
     let bounds = parse_bounds(query.bounds_ms.as_deref())?;
-    let board = state.board.clone();
-    let body = state
-        .readers
-        .run(move |store| {
-            let project = project_of(store, project)?;
-            let range = day_range(query.from.as_deref(), query.to.as_deref(), &time_zone_of(&project), now_ms())?;
-            let figures = board.read(store, |b| b.figures(project.id, range.from_day, range.to_day, &bounds))?;
-            let buckets: Vec<Value> = figures
-                .length_buckets
-                .iter()
-                .enumerate()
-                .map(|(i, &sessions)| {
-                    let min = if i == 0 { 0 } else { bounds[i - 1] };
-                    json!({"min_length_ms": min, "max_length_ms": bounds.get(i), "sessions": sessions})
-                })
-                .collect();
-            Ok(json!({
-                "from": range.from.to_string(),
-                "to": range.to.to_string(),
-                "bounds_ms": bounds,
-                "buckets": buckets,
-            }))
-        })
-        .await?;
-    Ok(json_response(body))
+    board_figures(&state, &headers, (query.from, query.to), bounds, |_, range, figures, bounds| {
+        let buckets: Vec<Value> = figures
+            .length_buckets
+            .iter()
+            .enumerate()
+            .map(|(i, &sessions)| {
+                let min = if i == 0 { 0 } else { bounds[i - 1] };
+                json!({"min_length_ms": min, "max_length_ms": bounds.get(i), "sessions": sessions})
+            })
+            .collect();
+        json!({"from": range.from.to_string(), "to": range.to.to_string(), "bounds_ms": bounds, "buckets": buckets})
+    })
+    .await
 }
 
 async fn stats_summary(
@@ -328,37 +330,29 @@ async fn stats_summary(
     headers: HeaderMap,
     query: Result<Query<RangeQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let project = state.authorize_read(&headers)?;
     let Query(query) = query.map_err(bad_query)?;
-    let board = state.board.clone();
-    let body = state
-        .readers
-        .run(move |store| {
-            let project = project_of(store, project)?;
-            let range = day_range(query.from.as_deref(), query.to.as_deref(), &time_zone_of(&project), now_ms())?;
-            let f = board.read(store, |b| b.figures(project.id, range.from_day, range.to_day, &[]))?;
-            let distribution: Vec<Value> = SESSIONS_PER_USER_BUCKETS
-                .iter()
-                .zip(f.sessions_per_user)
-                .map(|(&(label, _, _), users)| json!({"label": label, "users": users}))
-                .collect();
-            let ratio = |part: u64, whole: u64| if whole == 0 { 0.0 } else { part as f64 / whole as f64 };
-            Ok(json!({
-                "from": range.from.to_string(),
-                "to": range.to.to_string(),
-                "sessions": f.sessions,
-                "users": f.users,
-                "total_length_ms": f.total_length_ms,
-                "avg_length_ms": average(f.total_length_ms, f.sessions),
-                "median_length_ms": f.median_length_ms,
-                "p90_length_ms": f.p90_length_ms,
-                "sessions_per_user": {"mean": ratio(f.sessions, f.users), "distribution": distribution},
-                "single_event_share": ratio(f.single_event_sessions, f.sessions),
-                "open_sessions": f.open_sessions,
-            }))
+    board_figures(&state, &headers, (query.from, query.to), Vec::new(), |_, range, f, _| {
+        let distribution: Vec<Value> = SESSIONS_PER_USER_BUCKETS
+            .iter()
+            .zip(f.sessions_per_user)
+            .map(|(&(label, _, _), users)| json!({"label": label, "users": users}))
+            .collect();
+        let ratio = |part: u64, whole: u64| if whole == 0 { 0.0 } else { part as f64 / whole as f64 };
+        json!({
+            "from": range.from.to_string(),
+            "to": range.to.to_string(),
+            "sessions": f.sessions,
+            "users": f.users,
+            "total_length_ms": f.total_length_ms,
+            "avg_length_ms": average(f.total_length_ms, f.sessions),
+            "median_length_ms": f.median_length_ms,
+            "p90_length_ms": f.p90_length_ms,
+            "sessions_per_user": {"mean": ratio(f.sessions, f.users), "distribution": distribution},
+            "single_event_share": ratio(f.single_event_sessions, f.sessions),
+            "open_sessions": f.open_sessions,
         })
-        .await?;
-    Ok(json_response(body))
+    })
+    .await
 }
 
 #[derive(Debug, serde::Deserialize)]
