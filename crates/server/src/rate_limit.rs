@@ -22,7 +22,10 @@ pub struct RateLimits {
 
 impl Default for RateLimits {
     fn default() -> Self {
-        RateLimits { ingest_events_per_s: DEFAULT_INGEST_EVENTS_PER_S, read_requests_per_s: DEFAULT_READ_REQUESTS_PER_S }
+        RateLimits {
+            ingest_events_per_s: DEFAULT_INGEST_EVENTS_PER_S,
+            read_requests_per_s: DEFAULT_READ_REQUESTS_PER_S,
+        }
     }
 }
 
