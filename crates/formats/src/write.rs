@@ -218,7 +218,7 @@ impl<R: Row> Writer<R> {
     fn to_writer(format: FileFormat, out: Box<dyn Write + Send>) -> Result<Self, WriteError> {
         let format = match format {
             FileFormat::Ndjson => Format::Ndjson(NdjsonOut::new(out)),
-            FileFormat::Csv => Format::Csv(Box::new(CsvOut::new(out, R::COLUMNS)?)),
+            FileFormat::Csv => Format::Csv(Box::new(CsvOut::new(out, R::COLUMNS)?).for_spreadsheets()),
             #[cfg(feature = "parquet")]
             FileFormat::Parquet => Format::Parquet(Box::new(parquet_out::ParquetOut::new(out, R::COLUMNS)?)),
             #[cfg(not(feature = "parquet"))]
@@ -381,6 +381,10 @@ impl Visit for JsonVisit<'_> {
 /// CSV: a header row of the column names, then one record per row.
 struct CsvOut {
     writer: csv::Writer<Box<dyn Write>>,
+    /// Downloads (the server's streamed exports) are opened in spreadsheets:
+    /// a cell that would run as a formula gets a leading `'` (OWASP's advice).
+    /// Files written by the command line keep values exactly.
+    neutralize_formulas: bool,
 }
 
 fn csv_error(error: csv::Error) -> WriteError {
@@ -394,10 +398,19 @@ impl CsvOut {
     fn new(out: Box<dyn Write>, columns: &[(&str, Kind)]) -> Result<Self, WriteError> {
         let mut writer = csv::WriterBuilder::new().buffer_capacity(FLUSH_BYTES).from_writer(out);
         writer.write_record(columns.iter().map(|(name, _)| name)).map_err(csv_error)?;
-        Ok(Self { writer })
+        Ok(Self { writer, neutralize_formulas: false })
+    }
+
+    fn for_spreadsheets(mut self: Box<Self>) -> Box<Self> {
+        self.neutralize_formulas = true;
+        self
     }
 
     fn write_row<R: Row>(&mut self, row: &R) -> Result<(), WriteError> {
+        if self.neutralize_formulas {
+            row.visit(&mut SpreadsheetCsvVisit(&mut self.writer))?;
+            return self.writer.write_record(std::iter::empty::<&[u8]>()).map_err(csv_error);
+        }
         write_csv_row(&mut self.writer, row)
     }
 
@@ -414,6 +427,33 @@ fn write_csv_row<W: Write, R: Row>(writer: &mut csv::Writer<W>, row: &R) -> Resu
 }
 
 struct CsvVisit<'w, W: Write>(&'w mut csv::Writer<W>);
+
+/// [`CsvVisit`] for downloads: text that a spreadsheet would run as a formula
+/// (starting with `=`, `+`, `-`, `@`, tab or carriage return) gets a leading `'`.
+struct SpreadsheetCsvVisit<'w, W: Write>(&'w mut csv::Writer<W>);
+
+impl<W: Write> Visit for SpreadsheetCsvVisit<'_, W> {
+    fn str(&mut self, value: Option<&str>) -> Result<(), WriteError> {
+        match value {
+            Some(text) if text.starts_with(['=', '+', '-', '@', '\t', '\r']) => {
+                self.0.write_field(format!("'{text}")).map_err(csv_error)
+            }
+            other => CsvVisit(&mut *self.0).str(other),
+        }
+    }
+
+    fn i64(&mut self, value: Option<i64>) -> Result<(), WriteError> {
+        CsvVisit(&mut *self.0).i64(value)
+    }
+
+    fn u64(&mut self, value: u64) -> Result<(), WriteError> {
+        CsvVisit(&mut *self.0).u64(value)
+    }
+
+    fn bool(&mut self, value: bool) -> Result<(), WriteError> {
+        CsvVisit(&mut *self.0).bool(value)
+    }
+}
 
 impl<W: Write> Visit for CsvVisit<'_, W> {
     #[inline]

@@ -426,3 +426,44 @@ fn parallel_writer_with_no_sessions_writes_an_empty_file_of_the_format() {
     write_session_rows(Some(&path), 0, &no_row, 2).expect("write");
     assert_eq!(std::fs::read_to_string(&path).expect("read"), "");
 }
+
+/// A `Write` into a shared buffer, for writers that take ownership of their output.
+#[derive(Clone, Default)]
+struct SharedBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for SharedBuffer {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn csv_downloads_neutralise_formulas_and_files_keep_values_exactly() {
+    let mut row = sessions()[0];
+    row.user_id = Some("=HYPERLINK(\"http://evil\")");
+    row.entry_page = Some("-2+3");
+    row.exit_page = Some("@SUM(A1)");
+    let buffer = SharedBuffer::default();
+    let mut download = session_writer_to(FileFormat::Csv, Box::new(buffer.clone())).unwrap();
+    download.write(&row).unwrap();
+    download.finish().unwrap();
+    let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+    let record = text.lines().nth(1).unwrap();
+    assert!(record.starts_with("\"'=HYPERLINK(\"\"http://evil\"\")\""), "{record}");
+    assert!(record.contains(",'-2+3,") && record.contains(",'@SUM(A1)"), "{record}");
+    // Numbers are numbers, never quoted.
+    assert!(record.contains(&format!(",{},", row.start_ms)), "{record}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sessions.csv");
+    let mut file = create_session_writer(Some(&path)).unwrap();
+    file.write(&row).unwrap();
+    file.finish().unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.lines().nth(1).unwrap().contains(",-2+3,"), "the command line's files keep values: {text}");
+}
