@@ -29,6 +29,21 @@ net.Socket.prototype.connect = function guardedConnect(...args) {
 };
 for (const name of ['HTTP_PROXY', 'HTTPS_PROXY', 'http_proxy', 'https_proxy']) delete process.env[name];
 
+// ---- Chromium ----
+
+/** Chromium flags for headless tests that may reach loopback only: anything else fails inside the browser. */
+export const LOOPBACK_ONLY_CHROMIUM_ARGS = [
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--proxy-server=http://127.0.0.1:9',
+  '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1',
+];
+
 // ---- The server ----
 
 const BIN = process.env.SESSIONIZER_BIN;

@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { createRequire } from 'node:module';
 import { test } from 'node:test';
-import { blockedConnections, checkSessions, MINUTE, sleep, startServer } from '../lib.mjs';
+import { blockedConnections, checkSessions, LOOPBACK_ONLY_CHROMIUM_ARGS, MINUTE, sleep, startServer } from '../lib.mjs';
 
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const require = createRequire(import.meta.url);
@@ -64,18 +64,7 @@ test('browser SDKs in headless Chromium, from another origin', { timeout: 90_000
   context = await chromium.launchPersistentContext(profile, {
     executablePath: CHROMIUM,
     headless: true,
-    args: [
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-      // Anything but loopback fails inside Chromium (and is listed below).
-      '--proxy-server=http://127.0.0.1:9',
-      '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1',
-    ],
+    args: LOOPBACK_ONLY_CHROMIUM_ARGS,
   });
   const failed = [];
   const consoleErrors = [];

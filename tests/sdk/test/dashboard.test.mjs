@@ -20,6 +20,7 @@ import {
   sendEvents,
   sleep,
   startServer,
+  LOOPBACK_ONLY_CHROMIUM_ARGS,
 } from '../lib.mjs';
 
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
@@ -142,18 +143,7 @@ async function launch() {
   return chromium.launch({
     executablePath: CHROMIUM,
     headless: true,
-    args: [
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-      // Anything but loopback fails.
-      '--proxy-server=http://127.0.0.1:9',
-      '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1',
-    ],
+    args: LOOPBACK_ONLY_CHROMIUM_ARGS,
   });
 }
 

@@ -17,7 +17,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { gzipSync } from 'node:zlib';
 import { test } from 'node:test';
-import { blockedConnections, MINUTE, sleep, startProxy, startServer } from '../lib.mjs';
+import { blockedConnections, LOOPBACK_ONLY_CHROMIUM_ARGS, MINUTE, sleep, startProxy, startServer } from '../lib.mjs';
 
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const SOURCE = path.join(path.dirname(fileURLToPath(import.meta.url)), '../../../crates/server/assets/sdk/sessionizer.js');
@@ -33,17 +33,7 @@ async function launch() {
   return chromium.launch({
     executablePath: CHROMIUM,
     headless: true,
-    args: [
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-      '--proxy-server=http://127.0.0.1:9',
-      '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1',
-    ],
+    args: LOOPBACK_ONLY_CHROMIUM_ARGS,
   });
 }
 
