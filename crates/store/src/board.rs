@@ -311,11 +311,6 @@ impl Board {
         self.changed();
     }
 
-    /// The day `ms` falls on in the project's time zone.
-    pub fn day_of(&self, project: i64, ms: i64) -> i32 {
-        self.projects.get(&project).map_or(ms.div_euclid(DAY_MS) as i32, |p| p.day_of(ms))
-    }
-
     /// Every board figure of `project` for days `from_day..=to_day`, with the
     /// length distribution over `bounds_ms` (increasing, positive).
     pub fn figures(&self, project: i64, from_day: i32, to_day: i32, bounds_ms: &[i64]) -> BoardFigures {

@@ -27,7 +27,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use sessionizer_engine::{ChangeKind, EventClass, SessionChange, SessionRecord, UserKey};
 use uuid::Uuid;
 
-pub use board::{Board, BoardFigures, CohortFilter, DayFigures, SESSIONS_PER_USER_BUCKETS, day_in};
+pub use board::{Board, BoardFigures, CohortFilter, DayFigures, SESSIONS_PER_USER_BUCKETS};
 pub use keys::{KeyHash, KeyRole, MAX_KEY_BYTES, constant_time_eq, hash_key};
 pub use queries::{ChangeRecord, SessionCursor, SessionFilter};
 pub use rebuild::sessionize_stored;
