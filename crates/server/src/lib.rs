@@ -242,6 +242,7 @@ pub(crate) async fn submit_events(
     state.writer.submit(WriteRequest { project, events, reply }).inspect_err(|error| {
         let reason = if matches!(error, ApiError::Busy) { RejectReason::Busy } else { RejectReason::Unavailable };
         state.metrics.reject(reason, count);
+        state.ingest_limit.refund(project, count);
     })?;
     let result = answer.await.map_err(|_| ApiError::Unavailable("the writer stopped".into()))?;
     result.inspect_err(|error| {

@@ -71,6 +71,20 @@ impl Limiter {
     }
 }
 
+impl Limiter {
+    /// Gives back tokens taken for a request that was then refused for
+    /// another reason (a full write queue): only what was stored counts.
+    pub(crate) fn refund(&self, project: i64, cost: u64) {
+        if self.per_s == 0.0 {
+            return;
+        }
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(bucket) = buckets.get_mut(&project) {
+            bucket.tokens = (bucket.tokens + (cost as f64).min(self.burst)).min(self.burst);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,5 +102,11 @@ mod tests {
         assert!(limiter.take(1, 1_000, start + Duration::from_secs(10)).is_ok());
         assert!(limiter.take(1, 1, start + Duration::from_secs(10)).is_err());
         assert!(Limiter::new(0).take(1, u64::MAX, start).is_ok(), "0 turns the limit off");
+        // A refund makes the tokens of a refused request available again.
+        let later = start + Duration::from_secs(20);
+        assert!(limiter.take(3, 20, later).is_ok());
+        assert!(limiter.take(3, 20, later).is_err());
+        limiter.refund(3, 20);
+        assert!(limiter.take(3, 20, later).is_ok());
     }
 }
