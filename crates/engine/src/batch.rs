@@ -6,7 +6,7 @@
 
 use std::ops::Range;
 
-use crate::config::{EventClass, SessionRules};
+use crate::config::{EventClass, SessionRules, Window};
 use crate::scan::{EndReason, ScanState, Span, Step};
 
 /// Marks an event with no device in [`BatchEvents::device`].
@@ -30,6 +30,9 @@ pub struct BatchEvents<'a> {
     /// Each row's [`crate::client_session_key`] (0 for none), used only with
     /// client-session splits; may be empty when no row has one.
     pub client_session: &'a [u64],
+    /// Each row's [`SessionRules::window_of`]; may be empty when the rules
+    /// have no platform rules (every event then has the plain timeout).
+    pub window: &'a [Window],
     /// [`crate::tiebreak`] of a row. Called only for events that share their
     /// user, time and class with another (rare with millisecond times), so the
     /// caller need not hash every event.
@@ -61,6 +64,11 @@ pub struct BatchSession {
     /// Row of the last active event.
     pub exit_event: u32,
     pub end_reason: EndReason,
+    /// The window of the last active event: the session is over once `end_ms
+    /// + window.length_ms` has passed.
+    pub window: Window,
+    /// Time in the foreground (the length minus the time after background events).
+    pub active_ms: i64,
 }
 
 impl BatchSession {
@@ -121,7 +129,7 @@ impl SortKey {
 /// there are more than [`MAX_BATCH_EVENTS`] rows: callers build these columns.
 pub fn sessionize_batch(events: &BatchEvents<'_>, rules: &SessionRules, options: BatchOptions) -> BatchSessions {
     let mut result = sessionize_users(events, rules, options, 0..events.user_count);
-    label_user_changes(events, rules, &mut result.sessions);
+    label_user_changes(events, &mut result.sessions);
     result
 }
 
@@ -150,7 +158,7 @@ pub fn sessionize_users(
     for (local, user) in users.enumerate() {
         let segment = &keys[offsets[local]..offsets[local + 1]];
         if !segment.is_empty() {
-            scan_user(user, segment, rules, events.client_session, &mut result);
+            scan_user(user, segment, rules, events, &mut result);
         }
     }
     result
@@ -214,8 +222,9 @@ fn order_ties(segment: &mut [SortKey], tiebreak: &(dyn Fn(u32) -> u64 + Sync)) {
     }
 }
 
-fn scan_user(user: u32, keys: &[SortKey], rules: &SessionRules, client_session: &[u64], result: &mut BatchSessions) {
+fn scan_user(user: u32, keys: &[SortKey], rules: &SessionRules, events: &BatchEvents<'_>, result: &mut BatchSessions) {
     let mut state = ScanState::default();
+    let plain = rules.plain_window();
     let session_of = |span: Span, end_reason: EndReason| BatchSession {
         user,
         start_ms: span.start_ms,
@@ -225,10 +234,13 @@ fn scan_user(user: u32, keys: &[SortKey], rules: &SessionRules, client_session: 
         entry_event: keys[span.entry_pos].row,
         exit_event: keys[span.exit_pos].row,
         end_reason,
+        window: span.window,
+        active_ms: span.active_ms,
     };
     for &key in keys {
-        let client = client_session.get(key.row as usize).copied().unwrap_or(0);
-        match state.step(rules, key.time_ms(), key.active(), client) {
+        let client = events.client_session.get(key.row as usize).copied().unwrap_or(0);
+        let window = events.window.get(key.row as usize).copied().unwrap_or(plain);
+        match state.step(rules, key.time_ms(), key.active(), client, window) {
             Step::Opened(closed) => {
                 if let Some((span, reason)) = closed {
                     result.sessions.push(session_of(span, reason));
@@ -246,14 +258,14 @@ fn scan_user(user: u32, keys: &[SortKey], rules: &SessionRules, client_session: 
         }
     }
     if let Some(&span) = state.open_span() {
-        result.sessions.push(session_of(span, EndReason::Inactivity));
+        result.sessions.push(session_of(span, EndReason::after(span.window.hold)));
     }
 }
 
 /// A session that ended by inactivity ends by user change instead when another
 /// user's active event happened on the device of its last event within the
-/// timeout after it. Needs every user's sessions (a device is shared across users).
-pub fn label_user_changes(events: &BatchEvents<'_>, rules: &SessionRules, sessions: &mut [BatchSession]) {
+/// session's window after it. Needs every user's sessions (a device is shared across users).
+pub fn label_user_changes(events: &BatchEvents<'_>, sessions: &mut [BatchSession]) {
     if events.device.is_empty() {
         return;
     }
@@ -270,7 +282,7 @@ pub fn label_user_changes(events: &BatchEvents<'_>, rules: &SessionRules, sessio
         let next = device_times.partition_point(|&(d, t)| (d, t) <= (device, session.end_ms));
         if let Some(&(d, t)) = device_times.get(next)
             && d == device
-            && t - session.end_ms < rules.timeout_ms()
+            && t - session.end_ms < session.window.length_ms
         {
             // Within the timeout after `end_ms` this user had no active event (or
             // the session would have continued), so the event is another user's.

@@ -34,6 +34,24 @@ pub const MAX_EVENT_TYPE_BYTES: usize = 1_024;
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1_000;
 
+/// How long an app session stays open with the app in the foreground and no
+/// event at all before it is taken for dead (killed without a background
+/// event): 30 minutes, the web default.
+pub const DEFAULT_DEAD_APP_LIMIT_MS: i64 = 30 * 60 * 1_000;
+/// Bound on the platforms one project names rules for.
+pub const MAX_PLATFORMS: usize = 32;
+/// Bound on the length of a platform name.
+pub const MAX_PLATFORM_BYTES: usize = 64;
+
+/// App lifecycle events that send the app to the background (or end the
+/// client's session), by default: Segment's, Amplitude's and sessionizer's own.
+/// Foreground events need no list: any active event that is not a background
+/// event shows the app in the foreground (`Application Opened`,
+/// `Application Foregrounded`, `session_start`, `App Foregrounded`, but also a
+/// screen view after a lost foreground event).
+pub const DEFAULT_BACKGROUND_EVENT_TYPES: [&str; 4] =
+    ["Application Backgrounded", "session_end", "[Amplitude] Application Backgrounded", "App Backgrounded"];
+
 /// Event types that neither open nor extend a session unless configured otherwise:
 /// server-side and identity events that say nothing about the user being active.
 pub const DEFAULT_EXCLUDED_EVENT_TYPES: [&str; 8] = [
@@ -68,6 +86,12 @@ pub enum ConfigError {
     TooManyEventTypes,
     #[error("a per-user or user bound must be at least 1")]
     ZeroBound,
+    #[error("dead-app limit must be between 1 second and 7 days (got {dead_app_limit_ms} ms)")]
+    DeadAppLimitOutOfRange { dead_app_limit_ms: i64 },
+    #[error("platform {platform:?}: {reason}")]
+    InvalidPlatform { platform: String, reason: String },
+    #[error("more than {MAX_PLATFORMS} platforms have rules")]
+    TooManyPlatforms,
 }
 
 /// Where sessions split: the inactivity timeout and the optional extra splits.
@@ -77,6 +101,46 @@ pub struct SessionRules {
     max_length_ms: Option<i64>,
     midnight_time_zone: Option<TimeZone>,
     client_session_splits: bool,
+    /// Per-platform rules, sorted by name; empty for most projects.
+    platforms: Vec<(Box<str>, PlatformRules)>,
+    /// With lifecycle: how long a foreground app may go without any event.
+    dead_app_limit_ms: i64,
+    background_event_types: HashSet<Box<str>>,
+    /// The largest window any event can have: islands of the live engine are
+    /// runs of events closer than this (see [`SessionRules::join_distance_ms`]).
+    join_distance_ms: i64,
+}
+
+/// The session rules of one platform (`ios`, `android`, `web`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlatformRules {
+    /// Inactivity timeout of the platform; with lifecycle, how long after a
+    /// background event a return continues the session.
+    pub timeout_ms: i64,
+    /// App lifecycle events drive sessions: while in the foreground a session
+    /// stays open however long the user is idle (up to the dead-app limit).
+    pub lifecycle: bool,
+}
+
+/// What an active event says about how long its session stays open after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub enum Hold {
+    /// A plain event: the session stays open for the (platform's) timeout.
+    #[default]
+    Inactivity,
+    /// A lifecycle platform's app is in the foreground: the session stays
+    /// open until the dead-app limit.
+    Foreground,
+    /// The app went to the background: a return within the platform's
+    /// timeout continues the session.
+    Background,
+}
+
+/// How long after an active event its session stays open, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Window {
+    pub length_ms: i64,
+    pub hold: Hold,
 }
 
 impl SessionRules {
@@ -88,7 +152,7 @@ impl SessionRules {
         if timeout_ms > MAX_TIMEOUT_MS {
             return Err(ConfigError::TimeoutTooLarge { timeout_ms });
         }
-        Ok(SessionRules { timeout_ms, max_length_ms: None, midnight_time_zone: None, client_session_splits: false })
+        Ok(SessionRules { timeout_ms, join_distance_ms: timeout_ms, ..SessionRules::default() })
     }
 
     /// Also end a session once it would reach `max_length_ms`: an active event at
@@ -118,8 +182,116 @@ impl SessionRules {
         self
     }
 
+    /// Rules for events of one platform: its own timeout, and with
+    /// `lifecycle`, sessions driven by the app's foreground and background
+    /// events. Replaces earlier rules for the same platform.
+    pub fn with_platform(mut self, platform: &str, rules: PlatformRules) -> Result<SessionRules, ConfigError> {
+        let invalid =
+            |reason: &str| ConfigError::InvalidPlatform { platform: platform.to_string(), reason: reason.into() };
+        if platform.is_empty() || platform.len() > MAX_PLATFORM_BYTES {
+            return Err(invalid(&format!("a platform name has 1 to {MAX_PLATFORM_BYTES} bytes")));
+        }
+        if platform != platform.to_ascii_lowercase() {
+            return Err(invalid("platform names are lower case (SDK platforms are lower-cased on ingest)"));
+        }
+        match SessionRules::new(rules.timeout_ms) {
+            Ok(_) => {}
+            Err(error) => return Err(invalid(&error.to_string())),
+        }
+        match self.platforms.binary_search_by(|(name, _)| (**name).cmp(platform)) {
+            Ok(at) => self.platforms[at].1 = rules,
+            Err(at) => {
+                if self.platforms.len() >= MAX_PLATFORMS {
+                    return Err(ConfigError::TooManyPlatforms);
+                }
+                self.platforms.insert(at, (Box::from(platform), rules));
+            }
+        }
+        self.update_join_distance();
+        Ok(self)
+    }
+
+    /// How long a lifecycle platform's session stays open in the foreground
+    /// with no event at all [`DEFAULT_DEAD_APP_LIMIT_MS`].
+    pub fn with_dead_app_limit_ms(mut self, dead_app_limit_ms: i64) -> Result<SessionRules, ConfigError> {
+        if !(MIN_TIMEOUT_MS..=MAX_TIMEOUT_MS).contains(&dead_app_limit_ms) {
+            return Err(ConfigError::DeadAppLimitOutOfRange { dead_app_limit_ms });
+        }
+        self.dead_app_limit_ms = dead_app_limit_ms;
+        self.update_join_distance();
+        Ok(self)
+    }
+
+    /// The event types that send an app to the background (replacing
+    /// [`DEFAULT_BACKGROUND_EVENT_TYPES`]).
+    pub fn with_background_event_types<I>(mut self, names: I) -> Result<SessionRules, ConfigError>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        self.background_event_types = collect_event_types(names)?;
+        Ok(self)
+    }
+
+    fn update_join_distance(&mut self) {
+        let platforms = self.platforms.iter().map(|(_, rules)| {
+            if rules.lifecycle { rules.timeout_ms.max(self.dead_app_limit_ms) } else { rules.timeout_ms }
+        });
+        self.join_distance_ms = platforms.fold(self.timeout_ms, i64::max);
+    }
+
+    /// The inactivity timeout of events with no platform rules.
     pub fn timeout_ms(&self) -> i64 {
         self.timeout_ms
+    }
+
+    /// The largest [`Window`] any event can have. Active events at least this
+    /// far apart are always in different sessions.
+    pub fn join_distance_ms(&self) -> i64 {
+        self.join_distance_ms
+    }
+
+    /// Whether any platform has rules of its own.
+    pub fn has_platform_rules(&self) -> bool {
+        !self.platforms.is_empty()
+    }
+
+    pub fn platforms(&self) -> impl Iterator<Item = (&str, PlatformRules)> {
+        self.platforms.iter().map(|(name, rules)| (&**name, *rules))
+    }
+
+    pub fn dead_app_limit_ms(&self) -> i64 {
+        self.dead_app_limit_ms
+    }
+
+    pub fn background_event_types(&self) -> impl Iterator<Item = &str> {
+        self.background_event_types.iter().map(|name| &**name)
+    }
+
+    /// The window an active event of `event_type` on `platform` opens: a
+    /// later active event of the user within it continues the session.
+    pub fn window_of(&self, platform: Option<&str>, event_type: &str) -> Window {
+        let rules = platform
+            .and_then(|platform| self.platforms.binary_search_by(|(name, _)| (**name).cmp(platform)).ok())
+            .map(|at| self.platforms[at].1);
+        match rules {
+            None => Window { length_ms: self.timeout_ms, hold: Hold::Inactivity },
+            Some(PlatformRules { timeout_ms, lifecycle: false }) => {
+                Window { length_ms: timeout_ms, hold: Hold::Inactivity }
+            }
+            Some(PlatformRules { timeout_ms, lifecycle: true }) => {
+                if self.background_event_types.contains(event_type) {
+                    Window { length_ms: timeout_ms, hold: Hold::Background }
+                } else {
+                    Window { length_ms: self.dead_app_limit_ms, hold: Hold::Foreground }
+                }
+            }
+        }
+    }
+
+    /// The window of events when no platform has rules of its own.
+    pub(crate) fn plain_window(&self) -> Window {
+        Window { length_ms: self.timeout_ms, hold: Hold::Inactivity }
     }
 
     pub fn splits_on_client_session(&self) -> bool {
@@ -142,6 +314,10 @@ impl Default for SessionRules {
             max_length_ms: None,
             midnight_time_zone: None,
             client_session_splits: false,
+            platforms: Vec::new(),
+            dead_app_limit_ms: DEFAULT_DEAD_APP_LIMIT_MS,
+            background_event_types: DEFAULT_BACKGROUND_EVENT_TYPES.iter().map(|name| Box::from(*name)).collect(),
+            join_distance_ms: DEFAULT_TIMEOUT_MS,
         }
     }
 }
@@ -153,6 +329,8 @@ impl fmt::Debug for SessionRules {
             .field("max_length_ms", &self.max_length_ms)
             .field("midnight_time_zone", &self.midnight_time_zone.as_ref().and_then(|tz| tz.iana_name()))
             .field("client_session_splits", &self.client_session_splits)
+            .field("platforms", &self.platforms)
+            .field("dead_app_limit_ms", &self.dead_app_limit_ms)
             .finish()
     }
 }

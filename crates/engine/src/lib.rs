@@ -27,9 +27,10 @@ pub use batch::{
     label_user_changes, sessionize_batch, sessionize_users,
 };
 pub use config::{
-    ConfigError, DEFAULT_EXCLUDED_EVENT_TYPES, DEFAULT_LATENESS_HORIZON_MS, DEFAULT_MAX_EVENTS_PER_USER,
-    DEFAULT_MAX_USERS, DEFAULT_TIMEOUT_MS, EventClass, EventClassifier, LiveConfig, MAX_CLASSIFIED_EVENT_TYPES,
-    MAX_EVENT_TYPE_BYTES, MAX_MAX_LENGTH_MS, MAX_TIMEOUT_MS, MIN_TIMEOUT_MS, SessionRules,
+    ConfigError, DEFAULT_BACKGROUND_EVENT_TYPES, DEFAULT_DEAD_APP_LIMIT_MS, DEFAULT_EXCLUDED_EVENT_TYPES,
+    DEFAULT_LATENESS_HORIZON_MS, DEFAULT_MAX_EVENTS_PER_USER, DEFAULT_MAX_USERS, DEFAULT_TIMEOUT_MS, EventClass,
+    EventClassifier, Hold, LiveConfig, MAX_CLASSIFIED_EVENT_TYPES, MAX_EVENT_TYPE_BYTES, MAX_MAX_LENGTH_MS,
+    MAX_PLATFORM_BYTES, MAX_PLATFORMS, MAX_TIMEOUT_MS, MIN_TIMEOUT_MS, PlatformRules, SessionRules, Window,
 };
 pub use dedup::{RepeatedHashes, duplicate_rows, duplicate_rows_among, insert_id_hash, repeated_hashes};
 pub use ids::{InsertIdSet, PrehashedHasher, client_session_key, insert_key, session_id, session_uid, tiebreak};

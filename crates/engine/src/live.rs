@@ -2,11 +2,13 @@
 //! every change to them come out.
 //!
 //! Per user the engine keeps *islands*: maximal runs of active events whose
-//! consecutive gaps are below the timeout, plus the passive events that fall in
-//! `[first active, last active + timeout)`. Islands are the unit of change: a new
-//! active event can only join, extend or merge the (at most two) islands within a
-//! timeout of it, and the sessions inside an island (more than one only with a
-//! maximum length or a midnight split) depend on that island's events alone. An
+//! consecutive gaps are below the join distance (the timeout, or with platform
+//! rules the largest window any event can have), plus the passive events that
+//! fall in `[first active, last active + join distance)`. Islands are the unit
+//! of change: a new active event can only join, extend or merge the (at most
+//! two) islands within a join distance of it, and the sessions inside an island
+//! (more than one with a maximum length, a midnight split, or platform windows
+//! shorter than the join distance) depend on that island's events alone. An
 //! island is rescanned with the same fold as the batch kernel, or, when events
 //! arrive in time order, the fold simply continues. That is why the result after
 //! any arrival order equals a sort and one scan.
@@ -16,7 +18,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use crate::config::{ConfigError, EventClass, LiveConfig};
+use crate::config::{ConfigError, EventClass, Hold, LiveConfig, Window};
 use crate::ids::{InsertIdSet, insert_key, session_uid, tiebreak};
 use crate::key::UserKey;
 use crate::scan::{EndReason, ScanState, Span, Step};
@@ -39,6 +41,9 @@ pub struct Event {
     /// The client SDK's own session id, if it sent one; only splits sessions
     /// with [`crate::SessionRules::with_client_session_splits`].
     pub client_session_id: Option<Arc<str>>,
+    /// The platform (`web`, `ios`, ...), if known: picks the rules of
+    /// [`crate::SessionRules::with_platform`].
+    pub platform: Option<Arc<str>>,
 }
 
 /// A session's current state, as published in changes.
@@ -57,6 +62,9 @@ pub struct SessionRecord {
     pub last_event_ms: i64,
     /// Active and passive events.
     pub event_count: u64,
+    /// Time in the foreground: the length minus the time after background
+    /// events (equal to the length without lifecycle events).
+    pub active_ms: i64,
     pub entry_event_type: Arc<str>,
     pub entry_page: Option<Arc<str>>,
     pub exit_event_type: Arc<str>,
@@ -152,6 +160,8 @@ struct Point {
     page: Option<Arc<str>>,
     /// [`crate::client_session_key`] of the event's client session id, 0 for none.
     client_session: u64,
+    /// How long its session stays open after it, if it is active.
+    window: Window,
     /// Index into the island's spans, or `NO_SPAN`.
     span: u32,
 }
@@ -184,6 +194,18 @@ struct Island {
 impl Island {
     fn span_count(&self) -> usize {
         self.closed.len() + usize::from(self.scan.open_span().is_some())
+    }
+
+    /// The spans in order, matching `records` one to one once built.
+    fn spans(&self) -> impl Iterator<Item = &Span> {
+        self.closed.iter().map(|(span, _)| span).chain(self.scan.open_span())
+    }
+
+    /// The earliest time at which a session of the island that is not
+    /// concluded yet will be.
+    fn next_conclusion_ms(&self) -> Option<i64> {
+        let spans = self.spans().zip(&self.records);
+        spans.filter(|(_, record)| !record.concluded).map(|(span, _)| span.open_until_ms()).min()
     }
 }
 
@@ -290,7 +312,9 @@ impl Sessionizer {
             {
                 device_marks.push((device_id.clone(), event.time_ms, event.user.clone()));
             }
+            let window = self.config.rules.window_of(event.platform.as_deref(), &event.event_type);
             let point = Point {
+                window,
                 time_ms: event.time_ms,
                 order: (u64::from(event.class == EventClass::Passive) << 63)
                     | (tiebreak(&event.event_type, event.page.as_deref(), event.insert_id.as_deref()) >> 1),
@@ -371,7 +395,7 @@ impl Sessionizer {
     /// user's held islands. Held islands all end within the timeout of the
     /// horizon floor, so for an event older than the floor only the start counts.
     fn touches_held_island(&self, event: &Event) -> bool {
-        let timeout_ms = self.timeout_ms();
+        let timeout_ms = self.join_distance_ms();
         self.users.get(&event.user).and_then(|user| user.islands.first()).is_some_and(|island| {
             event.time_ms > island.first_active_ms.saturating_sub(timeout_ms)
                 && event.time_ms < island.last_active_ms.saturating_add(timeout_ms)
@@ -383,15 +407,16 @@ impl Sessionizer {
         self.now_ms.saturating_sub(self.config.lateness_horizon_ms)
     }
 
-    fn timeout_ms(&self) -> i64 {
-        self.config.rules.timeout_ms()
+    /// Islands are runs of active events closer than this (the largest window).
+    fn join_distance_ms(&self) -> i64 {
+        self.config.rules.join_distance_ms()
     }
 
     fn ingest_user(&mut self, key: &UserKey, mut points: Vec<(usize, Point)>, outcome: &mut IngestOutcome) {
         points.sort_by_key(|(_, point)| point.sort_key());
         let max_points = self.config.max_events_per_user;
         let now_ms = self.now_ms;
-        let timeout_ms = self.timeout_ms();
+        let timeout_ms = self.join_distance_ms();
         let mut user = self.users.remove(key).unwrap_or_default();
         let mut old_records: Vec<SessionRecord> = Vec::new();
         let mut touched_first_ms: Vec<i64> = Vec::new();
@@ -441,10 +466,13 @@ impl Sessionizer {
         for (span, reason) in spans.chain(open) {
             let entry = &island.points[span.entry_pos];
             let exit = &island.points[span.exit_pos];
-            let concluded = span.end_ms.saturating_add(self.timeout_ms()) <= self.now_ms;
+            let concluded = span.open_until_ms() <= self.now_ms;
+            // A span closed by a gap inside the island (a window shorter than
+            // the join distance) may still end by user change.
             let end_reason = match reason {
+                Some(EndReason::Inactivity) => Some(self.inactivity_reason(key, exit, span.window)),
                 Some(reason) => Some(reason),
-                None if concluded => Some(self.inactivity_reason(key, exit)),
+                None if concluded => Some(self.inactivity_reason(key, exit, span.window)),
                 None => None,
             };
             records.push(SessionRecord {
@@ -455,6 +483,7 @@ impl Sessionizer {
                 end_ms: span.end_ms,
                 last_event_ms: span.last_event_ms,
                 event_count: span.event_count,
+                active_ms: span.active_ms,
                 entry_event_type: entry.event_type.clone(),
                 entry_page: entry.page.clone(),
                 exit_event_type: exit.event_type.clone(),
@@ -467,15 +496,20 @@ impl Sessionizer {
         records
     }
 
-    /// Inactivity, or user change when another user was active on the device of
-    /// the session's last event within the timeout after it (see the batch kernel).
-    fn inactivity_reason(&self, key: &UserKey, exit: &Point) -> EndReason {
+    /// Why a session ends when no activity follows its last active event
+    /// within its window: backgrounded or dead app with lifecycle rules, else
+    /// inactivity, or user change when another user was active on the device
+    /// of the session's last event within the window after it (see the batch kernel).
+    fn inactivity_reason(&self, key: &UserKey, exit: &Point, window: Window) -> EndReason {
+        if window.hold != Hold::Inactivity {
+            return EndReason::after(window.hold);
+        }
         let Some(marks) = exit.device_id.as_ref().and_then(|device_id| self.devices.get(device_id)) else {
             return EndReason::Inactivity;
         };
         let next = marks.partition_point(|(time_ms, _)| *time_ms <= exit.time_ms);
         match marks.get(next) {
-            Some((time_ms, other)) if time_ms - exit.time_ms < self.timeout_ms() && other != key => {
+            Some((time_ms, other)) if time_ms - exit.time_ms < window.length_ms && other != key => {
                 EndReason::UserChange
             }
             _ => EndReason::Inactivity,
@@ -557,9 +591,9 @@ impl Sessionizer {
     }
 
     /// Records an active event on a device, and lists the sessions whose end
-    /// reason it may change: those ending on this device within a timeout before it.
+    /// reason it may change: those ending on this device within a window before it.
     fn mark_device(&mut self, device_id: Arc<str>, time_ms: i64, user: UserKey, refresh: &mut Vec<(UserKey, i64)>) {
-        let timeout_ms = self.timeout_ms();
+        let timeout_ms = self.join_distance_ms();
         let marks = self.devices.entry(device_id).or_default();
         let at = marks.partition_point(|(t, _)| *t <= time_ms);
         let earlier = marks.partition_point(|(t, _)| *t <= time_ms - timeout_ms);
@@ -585,7 +619,7 @@ impl Sessionizer {
     }
 
     fn schedule(&mut self, key: &UserKey, user: &mut UserState) {
-        let wake_ms = next_wake_ms(user, self.timeout_ms(), self.config.lateness_horizon_ms);
+        let wake_ms = next_wake_ms(user, self.join_distance_ms(), self.config.lateness_horizon_ms);
         if wake_ms.is_some() && wake_ms != user.wake_ms {
             if let Some(old) = user.wake_ms {
                 self.wakeups.remove(&(old, key.clone()));
@@ -606,7 +640,7 @@ impl Sessionizer {
             let Some(mut user) = self.users.remove(&key) else { continue };
             user.wake_ms = None;
             self.conclude_user(&key, &mut user, changes);
-            evict_beyond_horizon(&mut user, self.horizon_floor_ms(), self.timeout_ms());
+            evict_beyond_horizon(&mut user, self.horizon_floor_ms(), self.join_distance_ms());
             self.schedule(&key, &mut user);
             if !user.islands.is_empty() || !user.orphans.is_empty() {
                 self.users.insert(key, user);
@@ -618,9 +652,8 @@ impl Sessionizer {
 
     fn conclude_user(&mut self, key: &UserKey, user: &mut UserState, changes: &mut Vec<SessionChange>) {
         let now_ms = self.now_ms;
-        let timeout_ms = self.timeout_ms();
         let due: Vec<usize> = (0..user.islands.len())
-            .filter(|&i| user.islands[i].records.iter().any(|r| !r.concluded && r.end_ms + timeout_ms <= now_ms))
+            .filter(|&i| user.islands[i].next_conclusion_ms().is_some_and(|ms| ms <= now_ms))
             .collect();
         for index in due {
             let old = user.islands[index].records.clone();
@@ -650,7 +683,7 @@ impl Sessionizer {
             return;
         }
         self.devices_swept_ms = self.now_ms;
-        let floor_ms = self.horizon_floor_ms().saturating_sub(self.timeout_ms());
+        let floor_ms = self.horizon_floor_ms().saturating_sub(self.join_distance_ms());
         self.devices.retain(|_, marks| {
             marks.retain(|(time_ms, _)| *time_ms >= floor_ms);
             !marks.is_empty()
@@ -733,19 +766,13 @@ fn insert_point(island: &mut Island, mut point: Point, rules: &crate::config::Se
         island.points.push(point);
         return;
     }
-    point.span = fold_step(island, rules, point.time_ms, point.active(), point.client_session);
+    point.span = fold_step(island, rules, &point);
     island.points.push(point);
 }
 
 /// One step of the fold; returns the span index of the stepped point.
-fn fold_step(
-    island: &mut Island,
-    rules: &crate::config::SessionRules,
-    time_ms: i64,
-    active: bool,
-    client_session: u64,
-) -> u32 {
-    match island.scan.step(rules, time_ms, active, client_session) {
+fn fold_step(island: &mut Island, rules: &crate::config::SessionRules, point: &Point) -> u32 {
+    match island.scan.step(rules, point.time_ms, point.active(), point.client_session, point.window) {
         Step::Opened(closed) => {
             if let Some(closed) = closed {
                 island.closed.push(closed);
@@ -762,11 +789,11 @@ fn rescan(island: &mut Island, rules: &crate::config::SessionRules) {
     island.scan = ScanState::default();
     island.closed.clear();
     island.needs_rescan = false;
-    for index in 0..island.points.len() {
-        let point = &island.points[index];
-        let (time_ms, active, client_session) = (point.time_ms, point.active(), point.client_session);
-        island.points[index].span = fold_step(island, rules, time_ms, active, client_session);
+    let mut points = std::mem::take(&mut island.points);
+    for point in &mut points {
+        point.span = fold_step(island, rules, point);
     }
+    island.points = points;
 }
 
 fn assignment_of(user: &UserState, time_ms: i64, order: u64) -> Assignment {
@@ -787,13 +814,7 @@ fn assignment_of(user: &UserState, time_ms: i64, order: u64) -> Assignment {
 /// When the user next needs attention: the earliest conclusion still to come, or
 /// the time its oldest island or orphan leaves the horizon.
 fn next_wake_ms(user: &UserState, timeout_ms: i64, horizon_ms: i64) -> Option<i64> {
-    let conclude = user
-        .islands
-        .iter()
-        .flat_map(|island| island.records.iter())
-        .filter(|record| !record.concluded)
-        .map(|record| record.end_ms + timeout_ms)
-        .min();
+    let conclude = user.islands.iter().filter_map(Island::next_conclusion_ms).min();
     let evict_island = user.islands.first().map(|island| island.last_active_ms + timeout_ms + horizon_ms);
     let evict_orphan = user.orphans.first().map(|point| point.time_ms + timeout_ms + horizon_ms);
     [conclude, evict_island, evict_orphan].into_iter().flatten().min()

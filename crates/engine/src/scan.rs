@@ -10,7 +10,7 @@
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
 
-use crate::config::SessionRules;
+use crate::config::{Hold, SessionRules, Window};
 
 /// Why a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -27,16 +27,34 @@ pub enum EndReason {
     /// The next active event carried another client session id (only with
     /// [`SessionRules::with_client_session_splits`]).
     ClientSession,
+    /// The app went to the background and did not come back within its
+    /// platform's timeout (platforms with lifecycle rules).
+    Backgrounded,
+    /// The app stayed in the foreground with no event for the dead-app limit:
+    /// it was killed or crashed without a background event.
+    DeadApp,
 }
 
 impl EndReason {
-    pub const ALL: [EndReason; 5] = [
+    pub const ALL: [EndReason; 7] = [
         EndReason::Inactivity,
         EndReason::MaxLength,
         EndReason::Midnight,
         EndReason::UserChange,
         EndReason::ClientSession,
+        EndReason::Backgrounded,
+        EndReason::DeadApp,
     ];
+
+    /// Why a session whose last active event had this hold ends when no
+    /// activity follows within its window.
+    pub fn after(hold: Hold) -> EndReason {
+        match hold {
+            Hold::Inactivity => EndReason::Inactivity,
+            Hold::Foreground => EndReason::DeadApp,
+            Hold::Background => EndReason::Backgrounded,
+        }
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -45,6 +63,8 @@ impl EndReason {
             EndReason::Midnight => "midnight",
             EndReason::UserChange => "user_change",
             EndReason::ClientSession => "client_session",
+            EndReason::Backgrounded => "backgrounded",
+            EndReason::DeadApp => "dead_app",
         }
     }
 }
@@ -65,6 +85,21 @@ pub(crate) struct Span {
     /// The client session id (see [`crate::client_session_key`]) of the latest
     /// active event that carried one, 0 for none.
     pub(crate) client_session: u64,
+    /// The window of the last active event: activity before `end_ms +
+    /// window.length_ms` continues the session.
+    pub(crate) window: Window,
+    /// Time in the foreground: the gaps between consecutive active events,
+    /// except those that follow a background event. Equal to the length
+    /// unless the session has background events.
+    pub(crate) active_ms: i64,
+}
+
+impl Span {
+    /// Activity before this continues the session; at or after it the session
+    /// is over.
+    pub(crate) fn open_until_ms(&self) -> i64 {
+        self.end_ms.saturating_add(self.window.length_ms)
+    }
 }
 
 /// What one fed event did.
@@ -98,8 +133,16 @@ impl ScanState {
     }
 
     /// Feeds the next event of one user, in the order described in the module
-    /// docs; `client_session` is the event's client session key, 0 for none.
-    pub(crate) fn step(&mut self, rules: &SessionRules, time_ms: i64, active: bool, client_session: u64) -> Step {
+    /// docs; `client_session` is the event's client session key, 0 for none;
+    /// `window` is the event's [`SessionRules::window_of`] (ignored for passive events).
+    pub(crate) fn step(
+        &mut self,
+        rules: &SessionRules,
+        time_ms: i64,
+        active: bool,
+        client_session: u64,
+        window: Window,
+    ) -> Step {
         #[cfg(debug_assertions)]
         {
             debug_assert!(self.last_time_ms.is_none_or(|last| last <= time_ms), "events fed out of order");
@@ -111,10 +154,10 @@ impl ScanState {
             if !active {
                 return Step::Orphan;
             }
-            self.open_at(rules, time_ms, pos, client_session);
+            self.open_at(rules, time_ms, pos, client_session, window);
             return Step::Opened(None);
         };
-        let within_timeout = time_ms - open.end_ms < rules.timeout_ms();
+        let within_timeout = time_ms < open.open_until_ms();
         let same_day = match self.day_ms {
             Some((_, day_end_ms)) => time_ms < day_end_ms,
             None => true,
@@ -128,7 +171,7 @@ impl ScanState {
             return Step::Orphan;
         }
         let split = if !within_timeout {
-            Some(EndReason::Inactivity)
+            Some(EndReason::after(open.window.hold))
         } else if !same_day {
             Some(EndReason::Midnight)
         } else if rules.splits_on_client_session()
@@ -148,6 +191,10 @@ impl ScanState {
         };
         match split {
             None => {
+                if open.window.hold != Hold::Background {
+                    open.active_ms += time_ms - open.end_ms;
+                }
+                open.window = window;
                 open.end_ms = time_ms;
                 open.last_event_ms = time_ms;
                 open.event_count += 1;
@@ -159,14 +206,16 @@ impl ScanState {
             }
             Some(reason) => {
                 let closed = *open;
-                self.open_at(rules, time_ms, pos, client_session);
+                self.open_at(rules, time_ms, pos, client_session, window);
                 Step::Opened(Some((closed, reason)))
             }
         }
     }
 
-    fn open_at(&mut self, rules: &SessionRules, time_ms: i64, pos: usize, client_session: u64) {
+    fn open_at(&mut self, rules: &SessionRules, time_ms: i64, pos: usize, client_session: u64, window: Window) {
         self.open = Some(Span {
+            window,
+            active_ms: 0,
             start_ms: time_ms,
             end_ms: time_ms,
             last_event_ms: time_ms,

@@ -20,6 +20,7 @@ fn event(user: &str, minute: i64, insert_id: Option<&str>) -> Event {
         class: EventClass::Active,
         insert_id: insert_id.map(Arc::from),
         client_session_id: None,
+        platform: None,
     }
 }
 

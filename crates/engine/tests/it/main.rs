@@ -7,3 +7,5 @@ mod seeds;
 mod model;
 // The live engine's bounds: lateness horizon, per-user and user-count limits.
 mod bounds;
+// App lifecycle and per-platform rules, as vectors through both entry points.
+mod lifecycle;

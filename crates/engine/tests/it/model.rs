@@ -14,8 +14,8 @@ use jiff::tz::TimeZone;
 use proptest::prelude::*;
 use sessionizer_engine::{
     BatchEvents, BatchOptions, ChangeKind, EndReason, Event, EventClass, EventClassifier, LiveConfig, NO_DEVICE,
-    NO_SESSION, SessionRecord, SessionRules, Sessionizer, UserKey, client_session_key, label_user_changes,
-    sessionize_batch, sessionize_users, tiebreak,
+    NO_SESSION, PlatformRules, SessionRecord, SessionRules, Sessionizer, UserKey, client_session_key,
+    label_user_changes, sessionize_batch, sessionize_users, tiebreak,
 };
 
 const BASE_MS: i64 = 1_767_648_600_000; // 2026-01-05T21:30:00Z: the range crosses midnight UTC and Berlin
@@ -32,6 +32,8 @@ struct TestEvent {
     insert_id: Option<String>,
     /// The client SDK's session id (`cs-N`), if any.
     client: Option<u8>,
+    /// `web`, `ios` or none.
+    platform: Option<&'static str>,
 }
 
 /// One session in a form both engines and the model can be compared in.
@@ -45,6 +47,7 @@ struct Canon {
     entry: (String, Option<String>),
     exit: (String, Option<String>),
     end_reason: EndReason,
+    active_ms: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -63,19 +66,36 @@ fn rules_strategy() -> impl Strategy<Value = SessionRules> {
     let max_length = prop_oneof![3 => Just(None), 1 => Just(Some(15 * MINUTE_MS)), 1 => Just(Some(45 * MINUTE_MS))];
     let midnight = prop_oneof![3 => Just(None), 1 => Just(Some("UTC")), 1 => Just(Some("Europe/Berlin"))];
     let client_splits = prop::bool::weighted(0.3);
-    (timeout, max_length, midnight, client_splits).prop_map(|(timeout_ms, max_length_ms, midnight, client_splits)| {
-        let mut rules = SessionRules::new(timeout_ms).unwrap();
-        if client_splits {
-            rules = rules.with_client_session_splits();
-        }
-        if let Some(max_length_ms) = max_length_ms {
-            rules = rules.with_max_length_ms(max_length_ms).unwrap();
-        }
-        if let Some(name) = midnight {
-            rules = rules.with_midnight_split(TimeZone::get(name).unwrap());
-        }
-        rules
-    })
+    // Platform rules: an app with lifecycle events and a short timeout (as on
+    // Braze or Amplitude mobile), web with a timeout of its own.
+    let platforms = prop_oneof![
+        2 => Just(None),
+        1 => (prop_oneof![Just(MINUTE_MS), Just(5 * MINUTE_MS)], prop_oneof![Just(20 * MINUTE_MS), Just(45 * MINUTE_MS)], prop_oneof![Just(None), Just(Some(10 * MINUTE_MS))])
+            .prop_map(Some),
+    ];
+    (timeout, max_length, midnight, client_splits, platforms).prop_map(
+        |(timeout_ms, max_length_ms, midnight, client_splits, platforms)| {
+            let mut rules = SessionRules::new(timeout_ms).unwrap();
+            if let Some((app_timeout_ms, dead_app_limit_ms, web_timeout_ms)) = platforms {
+                rules =
+                    rules.with_platform("ios", PlatformRules { timeout_ms: app_timeout_ms, lifecycle: true }).unwrap();
+                rules = rules.with_dead_app_limit_ms(dead_app_limit_ms).unwrap();
+                if let Some(timeout_ms) = web_timeout_ms {
+                    rules = rules.with_platform("web", PlatformRules { timeout_ms, lifecycle: false }).unwrap();
+                }
+            }
+            if client_splits {
+                rules = rules.with_client_session_splits();
+            }
+            if let Some(max_length_ms) = max_length_ms {
+                rules = rules.with_max_length_ms(max_length_ms).unwrap();
+            }
+            if let Some(name) = midnight {
+                rules = rules.with_midnight_split(TimeZone::get(name).unwrap());
+            }
+            rules
+        },
+    )
 }
 
 fn event_strategy() -> impl Strategy<Value = TestEvent> {
@@ -83,14 +103,30 @@ fn event_strategy() -> impl Strategy<Value = TestEvent> {
         4 => (0u8..3).prop_map(|n| UserKey::User(Arc::from(format!("user-{n}")))),
         1 => (0u8..2).prop_map(|n| UserKey::Device(Arc::from(format!("device-{n}")))),
     ];
-    let event_type =
-        prop_oneof![4 => Just("view"), 3 => Just("click"), 2 => Just("poll"), 1 => Just("Notification Sent")];
+    let event_type = prop_oneof![
+        4 => Just("view"),
+        3 => Just("click"),
+        2 => Just("poll"),
+        1 => Just("Notification Sent"),
+        2 => Just("App Backgrounded"),
+        1 => Just("App Foregrounded"),
+    ];
+    let platform = prop_oneof![2 => Just(None), 1 => Just(Some("web")), 2 => Just(Some("ios"))];
     let page = prop_oneof![Just(None), Just(Some("/home")), Just(Some("/cart"))];
     // Minutes, so equal times and gaps equal to the timeout are common.
     let time_ms = (0i64..240).prop_map(|minute| BASE_MS + minute * MINUTE_MS);
     let client = prop::option::of(0u8..3);
-    (key, prop::option::of(0u8..2), event_type, page, time_ms, prop::bool::weighted(0.1), any::<u32>(), client)
-        .prop_map(|(key, device, event_type, page, time_ms, marked_passive, id, client)| TestEvent {
+    (
+        key,
+        prop::option::of(0u8..2),
+        event_type,
+        page,
+        time_ms,
+        prop::bool::weighted(0.1),
+        any::<u32>(),
+        (client, platform),
+    )
+        .prop_map(|(key, device, event_type, page, time_ms, marked_passive, id, (client, platform))| TestEvent {
             // An anonymous event's key is its device.
             device: match &key {
                 UserKey::Device(id) => Some(id.trim_start_matches("device-").parse().unwrap()),
@@ -103,6 +139,7 @@ fn event_strategy() -> impl Strategy<Value = TestEvent> {
             marked_passive,
             insert_id: Some(format!("ins-{id}")),
             client,
+            platform,
         })
 }
 
@@ -135,10 +172,26 @@ fn local_date(rules: &SessionRules, time_ms: i64) -> Option<jiff::civil::Date> {
     rules.midnight_time_zone().map(|tz| Timestamp::from_millisecond(time_ms).unwrap().to_zoned(tz.clone()).date())
 }
 
+/// How long after an active event its session stays open, and how it ends
+/// when nothing follows: the platform's rules, spelled out.
+fn window(rules: &SessionRules, event: &TestEvent) -> (i64, EndReason) {
+    let platform = event.platform.and_then(|name| rules.platforms().find(|(p, _)| *p == name).map(|(_, r)| r));
+    match platform {
+        None => (rules.timeout_ms(), EndReason::Inactivity),
+        Some(PlatformRules { timeout_ms, lifecycle: false }) => (timeout_ms, EndReason::Inactivity),
+        Some(PlatformRules { timeout_ms, lifecycle: true }) => {
+            if rules.background_event_types().any(|t| t == event.event_type) {
+                (timeout_ms, EndReason::Backgrounded)
+            } else {
+                (rules.dead_app_limit_ms(), EndReason::DeadApp)
+            }
+        }
+    }
+}
+
 /// The definition, spelled out.
 fn reference(case: &Case) -> Vec<Canon> {
     let rules = &case.rules;
-    let timeout_ms = rules.timeout_ms();
     let mut seen = std::collections::HashSet::new();
     let distinct: Vec<&TestEvent> =
         case.events.iter().filter(|e| e.insert_id.as_ref().is_none_or(|id| seen.insert(id.clone()))).collect();
@@ -148,27 +201,27 @@ fn reference(case: &Case) -> Vec<Canon> {
             by_key.entry(event.key.clone()).or_default().push(event);
         }
     }
-    // Each session with the device of its last active event.
-    let mut sessions: Vec<(Canon, Option<u8>)> = Vec::new();
+    // Each session with the device and the window of its last active event.
+    let mut sessions: Vec<(Canon, Option<u8>, (i64, EndReason))> = Vec::new();
     for (key, mut events) in by_key {
         events.sort_by_key(|e| {
             let passive = class_of(case, e) == EventClass::Passive;
             (e.time_ms, passive, tiebreak(e.event_type, e.page, e.insert_id.as_deref()) >> 1)
         });
-        let mut current: Option<(Canon, Option<u8>)> = None;
+        let mut current: Option<(Canon, Option<u8>, (i64, EndReason))> = None;
         // The client session the open session has seen last.
         let mut client: Option<u8> = None;
         for event in events {
             let label = (event.event_type.to_string(), event.page.map(str::to_string));
             let active = class_of(case, event) == EventClass::Active;
-            let Some((session, exit_device)) = current.as_mut() else {
+            let Some((session, exit_device, exit_window)) = current.as_mut() else {
                 if active {
-                    current = Some((new_session(&key, event.time_ms, label), event.device));
+                    current = Some((new_session(&key, event.time_ms, label), event.device, window(rules, event)));
                     client = event.client;
                 }
                 continue;
             };
-            let gap_ok = event.time_ms - session.end_ms < timeout_ms;
+            let gap_ok = event.time_ms - session.end_ms < exit_window.0;
             let same_day = local_date(rules, event.time_ms) == local_date(rules, session.start_ms);
             if !active {
                 if gap_ok && same_day {
@@ -178,7 +231,7 @@ fn reference(case: &Case) -> Vec<Canon> {
                 continue;
             }
             let split = if !gap_ok {
-                Some(EndReason::Inactivity)
+                Some(exit_window.1)
             } else if !same_day {
                 Some(EndReason::Midnight)
             } else if rules.splits_on_client_session()
@@ -198,10 +251,15 @@ fn reference(case: &Case) -> Vec<Canon> {
                     let mut done = current.take().unwrap();
                     done.0.end_reason = reason;
                     sessions.push(done);
-                    current = Some((new_session(&key, event.time_ms, label), event.device));
+                    current = Some((new_session(&key, event.time_ms, label), event.device, window(rules, event)));
                     client = event.client;
                 }
                 None => {
+                    // Time after a background event is not time in the app.
+                    if exit_window.1 != EndReason::Backgrounded {
+                        session.active_ms += event.time_ms - session.end_ms;
+                    }
+                    *exit_window = window(rules, event);
                     session.end_ms = event.time_ms;
                     session.last_event_ms = event.time_ms;
                     session.event_count += 1;
@@ -213,23 +271,28 @@ fn reference(case: &Case) -> Vec<Canon> {
                 }
             }
         }
-        sessions.extend(current);
+        if let Some((mut session, device, exit_window)) = current {
+            session.end_reason = exit_window.1;
+            sessions.push((session, device, exit_window));
+        }
     }
     // User change, by brute force over all events.
-    for (session, exit_device) in sessions.iter_mut().filter(|s| s.0.end_reason == EndReason::Inactivity) {
+    for (session, exit_device, (window_ms, _)) in
+        sessions.iter_mut().filter(|s| s.0.end_reason == EndReason::Inactivity)
+    {
         let Some(device) = *exit_device else { continue };
         let other_user_came = distinct.iter().any(|e| {
             e.device == Some(device)
                 && e.key != session.key
                 && class_of(case, e) == EventClass::Active
                 && e.time_ms > session.end_ms
-                && e.time_ms - session.end_ms < timeout_ms
+                && e.time_ms - session.end_ms < *window_ms
         });
         if other_user_came {
             session.end_reason = EndReason::UserChange;
         }
     }
-    let mut sessions: Vec<Canon> = sessions.into_iter().map(|(session, _)| session).collect();
+    let mut sessions: Vec<Canon> = sessions.into_iter().map(|(session, _, _)| session).collect();
     sessions.sort();
     sessions
 }
@@ -244,6 +307,7 @@ fn new_session(key: &UserKey, time_ms: i64, label: (String, Option<String>)) -> 
         entry: label.clone(),
         exit: label,
         end_reason: EndReason::Inactivity,
+        active_ms: 0,
     }
 }
 
@@ -261,6 +325,11 @@ fn batch(case: &Case) -> Vec<Canon> {
     let class: Vec<EventClass> = events.iter().map(|e| class_of(case, e)).collect();
     let client_session: Vec<u64> =
         events.iter().map(|e| e.client.map_or(0, |c| client_session_key(&format!("cs-{c}")))).collect();
+    let window: Vec<_> = if case.rules.has_platform_rules() {
+        events.iter().map(|e| case.rules.window_of(e.platform, e.event_type)).collect()
+    } else {
+        Vec::new()
+    };
     let tie = |row: u32| {
         let e = events[row as usize];
         tiebreak(e.event_type, e.page, e.insert_id.as_deref())
@@ -272,6 +341,7 @@ fn batch(case: &Case) -> Vec<Canon> {
         time_ms: &time_ms,
         class: &class,
         client_session: &client_session,
+        window: &window,
         tiebreak: &tie,
     };
     let result = sessionize_batch(&input, &case.rules, BatchOptions { assign_events: true });
@@ -281,7 +351,7 @@ fn batch(case: &Case) -> Vec<Canon> {
     let first = sessionize_users(&input, &case.rules, options, 0..split);
     let second = sessionize_users(&input, &case.rules, options, split..keys.len() as u32);
     let mut sessions: Vec<_> = first.sessions.iter().chain(&second.sessions).copied().collect();
-    label_user_changes(&input, &case.rules, &mut sessions);
+    label_user_changes(&input, &mut sessions);
     assert_eq!(sessions, result.sessions, "split by user range");
     assert_eq!(first.passive_without_session + second.passive_without_session, result.passive_without_session);
     let orphans = (0..class.len())
@@ -327,6 +397,7 @@ fn batch(case: &Case) -> Vec<Canon> {
             entry: label(s.entry_event),
             exit: label(s.exit_event),
             end_reason: s.end_reason,
+            active_ms: s.active_ms,
         })
         .collect();
     sessions.sort();
@@ -343,6 +414,7 @@ fn live_event(case: &Case, e: &TestEvent) -> Event {
         class: class_of(case, e),
         insert_id: e.insert_id.as_deref().map(Arc::from),
         client_session_id: e.client.map(|c| Arc::from(format!("cs-{c}"))),
+        platform: e.platform.map(Arc::from),
     }
 }
 
@@ -356,6 +428,7 @@ fn canon_of(record: &SessionRecord) -> Canon {
         entry: (record.entry_event_type.to_string(), record.entry_page.as_deref().map(str::to_string)),
         exit: (record.exit_event_type.to_string(), record.exit_page.as_deref().map(str::to_string)),
         end_reason: record.end_reason.expect("concluded sessions have an end reason"),
+        active_ms: record.active_ms,
     }
 }
 
@@ -396,7 +469,7 @@ fn live(case: &Case, arrival: &[usize], cuts: &[usize]) -> Vec<Canon> {
         let outcome = engine.ingest(batch, now_ms);
         apply(outcome.changes);
     }
-    let end_of_time = BASE_MS + 300 * MINUTE_MS + case.rules.timeout_ms();
+    let end_of_time = BASE_MS + 300 * MINUTE_MS + case.rules.join_distance_ms();
     apply(engine.advance(end_of_time));
     let records = engine.sessions();
     let mut replayed: Vec<SessionRecord> = feed.into_values().collect();
@@ -449,6 +522,7 @@ fn the_model_itself_splits_where_the_definition_says() {
         marked_passive: false,
         insert_id: None,
         client: None,
+        platform: None,
     };
     let case = Case {
         rules,
@@ -479,6 +553,7 @@ fn client_session_ids_split_only_where_they_change() {
         marked_passive: false,
         insert_id: Some(format!("i-{minute}-{event_type}")),
         client,
+        platform: None,
     };
     // cs-0 until minute 10; an event without a client id continues it; cs-1
     // from minute 12; a poll (passive) with cs-0 joins without splitting; a

@@ -89,6 +89,7 @@ fn live_events(scenario: &Scenario) -> Vec<Event> {
             class: classifier.classify(&e.event_type, false),
             insert_id: None,
             client_session_id: None,
+            platform: None,
         })
         .collect()
 }
@@ -109,6 +110,7 @@ fn batch_sessions(scenario: &Scenario, rules: &SessionRules) -> Vec<ExpectedSess
         time_ms: &time_ms,
         class: &class,
         client_session: &[],
+        window: &[],
         tiebreak: &tie,
     };
     let result = sessionize_batch(&events, rules, BatchOptions { assign_events: true });
