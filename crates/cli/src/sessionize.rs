@@ -139,6 +139,9 @@ pub(crate) fn run(args: SessionizeArgs) -> anyhow::Result<()> {
         class: &table.class,
         // The batch command has no client session ids (its rules never split on them).
         client_session: &[],
+        // Nor platform rules (a project setting of the server): every event
+        // has the run's timeout.
+        window: &[],
         tiebreak: &tiebreak,
     };
     let result =
@@ -418,7 +421,7 @@ fn sessionize_parallel(
         merged.sessions.extend(result.sessions);
         merged.passive_without_session += result.passive_without_session;
     }
-    label_user_changes(events, rules, &mut merged.sessions);
+    label_user_changes(events, &mut merged.sessions);
     merged
 }
 

@@ -11,7 +11,7 @@ use sessionizer_engine::{
 use crate::{StoredEvent, StoredSession};
 
 /// The sessions of `events` (any order), as the live engine would publish
-/// them at `now_ms`: a session whose `end + timeout > now` is still open (no
+/// them at `now_ms`: a session whose `end + window > now` is still open (no
 /// end reason, not concluded).
 pub fn sessionize_stored(
     project: &str,
@@ -28,6 +28,7 @@ pub fn sessionize_stored(
     let mut time_ms = Vec::with_capacity(events.len());
     let mut class = Vec::with_capacity(events.len());
     let mut client_session = Vec::new();
+    let mut window = Vec::new();
     for stored in events {
         let event = &stored.event;
         let key = event.user_key();
@@ -47,6 +48,9 @@ pub fn sessionize_stored(
         if rules.splits_on_client_session() {
             client_session.push(event.client_session_id.as_deref().map_or(0, client_session_key));
         }
+        if rules.has_platform_rules() {
+            window.push(rules.window_of(event.platform.as_deref(), &event.event_type));
+        }
     }
     let tie = |row: u32| {
         let event = &events[row as usize].event;
@@ -59,6 +63,7 @@ pub fn sessionize_stored(
         time_ms: &time_ms,
         class: &class,
         client_session: &client_session,
+        window: &window,
         tiebreak: &tie,
     };
     let result = sessionize_batch(&input, rules, BatchOptions::default());
@@ -71,7 +76,7 @@ pub fn sessionize_stored(
             let key = &users[session.user as usize];
             let entry = &events[session.entry_event as usize].event;
             let exit = &events[session.exit_event as usize].event;
-            let concluded = session.end_ms.saturating_add(rules.timeout_ms()) <= now_ms;
+            let concluded = session.end_ms.saturating_add(session.window.length_ms) <= now_ms;
             // A user's last session may still be extended: no end reason yet,
             // exactly like the live engine.
             let open_ended = last_of_user && !concluded;
