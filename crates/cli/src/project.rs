@@ -87,6 +87,41 @@ struct SetArgs {
     /// split where the SDK's own session id changes).
     #[arg(long, value_name = "server|client")]
     session_source: Option<String>,
+    /// Session rules for one platform (repeatable): its timeout, and
+    /// `,lifecycle` for app sessions driven by foreground and background
+    /// events, e.g. `--platform ios=10s,lifecycle --platform web=30m`;
+    /// `NAME=off` removes a platform's rules.
+    #[arg(long = "platform", value_name = "NAME=DURATION[,lifecycle]|NAME=off")]
+    platforms: Vec<String>,
+    /// The platform of events that name none, or "off".
+    #[arg(long, value_name = "NAME|off")]
+    default_platform: Option<String>,
+    /// With lifecycle: how long an app in the foreground may send nothing
+    /// before its session ends as a dead app (e.g. 30m).
+    #[arg(long, value_parser = parse_duration_ms)]
+    dead_app_limit: Option<i64>,
+    /// With lifecycle: the events that send an app to the background (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    background_event_types: Option<Vec<String>>,
+}
+
+/// `NAME=DURATION[,lifecycle]` or `NAME=off` of `project set --platform`.
+fn parse_platform(text: &str) -> Result<(String, Option<sessionizer_store::PlatformSettings>), String> {
+    let (name, rules) = text.split_once('=').ok_or_else(|| format!("{text:?} is not NAME=DURATION[,lifecycle]"))?;
+    let name = name.trim().to_ascii_lowercase();
+    if name.is_empty() {
+        return Err(format!("{text:?} names no platform"));
+    }
+    if rules.trim() == "off" {
+        return Ok((name, None));
+    }
+    let (timeout, lifecycle) = match rules.split_once(',') {
+        Some((timeout, "lifecycle")) => (timeout, true),
+        Some((_, other)) => return Err(format!("{other:?} is not \"lifecycle\" in {text:?}")),
+        None => (rules, false),
+    };
+    let timeout_ms = parse_duration_ms(timeout.trim())?;
+    Ok((name, Some(sessionizer_store::PlatformSettings { timeout_ms, lifecycle })))
 }
 
 /// Re-sessionize every project's history from its stored events.
@@ -199,6 +234,21 @@ fn set(args: SetArgs) -> anyhow::Result<()> {
     }
     if let Some(source) = &args.session_source {
         settings.session_source = source.clone();
+    }
+    for platform in &args.platforms {
+        match parse_platform(platform).map_err(|e| usage("--platform", e))? {
+            (name, Some(rules)) => settings.platforms.insert(name, rules),
+            (name, None) => settings.platforms.remove(&name),
+        };
+    }
+    if let Some(platform) = &args.default_platform {
+        settings.default_platform = (platform != "off").then(|| platform.trim().to_ascii_lowercase());
+    }
+    if let Some(limit) = args.dead_app_limit {
+        settings.dead_app_limit_ms = limit;
+    }
+    if let Some(background) = &args.background_event_types {
+        settings.background_event_types = clean(background);
     }
     store.set_settings(&project, &settings).map_err(store_error)?;
     let project = store.project(&project.public_id).map_err(store_error)?;

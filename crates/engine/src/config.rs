@@ -103,6 +103,8 @@ pub struct SessionRules {
     client_session_splits: bool,
     /// Per-platform rules, sorted by name; empty for most projects.
     platforms: Vec<(Box<str>, PlatformRules)>,
+    /// The platform of events that name none, if set.
+    default_platform: Option<Box<str>>,
     /// With lifecycle: how long a foreground app may go without any event.
     dead_app_limit_ms: i64,
     background_event_types: HashSet<Box<str>>,
@@ -211,6 +213,19 @@ impl SessionRules {
         Ok(self)
     }
 
+    /// Events that name no platform follow the rules of `platform` (which
+    /// need not have rules of its own: then the project timeout applies).
+    pub fn with_default_platform(mut self, platform: &str) -> Result<SessionRules, ConfigError> {
+        if platform.is_empty() || platform.len() > MAX_PLATFORM_BYTES || platform != platform.to_ascii_lowercase() {
+            return Err(ConfigError::InvalidPlatform {
+                platform: platform.to_string(),
+                reason: format!("a platform name has 1 to {MAX_PLATFORM_BYTES} bytes, in lower case"),
+            });
+        }
+        self.default_platform = Some(Box::from(platform));
+        Ok(self)
+    }
+
     /// How long a lifecycle platform's session stays open in the foreground
     /// with no event at all [`DEFAULT_DEAD_APP_LIMIT_MS`].
     pub fn with_dead_app_limit_ms(mut self, dead_app_limit_ms: i64) -> Result<SessionRules, ConfigError> {
@@ -251,6 +266,10 @@ impl SessionRules {
         self.join_distance_ms
     }
 
+    pub fn default_platform(&self) -> Option<&str> {
+        self.default_platform.as_deref()
+    }
+
     /// Whether any platform has rules of its own.
     pub fn has_platform_rules(&self) -> bool {
         !self.platforms.is_empty()
@@ -272,6 +291,7 @@ impl SessionRules {
     /// later active event of the user within it continues the session.
     pub fn window_of(&self, platform: Option<&str>, event_type: &str) -> Window {
         let rules = platform
+            .or(self.default_platform.as_deref())
             .and_then(|platform| self.platforms.binary_search_by(|(name, _)| (**name).cmp(platform)).ok())
             .map(|at| self.platforms[at].1);
         match rules {
@@ -315,6 +335,7 @@ impl Default for SessionRules {
             midnight_time_zone: None,
             client_session_splits: false,
             platforms: Vec::new(),
+            default_platform: None,
             dead_app_limit_ms: DEFAULT_DEAD_APP_LIMIT_MS,
             background_event_types: DEFAULT_BACKGROUND_EVENT_TYPES.iter().map(|name| Box::from(*name)).collect(),
             join_distance_ms: DEFAULT_TIMEOUT_MS,
@@ -330,6 +351,7 @@ impl fmt::Debug for SessionRules {
             .field("midnight_time_zone", &self.midnight_time_zone.as_ref().and_then(|tz| tz.iana_name()))
             .field("client_session_splits", &self.client_session_splits)
             .field("platforms", &self.platforms)
+            .field("default_platform", &self.default_platform)
             .field("dead_app_limit_ms", &self.dead_app_limit_ms)
             .finish()
     }

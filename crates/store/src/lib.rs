@@ -31,7 +31,7 @@ pub use board::{Board, BoardFigures, CohortFilter, DayFigures, SESSIONS_PER_USER
 pub use keys::{KeyHash, KeyRole, MAX_KEY_BYTES, constant_time_eq, hash_key};
 pub use queries::{ChangeRecord, SessionCursor, SessionFilter};
 pub use rebuild::sessionize_stored;
-pub use settings::{ProjectSettings, SESSION_SOURCES};
+pub use settings::{PlatformSettings, ProjectSettings, SESSION_SOURCES};
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "sessionizer.db";

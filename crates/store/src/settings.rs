@@ -1,9 +1,14 @@
 //! Per-project session settings: what `sessionizer project set` and the admin
 //! API change, stored as JSON with the project.
 
+use std::collections::BTreeMap;
+
 use jiff::tz::TimeZone;
 use serde::{Deserialize, Serialize};
-use sessionizer_engine::{DEFAULT_EXCLUDED_EVENT_TYPES, DEFAULT_TIMEOUT_MS, EventClassifier, SessionRules};
+use sessionizer_engine::{
+    DEFAULT_BACKGROUND_EVENT_TYPES, DEFAULT_DEAD_APP_LIMIT_MS, DEFAULT_EXCLUDED_EVENT_TYPES, DEFAULT_TIMEOUT_MS,
+    EventClassifier, PlatformRules, SessionRules,
+};
 
 use crate::StoreError;
 
@@ -31,6 +36,40 @@ pub struct ProjectSettings {
     /// but ignored) or `client` (also split where the SDK's session id changes).
     #[serde(default = "server")]
     pub session_source: String,
+    /// Session rules of their own for some platforms (`web`, `ios`, `android`,
+    /// `server`, ...): the platform comes from the event or its SDK.
+    #[serde(default)]
+    pub platforms: BTreeMap<String, PlatformSettings>,
+    /// The platform of events that name none (off when absent).
+    #[serde(default)]
+    pub default_platform: Option<String>,
+    /// With lifecycle: how long an app in the foreground may send nothing
+    /// before its session ends as a dead app.
+    #[serde(default = "dead_app_limit")]
+    pub dead_app_limit_ms: i64,
+    /// With lifecycle: the events that send an app to the background.
+    #[serde(default = "background_event_types")]
+    pub background_event_types: Vec<String>,
+}
+
+/// One platform's session rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlatformSettings {
+    /// Inactivity timeout; with lifecycle, how long after a background event
+    /// a return continues the session.
+    pub timeout_ms: i64,
+    /// Sessions follow the app's foreground and background events.
+    #[serde(default)]
+    pub lifecycle: bool,
+}
+
+fn dead_app_limit() -> i64 {
+    DEFAULT_DEAD_APP_LIMIT_MS
+}
+
+fn background_event_types() -> Vec<String> {
+    DEFAULT_BACKGROUND_EVENT_TYPES.iter().map(|t| t.to_string()).collect()
 }
 
 /// The session sources a project may choose.
@@ -54,6 +93,10 @@ impl Default for ProjectSettings {
             passive_event_types: Vec::new(),
             time_zone: utc(),
             session_source: server(),
+            platforms: BTreeMap::new(),
+            default_platform: None,
+            dead_app_limit_ms: dead_app_limit(),
+            background_event_types: background_event_types(),
         }
     }
 }
@@ -81,6 +124,18 @@ impl ProjectSettings {
                 ));
             }
         }
+        for (name, platform) in &self.platforms {
+            let platform_rules = PlatformRules { timeout_ms: platform.timeout_ms, lifecycle: platform.lifecycle };
+            rules = rules.with_platform(name, platform_rules).map_err(|e| invalid("platforms", e.to_string()))?;
+        }
+        if let Some(name) = &self.default_platform {
+            rules = rules.with_default_platform(name).map_err(|e| invalid("default_platform", e.to_string()))?;
+        }
+        rules = rules
+            .with_dead_app_limit_ms(self.dead_app_limit_ms)
+            .map_err(|e| invalid("dead_app_limit_ms", e.to_string()))?
+            .with_background_event_types(&self.background_event_types)
+            .map_err(|e| invalid("background_event_types", e.to_string()))?;
         TimeZone::get(&self.time_zone)
             .map_err(|_| invalid("time_zone", format!("unknown IANA time zone {:?}", self.time_zone)))?;
         let classifier = EventClassifier::new(&self.excluded_event_types, &self.passive_event_types)

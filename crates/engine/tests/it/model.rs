@@ -82,6 +82,9 @@ fn rules_strategy() -> impl Strategy<Value = SessionRules> {
                 rules = rules.with_dead_app_limit_ms(dead_app_limit_ms).unwrap();
                 if let Some(timeout_ms) = web_timeout_ms {
                     rules = rules.with_platform("web", PlatformRules { timeout_ms, lifecycle: false }).unwrap();
+                } else {
+                    // Events without a platform come from the app.
+                    rules = rules.with_default_platform("ios").unwrap();
                 }
             }
             if client_splits {
@@ -175,7 +178,10 @@ fn local_date(rules: &SessionRules, time_ms: i64) -> Option<jiff::civil::Date> {
 /// How long after an active event its session stays open, and how it ends
 /// when nothing follows: the platform's rules, spelled out.
 fn window(rules: &SessionRules, event: &TestEvent) -> (i64, EndReason) {
-    let platform = event.platform.and_then(|name| rules.platforms().find(|(p, _)| *p == name).map(|(_, r)| r));
+    let platform = event
+        .platform
+        .or(rules.default_platform())
+        .and_then(|name| rules.platforms().find(|(p, _)| *p == name).map(|(_, r)| r));
     match platform {
         None => (rules.timeout_ms(), EndReason::Inactivity),
         Some(PlatformRules { timeout_ms, lifecycle: false }) => (timeout_ms, EndReason::Inactivity),
