@@ -755,6 +755,7 @@ fn write_sessions(
             start_ms: session.start_ms,
             end_ms: session.end_ms,
             length_ms: session.length_ms(),
+            active_ms: session.active_ms,
             event_count: session.event_count,
             end_reason: session.end_reason.as_str(),
             entry_event_type: table.event_type_of(session.entry_event),

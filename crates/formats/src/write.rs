@@ -30,6 +30,9 @@ pub struct SessionRow<'a> {
     pub start_ms: i64,
     pub end_ms: i64,
     pub length_ms: i64,
+    /// Time in the foreground: the length minus the time after app
+    /// background events (equal to the length without lifecycle events).
+    pub active_ms: i64,
     pub event_count: u64,
     pub end_reason: &'a str,
     pub entry_event_type: &'a str,
@@ -123,6 +126,7 @@ impl Row for SessionRow<'_> {
         ("start_ms", Kind::I64),
         ("end_ms", Kind::I64),
         ("length_ms", Kind::I64),
+        ("active_ms", Kind::I64),
         ("event_count", Kind::U64),
         ("end_reason", Kind::Str),
         ("entry_event_type", Kind::Str),
@@ -139,6 +143,7 @@ impl Row for SessionRow<'_> {
         v.i64(Some(self.start_ms))?;
         v.i64(Some(self.end_ms))?;
         v.i64(Some(self.length_ms))?;
+        v.i64(Some(self.active_ms))?;
         v.u64(self.event_count)?;
         v.str(Some(self.end_reason))?;
         v.str(Some(self.entry_event_type))?;

@@ -120,6 +120,7 @@ impl Readers {
                         start_ms: session.start_ms,
                         end_ms: session.end_ms,
                         length_ms: session.length_ms(),
+                        active_ms: session.active_ms,
                         event_count: session.event_count,
                         // Still open: no end reason yet.
                         end_reason: session.end_reason.as_deref().unwrap_or(""),
@@ -177,6 +178,7 @@ pub(crate) fn session_json(session: &StoredSession) -> serde_json::Value {
         "start_ms": session.start_ms,
         "end_ms": session.end_ms,
         "length_ms": session.length_ms(),
+        "active_ms": session.active_ms,
         "last_event_ms": session.last_event_ms,
         "event_count": session.event_count,
         "end_reason": session.end_reason,

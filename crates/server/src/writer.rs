@@ -173,7 +173,7 @@ impl Writer {
         let horizon_ms = config.lateness_horizon_ms;
         let mut engine = Sessionizer::new(config).map_err(|e| StoreError::InvalidSettings(e.to_string()))?;
         let now = now_ms();
-        let floor = now.saturating_sub(horizon_ms).saturating_sub(rules.timeout_ms());
+        let floor = now.saturating_sub(horizon_ms).saturating_sub(rules.join_distance_ms());
         let from =
             self.store.earliest_start_of_sessions_ending_since(project.id, floor)?.map_or(floor, |s| s.min(floor));
         let mut replayed = 0;
@@ -433,6 +433,7 @@ fn engine_event(event: &NewEvent, classifier: &EventClassifier) -> Event {
         class,
         insert_id: event.insert_id.as_deref().map(Arc::from),
         client_session_id: event.client_session_id.as_deref().map(Arc::from),
+        platform: event.platform.as_deref().map(Arc::from),
     }
 }
 
@@ -454,6 +455,7 @@ mod tests {
                 end_ms: start,
                 last_event_ms: start,
                 event_count: count,
+                active_ms: 0,
                 entry_event_type: "e".into(),
                 entry_page: None,
                 exit_event_type: "e".into(),

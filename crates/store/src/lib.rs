@@ -152,6 +152,9 @@ pub struct StoredSession {
     pub end_ms: i64,
     pub last_event_ms: i64,
     pub event_count: u64,
+    /// Time in the foreground (see [`sessionizer_engine::SessionRecord::active_ms`]);
+    /// sessions stored before schema 5 read as their length.
+    pub active_ms: i64,
     /// `None` while the session is open.
     pub end_reason: Option<String>,
     pub concluded: bool,
@@ -178,6 +181,7 @@ impl StoredSession {
             end_ms: record.end_ms,
             last_event_ms: record.last_event_ms,
             event_count: record.event_count,
+            active_ms: record.active_ms,
             end_reason: record.end_reason.map(|r| r.as_str().to_string()),
             concluded: record.concluded,
             entry_event_type: record.entry_event_type.to_string(),
@@ -604,8 +608,8 @@ impl Batch<'_> {
     ) -> Result<(), StoreError> {
         let mut record = self.tx.prepare_cached(
             "INSERT INTO session_changes (project, kind, user_kind, user_key, session_id, session_uid, start_ms, \
-             end_ms, last_event_ms, event_count, end_reason, superseded_by, raised_at_ms, concluded) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+             end_ms, last_event_ms, event_count, end_reason, superseded_by, raised_at_ms, concluded, active_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
         )?;
         record.execute(params![
             project,
@@ -622,6 +626,7 @@ impl Batch<'_> {
             superseded_by.map(|uid| uid.to_string()),
             raised_at_ms,
             session.concluded,
+            session.active_ms,
         ])?;
         let revision = self.tx.last_insert_rowid();
         if kind == StoredChangeKind::Superseded {
@@ -637,15 +642,15 @@ impl Batch<'_> {
                 // uid follow from the key (the id is the start), so they never change.
                 "INSERT INTO sessions (project, user_kind, user_key, session_id, session_uid, start_ms, \
                  end_ms, last_event_ms, event_count, end_reason, concluded, entry_event_type, entry_page, \
-                 exit_event_type, exit_page, revision) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) \
+                 exit_event_type, exit_page, revision, active_ms) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17) \
                  ON CONFLICT (project, user_kind, user_key, session_id) DO UPDATE SET \
                  end_ms = excluded.end_ms, \
                  last_event_ms = excluded.last_event_ms, event_count = excluded.event_count, \
                  end_reason = excluded.end_reason, concluded = excluded.concluded, \
                  entry_event_type = excluded.entry_event_type, entry_page = excluded.entry_page, \
                  exit_event_type = excluded.exit_event_type, exit_page = excluded.exit_page, \
-                 revision = excluded.revision",
+                 revision = excluded.revision, active_ms = excluded.active_ms",
             )?;
             upsert.execute(params![
                 project,
@@ -664,6 +669,7 @@ impl Batch<'_> {
                 session.exit_event_type,
                 session.exit_page,
                 revision,
+                session.active_ms,
             ])?;
         }
         Ok(())
@@ -767,7 +773,8 @@ const EVENT_COLUMNS: &str = "SELECT seq, user_id, device_id, event_type, time_ms
 
 const SESSION_COLUMNS: &str = "SELECT user_kind, user_key, session_id, session_uid, start_ms, end_ms, \
                                last_event_ms, event_count, end_reason, concluded, entry_event_type, entry_page, \
-                               exit_event_type, exit_page, revision FROM sessions";
+                               exit_event_type, exit_page, revision, coalesce(active_ms, end_ms - start_ms) \
+                               FROM sessions";
 
 fn event_of_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
     Ok(StoredEvent {
@@ -810,6 +817,7 @@ fn session_of_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<StoredSess
         exit_event_type: row.get(12)?,
         exit_page: row.get(13)?,
         revision: row.get(14)?,
+        active_ms: row.get(15)?,
     }))
 }
 

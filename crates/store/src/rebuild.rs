@@ -88,6 +88,7 @@ pub fn sessionize_stored(
                 end_ms: session.end_ms,
                 last_event_ms: session.last_event_ms,
                 event_count: session.event_count,
+                active_ms: session.active_ms,
                 end_reason: (!open_ended).then(|| session.end_reason.as_str().to_string()),
                 concluded,
                 entry_event_type: entry.event_type.clone(),

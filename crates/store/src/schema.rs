@@ -98,6 +98,13 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX session_changes_uid ON session_changes (project, session_uid);
     CREATE INDEX sessions_uid ON sessions (project, session_uid);
     ",
+    // 5: time in the foreground (app lifecycle rules). NULL in rows written
+    // before: those sessions had no lifecycle rules, so it is their length,
+    // which readers substitute; no rewrite of existing rows.
+    "
+    ALTER TABLE sessions ADD COLUMN active_ms INTEGER;
+    ALTER TABLE session_changes ADD COLUMN active_ms INTEGER;
+    ",
 ];
 
 /// Brings the schema to the newest version, in one transaction per step.

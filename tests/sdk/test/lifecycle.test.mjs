@@ -55,10 +55,11 @@ function plan(prefix, names) {
   ];
   const sessions = {
     [mobile]: [
-      { start_ms: t0, end_ms: t0 + 40 * SECOND, event_count: 5, end_reason: 'backgrounded' },
-      { start_ms: t0 + 51 * SECOND, end_ms: t0 + 70 * SECOND, event_count: 3, end_reason: 'backgrounded' },
+      // 9 s of the 40 were in the background.
+      { start_ms: t0, end_ms: t0 + 40 * SECOND, active_ms: 31 * SECOND, event_count: 5, end_reason: 'backgrounded' },
+      { start_ms: t0 + 51 * SECOND, end_ms: t0 + 70 * SECOND, active_ms: 19 * SECOND, event_count: 3, end_reason: 'backgrounded' },
     ],
-    [idle]: [{ start_ms: t0, end_ms: t0 + 20 * MINUTE, event_count: 2, end_reason: 'dead_app' }],
+    [idle]: [{ start_ms: t0, end_ms: t0 + 20 * MINUTE, active_ms: 20 * MINUTE, event_count: 2, end_reason: 'dead_app' }],
   };
   return { events, sessions };
 }
@@ -68,9 +69,10 @@ async function checkLifecycleSessions(server, expected) {
     const deadline = Date.now() + 10_000;
     let got;
     for (;;) {
-      got = (await server.sessions(user)).map(({ start_ms, end_ms, event_count, end_reason }) => ({
+      got = (await server.sessions(user)).map(({ start_ms, end_ms, active_ms, event_count, end_reason }) => ({
         start_ms,
         end_ms,
+        active_ms,
         event_count,
         end_reason,
       }));

@@ -211,6 +211,7 @@ mod parquet_rows {
             "start_ms" => int(|r| r.start_ms),
             "end_ms" => int(|r| r.end_ms),
             "length_ms" => int(|r| r.length_ms),
+            "active_ms" => int(|r| r.active_ms),
             "event_count" => Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.event_count))),
             "end_reason" => required(|r| r.end_reason),
             "entry_event_type" => required(|r| r.entry_event_type),

@@ -16,6 +16,7 @@ fn sessions() -> Vec<SessionRow<'static>> {
             start_ms: 1_767_610_800_000,
             end_ms: 1_767_610_860_000,
             length_ms: 60_000,
+            active_ms: 50_000,
             event_count: 3,
             end_reason: "timeout",
             entry_event_type: "Page Viewed",
@@ -31,6 +32,7 @@ fn sessions() -> Vec<SessionRow<'static>> {
             start_ms: 0,
             end_ms: i64::MAX,
             length_ms: i64::MIN,
+            active_ms: i64::MAX,
             event_count: u64::MAX,
             end_reason: "open",
             entry_event_type: TRICKY,
@@ -73,7 +75,7 @@ fn session_json(s: &SessionRow<'_>) -> Value {
     json!({
         "user_id": s.user_id, "device_id": s.device_id, "session_id": s.session_id, "session_uid": s.session_uid,
         "start_ms": s.start_ms, "end_ms": s.end_ms, "length_ms": s.length_ms,
-        "event_count": s.event_count, "end_reason": s.end_reason,
+        "active_ms": s.active_ms, "event_count": s.event_count, "end_reason": s.end_reason,
         "entry_event_type": s.entry_event_type, "entry_page": s.entry_page,
         "exit_event_type": s.exit_event_type, "exit_page": s.exit_page,
     })
@@ -87,7 +89,7 @@ fn event_json(e: &EventRow<'_>) -> Value {
     })
 }
 
-const SESSION_COLUMNS: [&str; 13] = [
+const SESSION_COLUMNS: [&str; 14] = [
     "user_id",
     "device_id",
     "session_id",
@@ -95,6 +97,7 @@ const SESSION_COLUMNS: [&str; 13] = [
     "start_ms",
     "end_ms",
     "length_ms",
+    "active_ms",
     "event_count",
     "end_reason",
     "entry_event_type",
@@ -175,6 +178,7 @@ fn csv_sessions_and_events() {
                 s.start_ms.to_string(),
                 s.end_ms.to_string(),
                 s.length_ms.to_string(),
+                s.active_ms.to_string(),
                 s.event_count.to_string(),
                 s.end_reason.to_owned(),
                 s.entry_event_type.to_owned(),
@@ -243,6 +247,7 @@ fn parquet_sessions_and_events() {
     assert_eq!(ints(&batch, "start_ms"), [Some(1_767_610_800_000), Some(0)]);
     assert_eq!(ints(&batch, "end_ms"), [Some(1_767_610_860_000), Some(i64::MAX)]);
     assert_eq!(ints(&batch, "length_ms"), [Some(60_000), Some(i64::MIN)]);
+    assert_eq!(ints(&batch, "active_ms"), [Some(50_000), Some(i64::MAX)]);
     let counts: Vec<Option<u64>> =
         batch.column_by_name("event_count").expect("count").as_primitive::<UInt64Type>().iter().collect();
     assert_eq!(counts, [Some(3), Some(u64::MAX)]);
@@ -376,6 +381,7 @@ fn many_sessions(text: &[String]) -> Vec<SessionRow<'_>> {
                 start_ms: i * 1_000,
                 end_ms: i * 1_000 + i % 7,
                 length_ms: i % 7,
+                active_ms: i % 5,
                 event_count: (i % 5) as u64,
                 end_reason: ["inactivity", "max_length", "midnight"][i as usize % 3],
                 entry_event_type: if i % 11 == 0 { TRICKY } else { "Page Viewed" },

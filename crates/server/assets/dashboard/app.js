@@ -453,6 +453,8 @@
         figure('start', 'Start', fmtTime(x.start_ms)),
         figure('end', 'Last activity', fmtTime(x.end_ms)),
         figure('length', 'Length', fmtDuration(x.length_ms)),
+        // Time in the foreground: below the length only with app background events.
+        x.active_ms != null && x.active_ms !== x.length_ms ? figure('active', 'In the foreground', fmtDuration(x.active_ms)) : null,
         figure('event_count', 'Events', fmtInt(x.event_count)),
         figure('entry', 'Entry', `${x.entry_event_type ?? '–'}${x.entry_page ? ` (${x.entry_page})` : ''}`),
         figure('exit', 'Exit', `${x.exit_event_type ?? '–'}${x.exit_page ? ` (${x.exit_page})` : ''}`),
