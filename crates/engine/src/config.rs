@@ -44,13 +44,14 @@ pub const MAX_PLATFORMS: usize = 32;
 pub const MAX_PLATFORM_BYTES: usize = 64;
 
 /// App lifecycle events that send the app to the background (or end the
-/// client's session), by default: Segment's, Amplitude's and sessionizer's own.
+/// client's session), by default: Segment's, Amplitude's and sessionizer's own
+/// (`Page Hidden` from the browser SDK with `trackVisibility`).
 /// Foreground events need no list: any active event that is not a background
 /// event shows the app in the foreground (`Application Opened`,
 /// `Application Foregrounded`, `session_start`, `App Foregrounded`, but also a
 /// screen view after a lost foreground event).
-pub const DEFAULT_BACKGROUND_EVENT_TYPES: [&str; 4] =
-    ["Application Backgrounded", "session_end", "[Amplitude] Application Backgrounded", "App Backgrounded"];
+pub const DEFAULT_BACKGROUND_EVENT_TYPES: [&str; 5] =
+    ["Application Backgrounded", "session_end", "[Amplitude] Application Backgrounded", "App Backgrounded", "Page Hidden"];
 
 /// Event types that neither open nor extend a session unless configured otherwise:
 /// server-side and identity events that say nothing about the user being active.

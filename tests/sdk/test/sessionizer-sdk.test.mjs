@@ -420,6 +420,47 @@ test('the sessionizer browser SDK in headless Chromium', { timeout: 180_000, ski
     await context.close();
   });
 
+  await t.test('trackVisibility: Page Hidden events; with lifecycle rules for web, time hidden is not active time', async () => {
+    const project = await createProject(server, 'web-lifecycle', ['--timeout', '29m', '--platform', 'web=30m,lifecycle']);
+    await project.settled(29 * MINUTE);
+    const user = 'ivan';
+    const t0 = pastInstant(30);
+    const { context, page } = await open(t0);
+    await page.goto(site.url('/article', { key: project.writeKey, options: { userId: user, trackActivity: false, trackVisibility: true } }));
+    await context.setOffline(true);
+    await page.clock.fastForward(60 * SECOND);
+    await page.evaluate(() => window.sdk.track('Read'));
+    await page.clock.fastForward(10 * SECOND);
+    const visibility = (state) =>
+      page.evaluate((state) => {
+        Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => state });
+        document.dispatchEvent(new Event('visibilitychange'));
+      }, state);
+    await visibility('hidden');
+    // Five minutes in another tab, then back: within the web timeout, the same session.
+    await page.clock.fastForward(5 * MINUTE);
+    await visibility('visible');
+    await page.evaluate(() => window.sdk.track('Read'));
+    await page.clock.fastForward(30 * SECOND);
+    await page.evaluate(() => window.sdk.track('Done'));
+    await realTime(context);
+    await context.setOffline(false);
+    await page.evaluate(() => window.sdk.flush());
+    const { events, sessions } = await waitForEvents(project, user, 5);
+    const at = (ms) => t0 + ms;
+    assert.deepEqual(summary(events), [
+      ['Page Viewed', t0, false],
+      ['Read', at(60 * SECOND), false],
+      ['Page Hidden', at(70 * SECOND), false],
+      ['Read', at(370 * SECOND), false],
+      ['Done', at(400 * SECOND), false],
+    ]);
+    assert.deepEqual(shape(sessions), [[t0, t0, at(400 * SECOND), 5]]);
+    assert.equal(sessions[0].length_ms, 400 * SECOND);
+    assert.equal(sessions[0].active_ms, 100 * SECOND, 'the 5 minutes hidden are not in the foreground');
+    await context.close();
+  });
+
   await t.test('retries: a lost answer is retried after a backoff and stored once; a refused event is never resent', async () => {
     // The proxy stores the first request upstream, then answers 503 as if the answer were lost.
     const proxy = await startProxy(server.url, { failAfterStoring: [0] });

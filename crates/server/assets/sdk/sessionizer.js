@@ -23,6 +23,9 @@ function createSessionizer(scriptUrl) {
 
   const ACTIVITY_EVENT = 'Activity';
   const PAGE_VIEW_EVENT = 'Page Viewed';
+  // Sent when the page leaves the user's sight: a background event for the server's app lifecycle
+  // rules, so a project with `--platform web=30m,lifecycle` gets each session's time in the foreground.
+  const PAGE_HIDDEN_EVENT = 'Page Hidden';
   // What counts as the user being there (LiveSession's definition); clicks and taps start with a pointerdown.
   const ACTIVITY_DOM_EVENTS = ['scroll', 'pointermove', 'pointerdown', 'keydown', 'touchstart'];
   const PREFIX = 'sessionizer.';
@@ -242,6 +245,7 @@ function createSessionizer(scriptUrl) {
       sessionTimeoutInSeconds = DEFAULT_TIMEOUT_SECONDS,
       autoTrackPageViews = true,
       trackActivity = true,
+      trackVisibility = false,
       userId,
     } = options;
     const timeout = sessionTimeoutInSeconds;
@@ -258,7 +262,11 @@ function createSessionizer(scriptUrl) {
     if (userId != null) setUser(userId);
     config = { writeKey, endpoint, timeoutMs: timeout * 1000 };
 
-    document.addEventListener('visibilitychange', () => document.visibilityState === 'hidden' && beacon());
+    document.addEventListener('visibilitychange', () => {
+      if (document.visibilityState !== 'hidden') return;
+      if (trackVisibility) pageHidden();
+      beacon();
+    });
     addEventListener('pagehide', beacon);
     addEventListener('online', () => {
       failures = 0;
@@ -278,6 +286,15 @@ function createSessionizer(scriptUrl) {
       pageView();
     }
     schedule(FLUSH_DELAY_MS); // events left by earlier pages
+  }
+
+  /** The page left the user's sight while a session is alive: a `Page Hidden` event ends its foreground time. */
+  function pageHidden() {
+    const time = now();
+    // A tab hidden after the session ended opens none.
+    if (!alive(load('session'), time)) return;
+    const session = touch(time, true);
+    enqueue(PAGE_HIDDEN_EVENT, null, false, time, session.id);
   }
 
   function onNavigate() {
