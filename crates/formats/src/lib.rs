@@ -31,6 +31,6 @@ pub use time::{
     parse_event_time_u64,
 };
 pub use write::{
-    EventRow, EventSink, SessionRow, SessionSink, create_event_writer, create_session_writer, event_writer_to,
-    session_rows_to, session_writer_to, write_session_rows,
+    EventRow, EventSink, SessionRow, SessionSink, StoredEventRow, StoredEventSink, create_event_writer,
+    create_session_writer, session_rows_to, session_writer_to, stored_event_writer_to, write_session_rows,
 };

@@ -56,6 +56,20 @@ pub struct EventRow<'a> {
     pub session_uid: Option<&'a str>,
 }
 
+/// An event as the server exports it: [`EventRow`] plus what the store keeps
+/// besides the session inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredEventRow<'a> {
+    pub event: EventRow<'a>,
+    /// `web`, `ios`, ... as the SDK said it.
+    pub platform: Option<&'a str>,
+    /// The SDK's own session id.
+    pub client_session_id: Option<&'a str>,
+    /// The event's properties, a JSON object: embedded as an object in NDJSON,
+    /// its text in CSV and Parquet.
+    pub properties: Option<&'a str>,
+}
+
 /// A destination for sessions.
 pub trait SessionSink {
     fn write(&mut self, row: &SessionRow<'_>) -> Result<(), WriteError>;
@@ -87,9 +101,19 @@ pub fn session_writer_to(format: FileFormat, out: Box<dyn Write + Send>) -> Resu
     Ok(Box::new(Writer::<SessionRow<'static>>::to_writer(format, out)?))
 }
 
-/// Writes events in `format` to any byte sink (an HTTP response body, say).
-pub fn event_writer_to(format: FileFormat, out: Box<dyn Write + Send>) -> Result<Box<dyn EventSink>, WriteError> {
-    Ok(Box::new(Writer::<EventRow<'static>>::to_writer(format, out)?))
+/// A destination for stored events (the server's exports).
+pub trait StoredEventSink {
+    fn write(&mut self, row: &StoredEventRow<'_>) -> Result<(), WriteError>;
+    /// Flushes everything and completes the file.
+    fn finish(self: Box<Self>) -> Result<(), WriteError>;
+}
+
+/// Writes stored events in `format` to any byte sink (an HTTP response body, say).
+pub fn stored_event_writer_to(
+    format: FileFormat,
+    out: Box<dyn Write + Send>,
+) -> Result<Box<dyn StoredEventSink>, WriteError> {
+    Ok(Box::new(Writer::<StoredEventRow<'static>>::to_writer(format, out)?))
 }
 
 /// The type of a column.
@@ -101,6 +125,8 @@ enum Kind {
     OptI64,
     U64,
     Bool,
+    /// A JSON value's text, or null.
+    OptJson,
 }
 
 /// A row type: its columns and how to visit its values in column order.
@@ -115,6 +141,10 @@ trait Visit {
     fn i64(&mut self, value: Option<i64>) -> Result<(), WriteError>;
     fn u64(&mut self, value: u64) -> Result<(), WriteError>;
     fn bool(&mut self, value: bool) -> Result<(), WriteError>;
+    /// A JSON value's text: as text unless the format can hold JSON itself.
+    fn json(&mut self, value: Option<&str>) -> Result<(), WriteError> {
+        self.str(value)
+    }
 }
 
 impl Row for SessionRow<'_> {
@@ -176,6 +206,30 @@ impl Row for EventRow<'_> {
         v.bool(self.passive)?;
         v.i64(self.session_id)?;
         v.str(self.session_uid)
+    }
+}
+
+impl Row for StoredEventRow<'_> {
+    const COLUMNS: &'static [(&'static str, Kind)] = &[
+        ("user_id", Kind::OptStr),
+        ("device_id", Kind::OptStr),
+        ("event_type", Kind::Str),
+        ("time_ms", Kind::I64),
+        ("insert_id", Kind::OptStr),
+        ("page", Kind::OptStr),
+        ("passive", Kind::Bool),
+        ("session_id", Kind::OptI64),
+        ("session_uid", Kind::OptStr),
+        ("platform", Kind::OptStr),
+        ("client_session_id", Kind::OptStr),
+        ("properties", Kind::OptJson),
+    ];
+
+    fn visit<V: Visit>(&self, v: &mut V) -> Result<(), WriteError> {
+        self.event.visit(v)?;
+        v.str(self.platform)?;
+        v.str(self.client_session_id)?;
+        v.json(self.properties)
     }
 }
 
@@ -248,6 +302,21 @@ impl<R: Row> Writer<R> {
 
 impl SessionSink for Writer<SessionRow<'static>> {
     fn write(&mut self, row: &SessionRow<'_>) -> Result<(), WriteError> {
+        match &mut self.format {
+            Format::Ndjson(out) => out.write_row(row),
+            Format::Csv(out) => out.write_row(row),
+            #[cfg(feature = "parquet")]
+            Format::Parquet(out) => out.write_row(row),
+        }
+    }
+
+    fn finish(self: Box<Self>) -> Result<(), WriteError> {
+        self.finish_format()
+    }
+}
+
+impl StoredEventSink for Writer<StoredEventRow<'static>> {
+    fn write(&mut self, row: &StoredEventRow<'_>) -> Result<(), WriteError> {
         match &mut self.format {
             Format::Ndjson(out) => out.write_row(row),
             Format::Csv(out) => out.write_row(row),
@@ -356,6 +425,19 @@ impl Visit for JsonVisit<'_> {
             None => self.buffer.extend_from_slice(b"null"),
         }
         Ok(())
+    }
+
+    /// Valid JSON is embedded as is (the store only keeps what it parsed);
+    /// anything else is written as a string rather than break the line.
+    fn json(&mut self, value: Option<&str>) -> Result<(), WriteError> {
+        match value {
+            Some(text) if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() => {
+                self.key();
+                self.buffer.extend_from_slice(text.as_bytes());
+                Ok(())
+            }
+            other => self.str(other),
+        }
     }
 
     #[inline]
@@ -547,7 +629,7 @@ mod parquet_out {
             .map(|&(name, kind)| {
                 let (data_type, nullable) = match kind {
                     Kind::Str => (DataType::Utf8, false),
-                    Kind::OptStr => (DataType::Utf8, true),
+                    Kind::OptStr | Kind::OptJson => (DataType::Utf8, true),
                     Kind::I64 => (DataType::Int64, false),
                     Kind::OptI64 => (DataType::Int64, true),
                     Kind::U64 => (DataType::UInt64, false),
@@ -573,7 +655,7 @@ mod parquet_out {
             let builders = columns
                 .iter()
                 .map(|&(_, kind)| match kind {
-                    Kind::Str | Kind::OptStr => Builder::Str(StringBuilder::new()),
+                    Kind::Str | Kind::OptStr | Kind::OptJson => Builder::Str(StringBuilder::new()),
                     Kind::I64 | Kind::OptI64 => Builder::I64(Int64Builder::new()),
                     Kind::U64 => Builder::U64(UInt64Builder::new()),
                     Kind::Bool => Builder::Bool(BooleanBuilder::new()),

@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use axum::body::Bytes;
 use futures_util::Stream;
 use serde_json::json;
-use sessionizer_formats::{EventRow, FileFormat, SessionRow, event_writer_to, session_writer_to};
+use sessionizer_formats::{
+    EventRow, FileFormat, SessionRow, StoredEventRow, session_writer_to, stored_event_writer_to,
+};
 use sessionizer_store::{Store, StoreError, StoredSession};
 use tokio::sync::{Semaphore, mpsc};
 
@@ -75,21 +77,26 @@ impl Readers {
             let project = crate::query::project_of(store, project).map_err(|e| e.to_string())?;
             let (_, classifier) = project.settings.compile().map_err(|e| e.to_string())?;
             let classify = |event_type: &str, passive: bool| classifier.classify(event_type, passive);
-            let mut sink = event_writer_to(format, out).map_err(|e| e.to_string())?;
+            let mut sink = stored_event_writer_to(format, out).map_err(|e| e.to_string())?;
             let mut uid_buffer = uuid::Uuid::encode_buffer();
             store
                 .export_events(project.id, from_ms, to_ms, &classify, &mut |stored, session| {
                     let event = &stored.event;
-                    let row = EventRow {
-                        user_id: event.user_id.as_deref(),
-                        device_id: event.device_id.as_deref(),
-                        event_type: &event.event_type,
-                        time_ms: event.time_ms,
-                        insert_id: event.insert_id.as_deref(),
-                        page: event.page.as_deref(),
-                        passive: event.passive,
-                        session_id: session.map(|(id, _)| id),
-                        session_uid: session.map(|(_, uid)| &*uid.hyphenated().encode_lower(&mut uid_buffer)),
+                    let row = StoredEventRow {
+                        event: EventRow {
+                            user_id: event.user_id.as_deref(),
+                            device_id: event.device_id.as_deref(),
+                            event_type: &event.event_type,
+                            time_ms: event.time_ms,
+                            insert_id: event.insert_id.as_deref(),
+                            page: event.page.as_deref(),
+                            passive: event.passive,
+                            session_id: session.map(|(id, _)| id),
+                            session_uid: session.map(|(_, uid)| &*uid.hyphenated().encode_lower(&mut uid_buffer)),
+                        },
+                        platform: event.platform.as_deref(),
+                        client_session_id: event.client_session_id.as_deref(),
+                        properties: event.properties.as_deref(),
                     };
                     sink.write(&row).map_err(|e| StoreError::Sqlite(format!("export stopped: {e}")))
                 })

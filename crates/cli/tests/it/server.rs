@@ -281,6 +281,34 @@ fn ingest_query_restart_query() {
 }
 
 #[test]
+fn event_exports_keep_properties_platform_and_the_sdk_session_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = create_project(dir.path(), "export");
+    let server = TestServer::start(dir.path(), free_port());
+    let t0 = now_ms() - 60 * 60_000;
+    let properties = json!({"plan": "pro", "cart": {"items": [1, 2], "total": 12.5}, "tags": ["a", "b"]});
+    let body = json!({"events": [
+        {"user_id": "u1", "event_type": "Checkout", "time": t0, "insert_id": "e1", "platform": "iOS",
+         "client_session_id": "cs-7", "properties": properties},
+        {"user_id": "u1", "event_type": "Viewed", "time": t0 + 1_000, "insert_id": "e2"},
+    ]});
+    assert_eq!(server.post("/v1/events", Some(&project.write_key), &body).status, 200);
+    let range = format!("from_ms={}&to_ms={}", t0 - 1, t0 + 60_000);
+    let ndjson = server.get(&format!("/v1/export/events?format=ndjson&{range}"), Some(&project.read_key));
+    let rows: Vec<Value> = ndjson.body.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 2, "{}", ndjson.body);
+    assert_eq!(rows[0]["properties"], properties, "the properties, as an object");
+    assert_eq!((rows[0]["platform"].as_str(), rows[0]["client_session_id"].as_str()), (Some("ios"), Some("cs-7")));
+    assert_eq!((&rows[1]["properties"], &rows[1]["platform"]), (&Value::Null, &Value::Null));
+    let csv = server.get(&format!("/v1/export/events?format=csv&{range}"), Some(&project.read_key));
+    let header = csv.body.lines().next().unwrap();
+    assert!(header.ends_with(",platform,client_session_id,properties"), "{header}");
+    // The JSON text, quoted as CSV quotes (doubled quotes).
+    let first = csv.body.lines().nth(1).unwrap();
+    assert!(first.contains(r#",ios,cs-7,"{"#) && first.contains(r#"""plan"":""pro"""#), "{first}");
+}
+
+#[test]
 fn keys_roles_and_bad_requests() {
     let dir = tempfile::tempdir().unwrap();
     let shop = create_project(dir.path(), "shop");

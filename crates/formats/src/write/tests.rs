@@ -473,3 +473,60 @@ fn csv_downloads_neutralise_formulas_and_files_keep_values_exactly() {
     let text = std::fs::read_to_string(&path).unwrap();
     assert!(text.lines().nth(1).unwrap().contains(",-2+3,"), "the command line's files keep values: {text}");
 }
+
+/// The server's event export: what the store keeps besides the event row, the
+/// properties embedded as a JSON object in NDJSON and as their text elsewhere.
+#[test]
+fn stored_event_exports_carry_platform_client_session_and_properties() {
+    use arrow_array::Array;
+    use arrow_array::cast::AsArray;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    let properties = r#"{"plan":"pro","cart":{"items":[1,2]},"note":"=1+1"}"#;
+    let rows = [
+        StoredEventRow {
+            event: events()[0],
+            platform: Some("ios"),
+            client_session_id: Some("cs-1"),
+            properties: Some(properties),
+        },
+        StoredEventRow { event: events()[1], platform: None, client_session_id: None, properties: None },
+        // Not JSON (a damaged row): written as a string, never a broken line.
+        StoredEventRow { event: events()[1], platform: None, client_session_id: None, properties: Some("{\"open") },
+    ];
+    let export = |format: FileFormat| -> Vec<u8> {
+        let buffer = SharedBuffer::default();
+        let mut sink = stored_event_writer_to(format, Box::new(buffer.clone())).unwrap();
+        for row in &rows {
+            sink.write(row).unwrap();
+        }
+        sink.finish().unwrap();
+        let bytes = buffer.0.lock().unwrap().clone();
+        bytes
+    };
+
+    let ndjson = String::from_utf8(export(FileFormat::Ndjson)).unwrap();
+    let lines: Vec<Value> = ndjson.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["properties"], serde_json::from_str::<Value>(properties).unwrap(), "an object, not a string");
+    assert_eq!((lines[0]["platform"].as_str(), lines[0]["client_session_id"].as_str()), (Some("ios"), Some("cs-1")));
+    assert_eq!(lines[0]["insert_id"], json!("i1"));
+    assert_eq!((&lines[1]["properties"], &lines[1]["platform"]), (&Value::Null, &Value::Null));
+    assert_eq!(lines[2]["properties"], json!("{\"open"));
+
+    let csv_text = String::from_utf8(export(FileFormat::Csv)).unwrap();
+    let mut reader = csv::Reader::from_reader(csv_text.as_bytes());
+    let headers: Vec<String> = reader.headers().unwrap().iter().map(str::to_owned).collect();
+    assert_eq!(&headers[9..], ["platform", "client_session_id", "properties"]);
+    let first = reader.records().next().unwrap().unwrap();
+    assert_eq!(&first[11], properties, "the JSON text (it starts with a brace: nothing to neutralise)");
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.parquet");
+    std::fs::write(&path, export(FileFormat::Parquet)).unwrap();
+    let reader =
+        ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap()).unwrap().build().unwrap();
+    let batch = reader.into_iter().next().unwrap().unwrap();
+    let column = batch.column_by_name("properties").unwrap().as_string::<i32>().clone();
+    assert_eq!((column.value(0), column.is_null(1)), (properties, true));
+}
