@@ -150,7 +150,8 @@ pub(crate) fn parse_event(
     let insert_id = id(&mut fields, "insert_id", &mut problems);
     let page = id(&mut fields, "page", &mut problems);
     let client_session_id = id(&mut fields, "client_session_id", &mut problems);
-    let platform = id(&mut fields, "platform", &mut problems);
+    // Lower case, as the SDK formats give it: platform rules name platforms in lower case.
+    let platform = id(&mut fields, "platform", &mut problems).map(|p| p.to_ascii_lowercase());
     let ip = id(&mut fields, "ip", &mut problems);
     if user_id.is_none()
         && device_id.is_none()
