@@ -50,8 +50,13 @@ pub const MAX_PLATFORM_BYTES: usize = 64;
 /// event shows the app in the foreground (`Application Opened`,
 /// `Application Foregrounded`, `session_start`, `App Foregrounded`, but also a
 /// screen view after a lost foreground event).
-pub const DEFAULT_BACKGROUND_EVENT_TYPES: [&str; 5] =
-    ["Application Backgrounded", "session_end", "[Amplitude] Application Backgrounded", "App Backgrounded", "Page Hidden"];
+pub const DEFAULT_BACKGROUND_EVENT_TYPES: [&str; 5] = [
+    "Application Backgrounded",
+    "session_end",
+    "[Amplitude] Application Backgrounded",
+    "App Backgrounded",
+    "Page Hidden",
+];
 
 /// Event types that neither open nor extend a session unless configured otherwise:
 /// server-side and identity events that say nothing about the user being active.
