@@ -821,6 +821,7 @@ mod tests {
             listen: format!("127.0.0.1:{port}").parse().unwrap(),
             write_queue_requests: sessionizer_server::limits::WRITE_QUEUE_REQUESTS,
             rate_limits: sessionizer_server::RateLimits::default(),
+            timeouts: sessionizer_server::Timeouts::default(),
         };
         let server = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();

@@ -48,6 +48,25 @@ pub(crate) struct ServeArgs {
     /// Read requests per second each project's read key may make; 0 turns it off [default: 100].
     #[arg(long, value_name = "REQUESTS_PER_S", env = "SESSIONIZER_READ_RATE_LIMIT")]
     read_rate_limit: Option<u32>,
+    /// Longest time a client may take to send a request's header (or keep an idle
+    /// connection open); then the connection is closed [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
+    header_read_timeout: Option<std::time::Duration>,
+    /// Longest pause while a client sends a request body; then 408 [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
+    body_idle_timeout: Option<std::time::Duration>,
+    /// Longest time a client may take to send a whole request body, however
+    /// steadily; then 408 [default: 120s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
+    body_total_timeout: Option<std::time::Duration>,
+}
+
+/// A timeout on the command line (`10s`, `500ms`, ...): above zero.
+fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
+    match crate::duration::parse_duration_ms(text)? {
+        0 => Err("a timeout must be above zero".to_string()),
+        ms => Ok(std::time::Duration::from_millis(ms.unsigned_abs())),
+    }
 }
 
 /// The configuration file's keys.
@@ -108,7 +127,13 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
         ingest_events_per_s: args.ingest_rate_limit.or(file.ingest_rate_limit).unwrap_or(defaults.ingest_events_per_s),
         read_requests_per_s: args.read_rate_limit.or(file.read_rate_limit).unwrap_or(defaults.read_requests_per_s),
     };
-    let config = ServerConfig { data_dir, listen, write_queue_requests, rate_limits };
+    let defaults = sessionizer_server::Timeouts::default();
+    let timeouts = sessionizer_server::Timeouts {
+        header_read: args.header_read_timeout.unwrap_or(defaults.header_read),
+        body_idle: args.body_idle_timeout.unwrap_or(defaults.body_idle),
+        body_total: args.body_total_timeout.unwrap_or(defaults.body_total),
+    };
+    let config = ServerConfig { data_dir, listen, write_queue_requests, rate_limits, timeouts };
     runtime.block_on(sessionizer_server::serve(config, shutdown_signal())).map_err(|error| {
         let failure = match error {
             ServeError::Listen { .. } | ServeError::DataDirInUse(_) => Failure::Unavailable,

@@ -43,6 +43,8 @@ pub enum ApiError {
     TooLarge(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
+    #[error("{0}")]
+    RequestTimeout(String),
     #[error("the server is busy: retry later")]
     Busy,
     #[error("this key's rate limit is reached: retry in {} s", retry_seconds(.0))]
@@ -53,9 +55,15 @@ pub enum ApiError {
     Loading(String),
     #[error("the disk is full: nothing of this request was stored")]
     DiskFull,
+    #[error("stored data is damaged: this request cannot be answered (the operator can run `sessionizer check`)")]
+    StorageCorrupt(String),
     #[error("internal error")]
     Internal(String),
 }
+
+/// Whether a corruption was logged already: the first one is worth an operator's
+/// attention, the same damage met by every later read is not worth a log line each.
+static CORRUPTION_LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 impl ApiError {
     pub fn status(&self) -> StatusCode {
@@ -66,10 +74,11 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Busy | ApiError::Unavailable(_) | ApiError::Loading(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::DiskFull => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Internal(_) | ApiError::StorageCorrupt(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -84,11 +93,13 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::TooLarge(_) => "too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::Busy => "busy",
             ApiError::RateLimited(_) => "rate_limited",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Loading(_) => "loading",
             ApiError::DiskFull => "disk_full",
+            ApiError::StorageCorrupt(_) => "storage_corrupt",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -98,6 +109,7 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::DiskFull(_) => ApiError::DiskFull,
+            StoreError::Corrupt(detail) => ApiError::StorageCorrupt(detail),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -123,6 +135,13 @@ impl IntoResponse for ApiError {
             // Logged once, here; the client gets no internals.
             tracing::error!(error = %detail, "internal error");
         }
+        if let ApiError::StorageCorrupt(detail) = &self {
+            if !CORRUPTION_LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::error!(error = %detail, "stored data is damaged: reads that reach it answer 500 storage_corrupt; stop the server and run `sessionizer check`");
+            } else {
+                tracing::debug!(error = %detail, "stored data is damaged");
+            }
+        }
         let events = match &self {
             ApiError::InvalidEvents(problems) => Some(problems.as_slice()),
             _ => None,
@@ -131,6 +150,10 @@ impl IntoResponse for ApiError {
         let mut response = (status, axum::Json(body)).into_response();
         if matches!(self, ApiError::Busy | ApiError::Unavailable(_) | ApiError::Loading(_)) {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let ApiError::DiskFull = &self {
+            // Space comes back when an operator acts: worth a longer wait than a busy queue.
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
         }
         if let ApiError::RateLimited(wait) = &self {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_seconds(wait)));

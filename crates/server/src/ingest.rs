@@ -61,8 +61,7 @@ pub fn parse_batch(body: &[u8], now_ms: i64) -> Result<Vec<NewEvent>, ApiError> 
 /// the key with `navigator.sendBeacon`, which cannot set headers).
 pub(crate) fn parse_keyed_batch(body: &[u8], now_ms: i64) -> Result<(Option<String>, Vec<NewEvent>), ApiError> {
     let text = std::str::from_utf8(body).map_err(|e| ApiError::BadRequest(format!("the body is not UTF-8: {e}")))?;
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))?;
+    let value = strict_json::parse(text).map_err(|error| error.into_api_error("events"))?;
     let Value::Object(mut top) = value else {
         return Err(ApiError::BadRequest("the body must be a JSON object with an \"events\" array".into()));
     };
@@ -272,6 +271,250 @@ pub(crate) fn parse_event(
     })
 }
 
+/// JSON parsing for every ingestion body: serde_json's parser, but an object
+/// with a duplicate key is refused. RFC 8259 leaves duplicates open and parsers
+/// differ (serde_json keeps the last, others the first or both), so an event
+/// that says two things about one field is not guessed at: the answer names the
+/// key and where it is. The path of a failure is built only while the error
+/// unwinds, so the accepted path costs what `serde_json::from_str::<Value>` does.
+pub(crate) mod strict_json {
+    use std::cell::RefCell;
+    use std::fmt;
+
+    use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
+    use serde_json::{Map, Number, Value};
+
+    use crate::error::{ApiError, EventProblem};
+    use crate::limits::MAX_PROPERTY_DEPTH;
+
+    /// serde_json's nesting limit: its parser refuses deeper JSON.
+    const SERDE_JSON_DEPTH_LIMIT: usize = 128;
+    /// Path segments shown in a message (a failure 128 levels deep has 128).
+    const SHOWN_SEGMENTS: usize = 6;
+
+    /// One step of the path to a failure.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub(crate) enum Segment {
+        Key(String),
+        Index(usize),
+    }
+
+    /// Why a body is not acceptable JSON, and where.
+    #[derive(Debug)]
+    pub(crate) struct JsonError {
+        pub(crate) kind: JsonErrorKind,
+        /// From the top of the document to the failure.
+        pub(crate) path: Vec<Segment>,
+    }
+
+    #[derive(Debug)]
+    pub(crate) enum JsonErrorKind {
+        /// An object has this key twice.
+        DuplicateKey(String),
+        /// Deeper than serde_json's nesting limit.
+        TooDeep(serde_json::Error),
+        Syntax(serde_json::Error),
+    }
+
+    /// The path as `events[3].properties.a`, shortened in the middle when long.
+    pub(crate) fn path_text(path: &[Segment]) -> String {
+        let mut text = String::new();
+        for (i, segment) in path.iter().enumerate() {
+            if path.len() > SHOWN_SEGMENTS && i == SHOWN_SEGMENTS - 2 {
+                text.push_str(&format!("…({} more)…", path.len() - SHOWN_SEGMENTS + 1));
+            }
+            if path.len() > SHOWN_SEGMENTS && i >= SHOWN_SEGMENTS - 2 && i < path.len() - 1 {
+                continue;
+            }
+            match segment {
+                Segment::Key(key) if i == 0 => text.push_str(key),
+                Segment::Key(key) => {
+                    text.push('.');
+                    text.push_str(key);
+                }
+                Segment::Index(index) => text.push_str(&format!("[{index}]")),
+            }
+        }
+        if text.is_empty() { "the top level".to_string() } else { text }
+    }
+
+    impl JsonError {
+        /// The answer to a body whose events are the array under `events_key`: a
+        /// failure inside event `i` is that event's problem, with its field.
+        pub(crate) fn into_api_error(self, events_key: &str) -> ApiError {
+            let in_event = match self.path.as_slice() {
+                [Segment::Key(key), Segment::Index(index), rest @ ..] if key == events_key => Some((*index, rest)),
+                _ => None,
+            };
+            let location = |e: &serde_json::Error| format!("line {}, column {}", e.line(), e.column());
+            match (self.kind, in_event) {
+                (JsonErrorKind::DuplicateKey(key), Some((index, rest))) => {
+                    let field = match rest.first() {
+                        Some(Segment::Key(field)) => field.clone(),
+                        _ => key.clone(),
+                    };
+                    let message = if rest.len() <= 1 {
+                        format!("duplicate key {key:?}: each field may appear once")
+                    } else {
+                        format!("duplicate key {key:?} at {}: each key may appear once", path_text(&self.path))
+                    };
+                    ApiError::InvalidEvents(vec![EventProblem { index, field, message }])
+                }
+                (JsonErrorKind::DuplicateKey(key), None) => ApiError::BadRequest(format!(
+                    "duplicate key {key:?} at {}: each key may appear once",
+                    path_text(&self.path)
+                )),
+                (JsonErrorKind::TooDeep(e), Some((index, rest))) => {
+                    let field = match rest.first() {
+                        Some(Segment::Key(field)) => field.clone(),
+                        _ => String::new(),
+                    };
+                    let message = format!(
+                        "nested more than {SERDE_JSON_DEPTH_LIMIT} levels deep (at {}, {}); properties may nest at most {MAX_PROPERTY_DEPTH} levels",
+                        path_text(&self.path),
+                        location(&e)
+                    );
+                    ApiError::InvalidEvents(vec![EventProblem { index, field, message }])
+                }
+                (JsonErrorKind::TooDeep(e), None) => ApiError::BadRequest(format!(
+                    "the body nests JSON more than {SERDE_JSON_DEPTH_LIMIT} levels deep (at {}, {})",
+                    path_text(&self.path),
+                    location(&e)
+                )),
+                (JsonErrorKind::Syntax(e), _) => ApiError::BadRequest(format!("the body is not valid JSON: {e}")),
+            }
+        }
+    }
+
+    /// Parses one JSON document (trailing whitespace only).
+    pub(crate) fn parse(text: &str) -> Result<Value, JsonError> {
+        let failure = RefCell::new(None);
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        let parsed = Strict { failure: &failure }.deserialize(&mut deserializer).and_then(|value| {
+            deserializer.end()?;
+            Ok(value)
+        });
+        parsed.map_err(|error| match failure.into_inner() {
+            Some(Failure::Duplicate { key, mut path }) => {
+                path.reverse();
+                JsonError { kind: JsonErrorKind::DuplicateKey(key), path }
+            }
+            Some(Failure::Other { mut path }) => {
+                path.reverse();
+                // serde_json has no error variant for its depth limit; its message is stable.
+                let kind = if error.to_string().starts_with("recursion limit exceeded") {
+                    JsonErrorKind::TooDeep(error)
+                } else {
+                    JsonErrorKind::Syntax(error)
+                };
+                JsonError { kind, path }
+            }
+            None => JsonError { kind: JsonErrorKind::Syntax(error), path: Vec::new() },
+        })
+    }
+
+    /// The failure seen while unwinding, its path innermost first.
+    enum Failure {
+        Duplicate { key: String, path: Vec<Segment> },
+        Other { path: Vec<Segment> },
+    }
+
+    struct Strict<'a> {
+        failure: &'a RefCell<Option<Failure>>,
+    }
+
+    impl Strict<'_> {
+        /// Records that an error passed through `segment` on its way up.
+        fn unwinding(&self, segment: Segment) {
+            let mut failure = self.failure.borrow_mut();
+            match &mut *failure {
+                Some(Failure::Duplicate { path, .. } | Failure::Other { path }) => path.push(segment),
+                None => *failure = Some(Failure::Other { path: vec![segment] }),
+            }
+        }
+    }
+
+    impl<'de> DeserializeSeed<'de> for Strict<'_> {
+        type Value = Value;
+
+        fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+            deserializer.deserialize_any(self)
+        }
+    }
+
+    // The same values serde_json's own `Value` visitor builds.
+    impl<'de> Visitor<'de> for Strict<'_> {
+        type Value = Value;
+
+        fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+            formatter.write_str("any JSON value")
+        }
+
+        fn visit_bool<E: serde::de::Error>(self, value: bool) -> Result<Value, E> {
+            Ok(Value::Bool(value))
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<Value, E> {
+            Ok(Value::Number(value.into()))
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<Value, E> {
+            Ok(Value::Number(value.into()))
+        }
+
+        fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<Value, E> {
+            Ok(Number::from_f64(value).map_or(Value::Null, Value::Number))
+        }
+
+        fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Value, E> {
+            Ok(Value::String(value.to_owned()))
+        }
+
+        fn visit_string<E: serde::de::Error>(self, value: String) -> Result<Value, E> {
+            Ok(Value::String(value))
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+            let mut items = Vec::new();
+            loop {
+                match seq.next_element_seed(Strict { failure: self.failure }) {
+                    Ok(Some(item)) => items.push(item),
+                    Ok(None) => return Ok(Value::Array(items)),
+                    Err(error) => {
+                        self.unwinding(Segment::Index(items.len()));
+                        return Err(error);
+                    }
+                }
+            }
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Value, A::Error> {
+            let mut map = Map::new();
+            while let Some(key) = access.next_key::<String>()? {
+                let value = match access.next_value_seed(Strict { failure: self.failure }) {
+                    Ok(value) => value,
+                    Err(error) => {
+                        self.unwinding(Segment::Key(key));
+                        return Err(error);
+                    }
+                };
+                if map.contains_key(&key) {
+                    let error = A::Error::custom(format_args!("duplicate key {key:?}"));
+                    *self.failure.borrow_mut() =
+                        Some(Failure::Duplicate { key: key.clone(), path: vec![Segment::Key(key)] });
+                    return Err(error);
+                }
+                map.insert(key, value);
+            }
+            Ok(Value::Object(map))
+        }
+    }
+}
+
 /// A time: epoch ms (or s, by the number rule of the file readers) or ISO-8601.
 fn time_of(value: &Value) -> Result<i64, String> {
     match value {
@@ -433,5 +676,71 @@ mod tests {
         let bomb = bomb.finish().unwrap();
         assert!(bomb.len() < 100_000);
         assert!(matches!(decode_body(Some("gzip"), &bomb), Err(ApiError::TooLarge(_))));
+    }
+
+    #[test]
+    fn strict_json_builds_what_serde_json_builds() {
+        for text in [
+            r#"{"a":[1,-2,3.5,1e300,18446744073709551615,"s\u00e9",true,false,null,{}],"b":{"c":{"d":[]}}}"#,
+            "[]",
+            " 42 ",
+            r#""x""#,
+            r#"[{"k":1},{"k":2}]"#,
+        ] {
+            let expected: Value = serde_json::from_str(text).unwrap();
+            assert_eq!(strict_json::parse(text).unwrap(), expected, "{text}");
+        }
+        assert!(strict_json::parse("{} x").is_err(), "trailing characters");
+        assert!(strict_json::parse("1e400").is_err(), "out of range");
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_with_their_path() {
+        use strict_json::{JsonErrorKind, Segment, parse};
+        let error = parse(r#"{"events":[{"a":1},{"p":{"q":[0,{"k":1,"k":2}]}}]}"#).unwrap_err();
+        assert!(matches!(&error.kind, JsonErrorKind::DuplicateKey(key) if key == "k"), "{error:?}");
+        assert_eq!(
+            error.path,
+            vec![
+                Segment::Key("events".into()),
+                Segment::Index(1),
+                Segment::Key("p".into()),
+                Segment::Key("q".into()),
+                Segment::Index(1),
+                Segment::Key("k".into()),
+            ]
+        );
+        assert_eq!(strict_json::path_text(&error.path), "events[1].p.q[1].k");
+        // Each field of the event: the field itself; deeper: the top field, with the path in the message.
+        let top = problems(&format!(r#"{{"events":[{{"user_id":"a","user_id":"b","event_type":"e","time":{NOW}}}]}}"#));
+        assert_eq!((top[0].index, top[0].field.as_str()), (0, "user_id"));
+        let body = r#"{"events":[{},{"properties":{"a":{"b":1,"b":1}}}]}"#;
+        let deep = problems(body);
+        assert_eq!((deep[0].index, deep[0].field.as_str()), (1, "properties"));
+        assert!(deep[0].message.contains("events[1].properties.a.b"), "{}", deep[0].message);
+        // Outside the events: the whole body is refused.
+        let body = r#"{"events":[],"events":[]}"#;
+        assert!(
+            matches!(parse_batch(body.as_bytes(), NOW), Err(ApiError::BadRequest(m)) if m.contains("duplicate key \"events\""))
+        );
+        // The same key in sibling objects is no duplicate.
+        assert!(parse(r#"[{"k":1},{"k":2,"o":{"k":3}}]"#).is_ok());
+    }
+
+    #[test]
+    fn json_deeper_than_serde_json_allows_is_named_precisely() {
+        let deep = format!("{}1{}", r#"{"a":"#.repeat(200), "}".repeat(200));
+        let body = format!(r#"{{"events":[{{}},{{"properties":{deep}}}]}}"#);
+        let found = problems(&body);
+        assert_eq!((found[0].index, found[0].field.as_str()), (1, "properties"), "{found:?}");
+        assert!(found[0].message.contains("more than 128 levels"), "{}", found[0].message);
+        assert!(found[0].message.contains("events[1].properties.a"), "{}", found[0].message);
+        let body = format!(r#"{{"x":{deep},"events":[]}}"#);
+        match parse_batch(body.as_bytes(), NOW) {
+            Err(ApiError::BadRequest(message)) => {
+                assert!(message.contains("more than 128 levels deep (at x.a.a"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

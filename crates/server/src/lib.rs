@@ -34,7 +34,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{Query, Request, State};
@@ -63,6 +63,37 @@ pub struct ServerConfig {
     pub write_queue_requests: usize,
     /// Per-key rate limits.
     pub rate_limits: RateLimits,
+    /// How long a client may take to send its request.
+    pub timeouts: Timeouts,
+}
+
+/// Bounds on slow clients (slowloris, slow POST): a connection that sends its
+/// request too slowly is closed, so a few sockets cannot hold the server's connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Longest time from the start of a request (or of an idle keep-alive
+    /// connection's wait for the next one) to the end of its header; then the
+    /// connection is closed without an answer (hyper's own header read timeout).
+    pub header_read: Duration,
+    /// Longest wait for the next piece of a request body; then 408 and the connection closes.
+    pub body_idle: Duration,
+    /// Longest time to receive a whole request body, however steadily it trickles
+    /// in (with [`limits::MAX_BODY_BYTES`], a minimum rate); then 408.
+    pub body_total: Duration,
+}
+
+/// Default [`Timeouts::header_read`] (`serve --header-read-timeout`).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default [`Timeouts::body_idle`] (`serve --body-idle-timeout`).
+pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default [`Timeouts::body_total`] (`serve --body-total-timeout`): 5 MiB in
+/// 120 s is a minimum rate of about 44 KB/s for the largest body.
+pub const BODY_TOTAL_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts { header_read: HEADER_READ_TIMEOUT, body_idle: BODY_IDLE_TIMEOUT, body_total: BODY_TOTAL_TIMEOUT }
+    }
 }
 
 /// Errors that stop the server from starting or running.
@@ -145,8 +176,8 @@ pub async fn serve(
         .map_err(|source| ServeError::Listen { addr: config.listen, source })?;
     let local = listener.local_addr()?;
     tracing::info!(listen = %local, data = %config.data_dir.display(), "sessionizer serving");
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    let app = router(state).layer(axum::middleware::from_fn_with_state(config.timeouts, body_deadline));
+    accept_connections(listener, app, config.timeouts, shutdown).await;
     tracing::info!("HTTP server stopped; finishing queued writes");
     refresher.abort();
     // The router (and with it every writer handle) is gone: the writer drains its queue and stops.
@@ -156,6 +187,93 @@ pub async fn serve(
         .map_err(|_| std::io::Error::other("the writer thread panicked"))?;
     drop(lock);
     Ok(())
+}
+
+/// The HTTP/1 connection loop (what `axum::serve` does, plus hyper's header
+/// read timeout, which needs a timer that `axum::serve` does not give it).
+/// On `shutdown`: stops accepting, lets in-flight requests finish, closes idle connections.
+async fn accept_connections(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    timeouts: Timeouts,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(timeouts.header_read);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: wait instead of spinning, as axum::serve does.
+                    tracing::warn!(%error, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(axum::extract::ConnectInfo(remote));
+            let mut app = app.clone();
+            tower_service::Service::call(&mut app, request)
+        });
+        let connection = graceful.watch(builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                // Timeouts and resets are the client's doing: not worth more than debug.
+                tracing::debug!(%error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// Applies [`Timeouts::body_idle`] and [`Timeouts::body_total`] to the request
+/// body as the handler reads it; a body that times out gets 408 and the connection
+/// closes. The handlers never see a timeout as anything but a failed read, and
+/// read the whole body before submitting anything, so a 408 stores nothing.
+async fn body_deadline(State(timeouts): State<Timeouts>, request: Request, next: axum::middleware::Next) -> Response {
+    use axum::body::HttpBody;
+    use futures_util::StreamExt;
+    if request.body().is_end_stream() {
+        return next.run(request).await;
+    }
+    let timed_out = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = timed_out.clone();
+    let deadline = tokio::time::Instant::now() + timeouts.body_total;
+    let (parts, body) = request.into_parts();
+    let frames = futures_util::stream::unfold(Some(body.into_data_stream()), move |state| {
+        let flag = flag.clone();
+        async move {
+            let mut frames = state?;
+            let wait = (tokio::time::Instant::now() + timeouts.body_idle).min(deadline);
+            match tokio::time::timeout_at(wait, frames.next()).await {
+                Ok(Some(frame)) => Some((frame, Some(frames))),
+                Ok(None) => None,
+                Err(_) => {
+                    flag.store(true, Ordering::Release);
+                    Some((Err(axum::Error::new("the request body timed out")), None))
+                }
+            }
+        }
+    });
+    let response = next.run(Request::from_parts(parts, axum::body::Body::from_stream(frames))).await;
+    if timed_out.load(Ordering::Acquire) {
+        let message = format!(
+            "the request body was not received in time (a pause over {} s, or over {} s in all)",
+            timeouts.body_idle.as_secs_f64(),
+            timeouts.body_total.as_secs_f64()
+        );
+        let mut response = ApiError::RequestTimeout(message).into_response();
+        response.headers_mut().insert(header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+        return response;
+    }
+    response
 }
 
 fn router(state: AppState) -> Router {

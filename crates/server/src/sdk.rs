@@ -76,8 +76,12 @@ fn check_count(count: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("the body is not valid JSON: {e}")))
+/// The body's JSON, refusing duplicate keys (see [`crate::ingest::strict_json`]);
+/// `events_key` is where the format keeps its events (`events`, `batch`), so a
+/// failure inside one is reported with the event's index.
+fn parse_json(body: &[u8], events_key: &str) -> Result<Value, ApiError> {
+    let text = std::str::from_utf8(body).map_err(|e| ApiError::BadRequest(format!("the body is not UTF-8: {e}")))?;
+    crate::ingest::strict_json::parse(text).map_err(|error| error.into_api_error(events_key))
 }
 
 /// The path of a URL (`https://a.b/c?d` gives `/c`), or the text itself when it is not a URL.
@@ -95,7 +99,7 @@ fn path_of(url: &str) -> String {
 
 /// Amplitude's body: `{api_key, events: [...], options?, client_upload_time?}`.
 pub(crate) fn amplitude(body: &[u8], context: Context<'_>) -> Result<Translated, ApiError> {
-    let value = parse_json(body)?;
+    let value = parse_json(body, "events")?;
     let top = value.as_object().ok_or_else(|| ApiError::BadRequest("the body must be a JSON object".into()))?;
     let key = string(top.get("api_key"));
     let events = top
@@ -178,7 +182,7 @@ pub(crate) fn amplitude_invalid(problems: &[EventProblem]) -> Value {
 
 /// `{batch: [...], writeKey?, sentAt?}` or, for the single-message routes, one message.
 pub(crate) fn segment(body: &[u8], single_type: Option<&str>, context: Context<'_>) -> Result<Translated, ApiError> {
-    let value = parse_json(body)?;
+    let value = parse_json(body, "batch")?;
     let top = value.as_object().ok_or_else(|| ApiError::BadRequest("the body must be a JSON object".into()))?;
     let key = context.basic_user.map(str::to_string).or_else(|| string(top.get("writeKey")));
     let messages: Vec<Value> = match single_type {
@@ -258,7 +262,7 @@ fn segment_message(message: &Value, context: Context<'_>) -> Value {
 
 /// `{api_key, batch: [...], sent_at?}`, one event with `api_key`, or an array of events.
 pub(crate) fn posthog(body: &[u8], context: Context<'_>) -> Result<Translated, ApiError> {
-    let value = parse_json(body)?;
+    let value = parse_json(body, "batch")?;
     let (key, sent_at, events): (Option<String>, Option<&Value>, Vec<Value>) = match &value {
         Value::Array(events) => (None, None, events.clone()),
         Value::Object(top) => {
@@ -342,7 +346,7 @@ pub(crate) fn posthog_config() -> Value {
 /// base64 is not URL-encoded, so `+` is kept (never read as a space).
 pub(crate) fn mixpanel(data: &str, import_key: Option<&str>, context: Context<'_>) -> Result<Translated, ApiError> {
     let decoded = decode_base64(data)?;
-    let value = parse_json(&decoded)?;
+    let value = parse_json(&decoded, "")?;
     let events = match value {
         Value::Array(events) => events,
         event @ Value::Object(_) => vec![event],

@@ -151,15 +151,21 @@ fn rows(t: i64, now: i64) -> Vec<Row> {
             body: gzip(&batch(vec![event("ok-gzip", t)])),
             expect: Accepted(1),
         },
+        // serde_json stops at 128 levels; the answer says where, and which event.
         row(
             "body nested 10,000 deep",
             format!(r#"{{"events":{}}}"#, deep("[", "]", 10_000)).into_bytes(),
-            Refused { status: 400, code: "bad_request", message: "recursion limit" },
+            InvalidEvent { index: 0, field: "", message: "nested more than 128 levels deep (at events[0][0][0]" },
         ),
         row(
             "properties nested 10,000 deep",
             properties("refused-properties-10000-deep", deep(r#"{"a":"#, "}", 10_000)),
-            Refused { status: 400, code: "bad_request", message: "recursion limit" },
+            InvalidEvent { index: 0, field: "properties", message: "nested more than 128 levels deep (at events[0].properties.a" },
+        ),
+        row(
+            "a top-level field nested 10,000 deep",
+            format!(r#"{{"x":{},"events":[{}]}}"#, deep("[", "]", 10_000), event("refused-deep-top", t)).into_bytes(),
+            Refused { status: 400, code: "bad_request", message: "the body nests JSON more than 128 levels deep (at x[0]" },
         ),
         row(
             "properties exactly MAX_PROPERTY_DEPTH deep",
@@ -177,10 +183,25 @@ fn rows(t: i64, now: i64) -> Vec<Row> {
             format!(r#"{{"events":[{{"user_id":"refused-\ud800","event_type":"e","time":{t}}}]}}"#).into_bytes(),
             Refused { status: 400, code: "bad_request", message: "not valid JSON" },
         ),
-        // Duplicate keys: serde_json keeps the last one, so the event is stored as its last `user_id` says.
+        // Duplicate keys: parsers disagree on which one counts (first, last, both), so none is guessed.
         row(
-            "duplicate keys in an event (the last one wins)",
-            format!(r#"{{"events":[{{"user_id":"refused-duplicate-first","user_id":"ok-duplicate-last","event_type":"e","time":{t}}}]}}"#).into_bytes(),
+            "duplicate keys in an event",
+            format!(r#"{{"events":[{{"user_id":"refused-duplicate-first","user_id":"refused-duplicate-last","event_type":"e","time":{t}}}]}}"#).into_bytes(),
+            InvalidEvent { index: 0, field: "user_id", message: "duplicate key \"user_id\"" },
+        ),
+        row(
+            "duplicate keys in the second event's properties",
+            format!(r#"{{"events":[{},{{"user_id":"refused-duplicate-property","event_type":"e","time":{t},"properties":{{"a":{{"b":1,"b":2}}}}}}]}}"#, event("refused-duplicate-property", t)).into_bytes(),
+            InvalidEvent { index: 1, field: "properties", message: "duplicate key \"b\" at events[1].properties.a.b" },
+        ),
+        row(
+            "duplicate \"events\" at the top",
+            format!(r#"{{"events":[{}],"events":[{}]}}"#, event("refused-duplicate-events", t), event("refused-duplicate-events", t + 1)).into_bytes(),
+            Refused { status: 400, code: "bad_request", message: "duplicate key \"events\" at events" },
+        ),
+        row(
+            "the same key in different objects",
+            format!(r#"{{"events":[{{"user_id":"ok-same-key-elsewhere","event_type":"e","time":{t},"properties":{{"user_id":"x","a":{{"user_id":"y"}}}}}}]}}"#).into_bytes(),
             Accepted(1),
         ),
         row(
@@ -354,7 +375,6 @@ fn bad_inputs_are_refused_with_their_status_and_nothing_of_them_is_stored() {
     assert!(refused.is_empty(), "events of refused requests were stored: {refused:?}");
     assert_eq!(users.values().sum::<usize>(), accepted, "{users:?}");
     assert_eq!(users.get("ok-events-at-limit"), Some(&MAX_EVENTS_PER_REQUEST));
-    assert!(users.contains_key("ok-duplicate-last"), "the last of duplicate keys is the one stored");
 
     assert_eq!(server.get("/healthz", None).status, 200);
     assert_eq!(server.get("/readyz", None).status, 200);
@@ -367,32 +387,41 @@ fn truncate(text: &str) -> &str {
 
 /// Slow clients: many connections that send part of a request and hold it
 /// (headers never finished; a body shorter than its Content-Length) must not
-/// keep the server from answering everyone else promptly.
+/// keep the server from answering everyone else promptly, and are cut off by
+/// the server's timeouts (shortened here by flags): a header not finished in
+/// time closes the connection, a body that stalls or trickles gets 408 and a
+/// close. Nothing they sent is stored, and SIGTERM still drains in-flight requests.
 #[test]
 fn slow_clients_holding_connections_do_not_block_others() {
     const HELD: usize = 64;
+    const TIMEOUT: Duration = Duration::from_secs(1);
     let dir = tempfile::tempdir().unwrap();
     let project = create_project(dir.path(), "slow");
-    let server = TestServer::start(dir.path(), free_port());
+    let timeout = format!("{}ms", TIMEOUT.as_millis());
+    let flags = ["--header-read-timeout", &timeout, "--body-idle-timeout", &timeout, "--body-total-timeout", "3s"];
+    let mut server = TestServer::start_with(dir.path(), free_port(), &flags);
     let address = format!("127.0.0.1:{}", server.port);
+    let post_head = |length: usize| {
+        format!(
+            "POST /v1/events HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n",
+            project.write_key
+        )
+    };
     let mut held = Vec::new();
+    let opened = Instant::now();
     for i in 0..HELD {
         let mut stream = TcpStream::connect(&address).unwrap();
         let partial = match i % 3 {
             // Headers never finished.
             0 => "GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: ".to_string(),
             // A body shorter than it said.
-            1 => format!(
-                "POST /v1/events HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{{\"events\":[",
-                project.write_key
-            ),
+            1 => format!("{}{{\"events\":[", post_head(100_000)),
             // Only the start of the request line.
             _ => "POS".to_string(),
         };
         stream.write_all(partial.as_bytes()).unwrap();
-        held.push(stream);
+        held.push((i % 3, stream));
     }
-    std::thread::sleep(Duration::from_millis(200));
 
     let started = Instant::now();
     assert_eq!(server.get("/healthz", None).status, 200);
@@ -407,20 +436,117 @@ fn slow_clients_holding_connections_do_not_block_others() {
         "normal requests took {took:?} with {HELD} slow clients holding connections"
     );
 
-    // The held connections are still open (the server sets no header or body
-    // read timeout of its own: see docs/fuzzing.md), and nothing they sent was stored.
-    let mut open = 0;
-    for stream in &mut held {
-        stream.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
-        let mut buffer = [0u8; 1];
-        match stream.read(&mut buffer) {
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => open += 1,
-            _ => {}
+    // Each held connection is cut off by the server: what it reads until the close, and when.
+    let mut closed_after = Vec::new();
+    for (kind, stream) in &mut held {
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut answer = Vec::new();
+        let result = stream.read_to_end(&mut answer);
+        let waited = opened.elapsed();
+        assert!(
+            !matches!(&result, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+            "a slow client (kind {kind}) was still connected after {waited:?}"
+        );
+        let answer = String::from_utf8_lossy(&answer);
+        match kind {
+            // An unfinished header gets no answer, only the close.
+            0 | 2 => assert!(answer.is_empty(), "{answer}"),
+            _ => {
+                assert!(answer.starts_with("HTTP/1.1 408"), "a stalled body: {answer}");
+                assert!(answer.contains("request_timeout"), "{answer}");
+            }
+        }
+        closed_after.push(waited);
+    }
+    let latest = closed_after.iter().max().unwrap();
+    assert!(*latest < TIMEOUT * 4, "the last slow connection was closed after {latest:?}");
+
+    // A body that trickles in (a byte every 300 ms, never idle for a second) is cut off by the total deadline.
+    let mut trickle = TcpStream::connect(&address).unwrap();
+    trickle.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    trickle.write_all(post_head(1_000).as_bytes()).unwrap();
+    let trickle_started = Instant::now();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 4096];
+    trickle.set_nonblocking(true).unwrap();
+    while trickle_started.elapsed() < Duration::from_secs(8) {
+        // The server may close while we write: stop writing then.
+        if trickle.write_all(b" ").is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        match trickle.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buffer[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => break,
         }
     }
-    eprintln!("{open} of {HELD} slow connections still open after {:?}", started.elapsed());
-    drop(held);
+    let trickled = trickle_started.elapsed();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "a trickling body after {trickled:?}: {answer}");
+    assert!(trickled >= Duration::from_secs(2) && trickled < Duration::from_secs(6), "{trickled:?}");
+    eprintln!(
+        "slow clients: {HELD} held connections closed within {latest:?} (timeouts {TIMEOUT:?}); a trickling body got 408 after {trickled:?}"
+    );
+
     let export = server.get("/v1/export/events?format=ndjson", Some(&project.read_key));
     assert_eq!(export.body.lines().count(), 1, "{}", export.body);
     assert_eq!(server.get("/healthz", None).status, 200);
+
+    // Graceful shutdown still drains: a request in flight when SIGTERM arrives is answered, then the server exits 0.
+    let body = batch(vec![event("ok-during-shutdown", now_ms() - 1_000)]);
+    let mut in_flight = TcpStream::connect(&address).unwrap();
+    in_flight.write_all(post_head(body.len()).as_bytes()).unwrap();
+    in_flight.write_all(&body[..10]).unwrap();
+    let client = std::thread::spawn(move || {
+        // The rest of the body arrives after SIGTERM.
+        std::thread::sleep(Duration::from_millis(400));
+        in_flight.write_all(&body[10..]).unwrap();
+        in_flight.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut answer = Vec::new();
+        drop(in_flight.read_to_end(&mut answer));
+        String::from_utf8_lossy(&answer).into_owned()
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(server.terminate().success(), "a clean exit after SIGTERM");
+    let answer = client.join().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "the request in flight during shutdown: {answer}");
+}
+
+/// The SDK formats refuse duplicate keys too, naming the key and the event,
+/// and store nothing of such a request.
+#[test]
+fn sdk_bodies_with_duplicate_keys_are_refused() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let project = create_project(dir.path(), "sdk-duplicates");
+    let server = TestServer::start(dir.path(), free_port());
+    let key = project.write_key.as_str();
+    let t = now_ms() - 60_000;
+    let json_type = ("Content-Type", "application/json");
+
+    let amplitude = format!(
+        r#"{{"api_key":"{key}","events":[{{"user_id":"amp-ok","event_type":"e","time":{t}}},{{"user_id":"amp-a","user_id":"amp-b","event_type":"e","time":{t}}}]}}"#
+    );
+    let (status, _, body) = server.request("POST", "/2/httpapi", &[json_type], amplitude.as_bytes());
+    assert_eq!(status, 400, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["events_with_invalid_fields"], json!({"user_id": [1]}), "{body}");
+
+    let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{key}:")));
+    let segment = r#"{"batch":[{"type":"track","userId":"seg","event":"a","event":"b","messageId":"s1"}],"sentAt":"2026-01-01T00:00:00Z"}"#;
+    let (status, _, body) =
+        server.request("POST", "/v1/batch", &[json_type, ("Authorization", basic.as_str())], segment.as_bytes());
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains(r#"duplicate key \"event\""#), "{body}");
+
+    let posthog = format!(r#"[{{"api_key":"{key}","event":"a","distinct_id":"ph","distinct_id":"ph2"}}]"#);
+    let (status, _, body) = server.request("POST", "/batch/", &[json_type], posthog.as_bytes());
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("duplicate key") && body.contains("[0].distinct_id"), "{body}");
+
+    let export = server.get("/v1/export/events?format=ndjson", Some(&project.read_key));
+    assert_eq!(export.status, 200);
+    assert_eq!(export.body, "", "nothing of a refused request is stored");
 }
