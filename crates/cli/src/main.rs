@@ -30,6 +30,44 @@ enum Command {
     Project(project::ProjectArgs),
     Rebuild(project::RebuildArgs),
     Loadgen(loadgen::LoadgenArgs),
+    Check(CheckArgs),
+}
+
+/// Check a data directory for damage (SQLite's integrity check of every page
+/// and index). Prints a JSON report; exits 65 when the data is damaged. Safe
+/// while a server runs (it reads one consistent snapshot).
+#[derive(Debug, clap::Args)]
+struct CheckArgs {
+    /// Data directory [default: ./sessionizer-data].
+    #[arg(long, value_name = "DIR", env = "SESSIONIZER_DATA")]
+    data: Option<std::path::PathBuf>,
+}
+
+fn check(args: CheckArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    let dir = args.data.unwrap_or_else(|| std::path::PathBuf::from(serve::DEFAULT_DATA_DIR));
+    let report = sessionizer_store::check_data_dir(&dir).map_err(|error| match error {
+        sessionizer_store::StoreError::DataDir { .. } => Exit::new(Failure::NoInput, error),
+        other => Exit::new(Failure::Software, other),
+    })?;
+    let json =
+        serde_json::json!({"data": dir, "ok": report.is_ok(), "pages": report.pages, "problems": report.problems});
+    writeln!(std::io::stdout().lock(), "{json}")?;
+    if report.is_ok() {
+        return Ok(());
+    }
+    let shown = sessionizer_store::MAX_CHECK_PROBLEMS;
+    let more = if report.problems.len() >= shown { format!(" (the first {shown})") } else { String::new() };
+    Err(Exit::new(
+        Failure::DataError,
+        anyhow::anyhow!(
+            "the data in {} is damaged: {} problems{more}, first: {}; restore it from a backup",
+            dir.display(),
+            report.problems.len(),
+            report.problems[0]
+        ),
+    )
+    .into())
 }
 
 /// Exit codes, in the spirit of sysexits.h; documented in README.md.
@@ -80,6 +118,7 @@ fn main() -> ExitCode {
         Command::Project(args) => project::run(args),
         Command::Rebuild(args) => project::rebuild(args),
         Command::Loadgen(args) => loadgen::run(args),
+        Command::Check(args) => check(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -14,6 +14,7 @@
 //! requests into one batch (group commit) and acknowledge only after it.
 
 pub mod board;
+mod check;
 mod keys;
 mod queries;
 mod rebuild;
@@ -28,6 +29,7 @@ use sessionizer_engine::{ChangeKind, EventClass, SessionChange, SessionRecord, U
 use uuid::Uuid;
 
 pub use board::{Board, BoardFigures, CohortFilter, DayFigures, SESSIONS_PER_USER_BUCKETS};
+pub use check::{CheckReport, MAX_CHECK_PROBLEMS, check_data_dir};
 pub use keys::{KeyHash, KeyRole, MAX_KEY_BYTES, constant_time_eq, hash_key};
 pub use queries::{ChangeRecord, SessionCursor, SessionFilter};
 pub use rebuild::sessionize_stored;

@@ -6,6 +6,7 @@
 
 mod access;
 mod crash;
+mod faults;
 mod hostile;
 mod query;
 mod sdk;
