@@ -98,6 +98,13 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX session_changes_uid ON session_changes (project, session_uid);
     CREATE INDEX sessions_uid ON sessions (project, session_uid);
     ",
+    // 4: where the writer's replay begins at start-up without scanning every
+    // session: the sessions at least an hour long (`LONG_SESSION_MS`), by last
+    // event. Partial, so amending a shorter session writes no entry here.
+    "
+    CREATE INDEX sessions_long ON sessions (project, last_event_ms, start_ms)
+        WHERE last_event_ms - start_ms >= 3600000;
+    ",
     // 5: time in the foreground (app lifecycle rules). NULL in rows written
     // before: those sessions had no lifecycle rules, so it is their length,
     // which readers substitute; no rewrite of existing rows.
@@ -109,12 +116,17 @@ const MIGRATIONS: &[&str] = &[
 
 /// Brings the schema to the newest version, in one transaction per step.
 pub(crate) fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    migrate_to(conn, MIGRATIONS.len())
+}
+
+/// Brings the schema to version `target` (tests build older versions with it).
+pub(crate) fn migrate_to(conn: &Connection, target: usize) -> Result<(), StoreError> {
     let known = MIGRATIONS.len() as i64;
     let found: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
     if found > known {
         return Err(StoreError::NewerSchema { found, known });
     }
-    for (version, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+    for (version, sql) in MIGRATIONS.iter().enumerate().take(target).skip(found as usize) {
         let version = version as i64 + 1;
         conn.execute_batch(&format!("BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {version}; COMMIT;"))?;
     }

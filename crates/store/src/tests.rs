@@ -281,3 +281,244 @@ fn a_caught_up_board_equals_a_fresh_snapshot() {
     store.catch_up_board(&mut board).unwrap();
     assert_eq!(figures(&board), figures(&store.load_board().unwrap()));
 }
+
+/// The replay floor as it was computed before schema v4: a scan of every
+/// session of the project. The reference the indexed answer must equal.
+fn replay_floor_by_scan(conn: &rusqlite::Connection, project: i64, since_ms: i64) -> Option<i64> {
+    conn.query_row(
+        "SELECT min(start_ms) FROM sessions WHERE project = ?1 AND last_event_ms >= ?2",
+        params![project, since_ms],
+        |row| row.get(0),
+    )
+    .unwrap()
+}
+
+/// splitmix64: random data from a seed, so a failing case can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: i64) -> i64 {
+        (self.next() % n as u64) as i64
+    }
+}
+
+/// Writes one session state (`kind` superseded deletes it) through the write path.
+fn write_session(
+    batch: &Batch<'_>,
+    project: i64,
+    kind: StoredChangeKind,
+    user: &str,
+    start_ms: i64,
+    last_event_ms: i64,
+) {
+    let user = UserKey::User(user.into());
+    let session = StoredSession {
+        session_uid: sessionizer_engine::session_uid("p", &user, start_ms),
+        user,
+        session_id: start_ms,
+        start_ms,
+        end_ms: start_ms,
+        last_event_ms,
+        event_count: 1,
+        active_ms: 0,
+        end_reason: None,
+        concluded: false,
+        entry_event_type: "e".into(),
+        entry_page: None,
+        exit_event_type: "e".into(),
+        exit_page: None,
+        revision: 0,
+    };
+    batch.write_change(project, kind, &session, None, last_event_ms).unwrap();
+}
+
+/// A session's length: mostly short, some within a few ms of `LONG_SESSION_MS`
+/// either side (the partial index's edge), some many hours.
+fn random_length(rng: &mut Rng) -> i64 {
+    match rng.below(4) {
+        0 => rng.below(30 * MIN),
+        1 => LONG_SESSION_MS - 3 + rng.below(7),
+        2 => rng.below(3 * LONG_SESSION_MS),
+        _ => rng.below(30 * LONG_SESSION_MS),
+    }
+}
+
+/// Interesting floors: random ones, and each side of the data's edges (a
+/// session's start and last event, and `LONG_SESSION_MS` before its last event).
+fn random_since(rng: &mut Rng, sessions: &[(i64, i64)]) -> i64 {
+    if sessions.is_empty() || rng.below(3) == 0 {
+        return T0 - 2 * LONG_SESSION_MS + rng.below(50 * LONG_SESSION_MS);
+    }
+    let (start, last) = sessions[rng.below(sessions.len() as i64) as usize];
+    let edge = [start, last, last - LONG_SESSION_MS, start + LONG_SESSION_MS][rng.below(4) as usize];
+    edge - 1 + rng.below(3)
+}
+
+/// The indexed replay floor equals the full scan's on random sessions,
+/// written, amended (growing and shrinking across the long-session edge) and
+/// superseded through the write path, in two projects.
+#[test]
+fn the_indexed_replay_floor_equals_a_full_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path()).unwrap();
+    let projects =
+        [store.create_project("a", T0).unwrap().project.id, store.create_project("b", T0).unwrap().project.id];
+    let mut rng = Rng(0x5e55_1012);
+    for round in 0..30 {
+        // (project, user, start) -> last event, mirroring the table.
+        let mut live: std::collections::BTreeMap<(i64, String, i64), i64> = std::collections::BTreeMap::new();
+        for _ in 0..4 {
+            let batch = store.batch().unwrap();
+            for _ in 0..rng.below(60) {
+                let project = projects[rng.below(2) as usize];
+                let user = format!("u{}", rng.below(8));
+                let existing: Vec<(i64, String, i64)> = live.keys().filter(|k| k.0 == project).cloned().collect();
+                if !existing.is_empty() && rng.below(3) > 0 {
+                    let key = existing[rng.below(existing.len() as i64) as usize].clone();
+                    if rng.below(4) == 0 {
+                        write_session(&batch, key.0, StoredChangeKind::Superseded, &key.1, key.2, key.2);
+                        live.remove(&key);
+                    } else {
+                        let last = key.2 + random_length(&mut rng);
+                        write_session(&batch, key.0, StoredChangeKind::Amended, &key.1, key.2, last);
+                        live.insert(key, last);
+                    }
+                } else {
+                    let start = T0 + rng.below(40 * LONG_SESSION_MS);
+                    let last = start + random_length(&mut rng);
+                    write_session(&batch, project, StoredChangeKind::Started, &user, start, last);
+                    live.insert((project, user, start), last);
+                }
+            }
+            batch.commit().unwrap();
+            for project in projects {
+                let sessions: Vec<(i64, i64)> =
+                    live.iter().filter(|(k, _)| k.0 == project).map(|(k, last)| (k.2, *last)).collect();
+                for _ in 0..25 {
+                    let since = random_since(&mut rng, &sessions);
+                    let expected = sessions.iter().filter(|(_, last)| *last >= since).map(|(start, _)| *start).min();
+                    assert_eq!(replay_floor_by_scan(&store.conn, project, since), expected, "the model, round {round}");
+                    assert_eq!(
+                        store.earliest_start_of_sessions_ending_since(project, since).unwrap(),
+                        expected,
+                        "round {round}, project {project}, since {since}"
+                    );
+                }
+            }
+        }
+        // The next round starts from an empty table.
+        let batch = store.batch().unwrap();
+        for (project, user, start) in live.keys() {
+            write_session(&batch, *project, StoredChangeKind::Superseded, user, *start, *start);
+        }
+        batch.commit().unwrap();
+        let left: i64 = store.conn.query_row("SELECT count(*) FROM sessions", [], |row| row.get(0)).unwrap();
+        assert_eq!(left, 0);
+    }
+}
+
+/// Both halves of the replay floor are index seeks, never a scan of the
+/// project's sessions (a partial index is only used when the query spells
+/// its condition the same way).
+#[test]
+fn the_replay_floor_seeks_its_indexes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let plan = |sql: &str| -> String {
+        let mut statement = store.conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let values = rusqlite::params_from_iter(std::iter::repeat_n(T0, statement.parameter_count()));
+        let rows = statement.query_map(values, |row| row.get::<_, String>(3)).unwrap();
+        rows.map(Result::unwrap).collect::<Vec<_>>().join("; ")
+    };
+    let recent = plan(REPLAY_FLOOR_RECENT_SQL);
+    assert!(recent.starts_with("SEARCH sessions USING INDEX sessions_start (project=? AND start_ms>?)"), "{recent}");
+    assert!(!recent.contains("TEMP B-TREE"), "walked in start order, not sorted: {recent}");
+    let long = plan(REPLAY_FLOOR_LONG_SQL);
+    assert!(
+        long.starts_with("SEARCH sessions USING COVERING INDEX sessions_long (project=? AND last_event_ms>?)"),
+        "{long}"
+    );
+}
+
+/// A v3 database (before `sessions_long`, schema v4) with sessions in it
+/// migrates to the newest schema, and the replay floor over the migrated
+/// sessions is the full scan's.
+#[test]
+fn a_v3_database_migrates() {
+    let dir = tempfile::tempdir().unwrap();
+    let sessions = [
+        (T0, T0 + 10 * MIN),
+        (T0 + 5 * MIN, T0 + 30 * LONG_SESSION_MS),
+        (T0 + 3 * LONG_SESSION_MS, T0 + 4 * LONG_SESSION_MS),
+    ];
+    {
+        let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+        schema::migrate_to(&conn, 3).unwrap();
+        let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0)).unwrap();
+        assert_eq!(version, 3);
+        conn.execute(
+            "INSERT INTO projects (id, public_id, name, settings, created_ms) VALUES (1, 'prj_1', 'p', ?1, ?2)",
+            params![settings_json(&ProjectSettings::default()), T0],
+        )
+        .unwrap();
+        for (i, (start, last)) in sessions.into_iter().enumerate() {
+            conn.execute(
+                "INSERT INTO sessions (project, user_kind, user_key, session_id, session_uid, start_ms, end_ms, \
+                 last_event_ms, event_count, concluded, entry_event_type, exit_event_type, revision) \
+                 VALUES (1, 0, ?1, ?2, ?3, ?2, ?4, ?4, 1, 0, 'e', 'e', ?5)",
+                params![format!("u{i}"), start, uuid::Uuid::nil().to_string(), last, i as i64 + 1],
+            )
+            .unwrap();
+        }
+        let indexes: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_master WHERE name = 'sessions_long'", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(indexes, 0, "v3 has no sessions_long");
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let version = |conn: &rusqlite::Connection| -> i64 {
+        conn.pragma_query_value(None, "user_version", |row| row.get(0)).unwrap()
+    };
+    let fresh = tempfile::tempdir().unwrap();
+    let newest = version(&Store::open(fresh.path()).unwrap().conn);
+    assert!(newest >= 4);
+    assert_eq!(version(&store.conn), newest);
+    // The index holds exactly the migrated long sessions.
+    let long: i64 = store
+        .conn
+        .query_row(
+            "SELECT count(*) FROM sessions INDEXED BY sessions_long WHERE project = 1 AND last_event_ms >= 0 \
+             AND last_event_ms - start_ms >= 3600000",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(long, 2);
+    let migrated = store.sessions_of_user(1, &UserKey::User("u1".into())).unwrap();
+    assert_eq!(migrated.iter().map(|s| (s.start_ms, s.last_event_ms)).collect::<Vec<_>>(), [sessions[1]]);
+    for since in [
+        T0 - MIN,
+        T0 + 10 * MIN,
+        T0 + 10 * MIN + 1,
+        T0 + 4 * LONG_SESSION_MS,
+        T0 + 5 * LONG_SESSION_MS,
+        T0 + 31 * LONG_SESSION_MS,
+    ] {
+        assert_eq!(
+            store.earliest_start_of_sessions_ending_since(1, since).unwrap(),
+            replay_floor_by_scan(&store.conn, 1, since),
+            "since {since}"
+        );
+    }
+    assert_eq!(store.earliest_start_of_sessions_ending_since(1, T0 + 10 * MIN + 1).unwrap(), Some(T0 + 5 * MIN));
+    let integrity: String = store.conn.query_row("PRAGMA integrity_check", [], |row| row.get(0)).unwrap();
+    assert_eq!(integrity, "ok");
+}
