@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -37,6 +37,18 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/v1/page", post(segment_page))
         .route("/v1/screen", post(segment_screen))
         .route("/v1/identify", post(segment_identify))
+        .route("/v1/group", post(segment_group))
+        .route("/v1/alias", post(segment_alias))
+        // analytics.js (analytics-next) posts one message to `<apiHost>/<first
+        // letter of its type>`, as Segment's API also accepts.
+        .route("/v1/t", post(segment_track))
+        .route("/v1/p", post(segment_page))
+        .route("/v1/s", post(segment_screen))
+        .route("/v1/i", post(segment_identify))
+        .route("/v1/g", post(segment_group))
+        .route("/v1/a", post(segment_alias))
+        .route("/v1/b", post(segment_batch))
+        .route("/v1/projects/{write_key}/settings", get(segment_settings))
         .route("/e", post(posthog))
         .route("/e/", post(posthog))
         .route("/capture", post(posthog))
@@ -220,6 +232,60 @@ async fn segment_screen(state: State<AppState>, client: Client, request: Request
 
 async fn segment_identify(state: State<AppState>, client: Client, request: Request) -> Response {
     segment(state, client, request, Some("identify")).await
+}
+
+async fn segment_group(state: State<AppState>, client: Client, request: Request) -> Response {
+    segment(state, client, request, Some("group")).await
+}
+
+async fn segment_alias(state: State<AppState>, client: Client, request: Request) -> Response {
+    segment(state, client, request, Some("alias")).await
+}
+
+/// Bound on the write key echoed by [`segment_settings`] (keys are far shorter).
+const MAX_SETTINGS_KEY_BYTES: usize = 200;
+
+/// Segment's CDN settings, which analytics.js (`AnalyticsBrowser.load({writeKey,
+/// cdnURL})`) fetches from `<cdnURL>/v1/projects/<writeKey>/settings`: they
+/// point its `Segment.io` destination back at this server (the host the page
+/// asked, `https` behind a proxy that says so) and turn off what would call
+/// Segment (device-mode destinations, remote plugins, metrics). Public, like
+/// Segment's CDN and PostHog's config: the write key only comes back.
+async fn segment_settings(Path(write_key): Path<String>, headers: HeaderMap) -> Response {
+    if write_key.is_empty() || write_key.len() > MAX_SETTINGS_KEY_BYTES {
+        return ApiError::BadRequest(format!("the write key has 1 to {MAX_SETTINGS_KEY_BYTES} bytes")).into_response();
+    }
+    let header_text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let host = header_text("x-forwarded-host").or(header_text("host")).filter(|host| {
+        !host.is_empty()
+            && host.len() <= 255
+            && host.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+    });
+    let Some(host) = host else {
+        return ApiError::BadRequest("a Host header naming this server is needed".into()).into_response();
+    };
+    let protocol = if header_text("x-forwarded-proto") == Some("https") { "https" } else { "http" };
+    (StatusCode::OK, axum::Json(segment_settings_json(&write_key, &format!("{host}/v1"), protocol))).into_response()
+}
+
+/// The settings document analytics.js needs, and nothing that makes it call
+/// anywhere but `api_host`.
+fn segment_settings_json(write_key: &str, api_host: &str, protocol: &str) -> Value {
+    json!({
+        "integrations": {
+            "Segment.io": {"apiKey": write_key, "apiHost": api_host, "protocol": protocol, "unbundledIntegrations": [],
+                           "addBundledMetadata": false, "maybeBundledConfigIds": {}},
+        },
+        "plan": {"track": {"__default": {"enabled": true, "integrations": {}}}, "identify": {"__default": {"enabled": true}},
+                 "group": {"__default": {"enabled": true}}},
+        "edgeFunction": {},
+        "analyticsNextEnabled": true,
+        "middlewareSettings": {},
+        "enabledMiddleware": {},
+        "metrics": {"sampleRate": 0},
+        "legacyVideoPluginsEnabled": false,
+        "remotePlugins": [],
+    })
 }
 
 async fn segment(

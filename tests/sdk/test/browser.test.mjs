@@ -1,4 +1,5 @@
-// Browser SDKs (@amplitude/analytics-browser, posthog-js) in headless Chromium,
+// Browser SDKs (@amplitude/analytics-browser, posthog-js, Segment's analytics.js
+// from @segment/analytics-next) in headless Chromium,
 // on a page served from another origin than sessionizer: every request needs
 // CORS, and the JSON posts need a preflight that sessionizer must answer.
 import assert from 'node:assert/strict';
@@ -16,6 +17,7 @@ const require = createRequire(import.meta.url);
 const BUNDLES = {
   '/amplitude.js': require.resolve('@amplitude/analytics-browser/lib/scripts/amplitude-min.js'),
   '/posthog.js': path.join(path.dirname(require.resolve('posthog-js/package.json')), 'dist/array.full.no-external.js'),
+  '/analytics-next.js': path.join(path.dirname(require.resolve('@segment/analytics-next/package.json')), 'dist/umd/index.js'),
 };
 
 /** Serves an empty page and the SDK bundles: the page's origin. */
@@ -210,6 +212,50 @@ test('browser SDKs in headless Chromium, from another origin', { timeout: 90_000
     assert.equal(gzip.length, 2, 'gzip without Content-Encoding: detected by its magic bytes');
     // The late event at 20 minutes bridges the 40-minute gap: one session.
     await checkSessions(server, user, [{ start_ms: t0, end_ms: t0 + 40 * MINUTE, event_count: 3 }], { toleranceMs: 2000 });
+    await page.close();
+  });
+
+  await t.test("Segment's analytics.js: settings from sessionizer as its CDN, one message per post, events and sessions", async () => {
+    const user = 'web-carol';
+    const event = (name, minutes, type) => ({ name, type, time: t0 + minutes * MINUTE, id: `seg-${name}` });
+    const first = [event('c1', 0, 'Page Viewed'), event('c2', 5, 'Button Clicked'), event('c3', 45, 'Page Viewed')];
+    const late = [event('c4', 12, 'Late Event')];
+    const page = await openPage('/analytics-next.js');
+    // Only the key and the server change: sessionizer answers as Segment's CDN.
+    await page.evaluate(
+      async ({ key, cdn }) => {
+        const [analytics] = await window.AnalyticsNext.AnalyticsBrowser.load({ writeKey: key, cdnURL: cdn });
+        window.segment = analytics;
+      },
+      { key: server.writeKey, cdn: server.url },
+    );
+    const track = (events) =>
+      page.evaluate(
+        async ({ events, user }) => {
+          for (const e of events) {
+            const ctx = await window.segment.track(e.type, { note: e.name }, { userId: user, timestamp: new Date(e.time).toISOString(), messageId: e.id });
+            if (ctx.failedDelivery()) throw new Error(`${e.name}: ${ctx.failedDelivery().reason}`);
+          }
+        },
+        { events, user },
+      );
+    await track(first);
+    await track(late);
+    await track([...first, ...late]); // a resend: stored once
+    const all = [...first, ...late].sort((a, b) => a.time - b.time);
+    const stored = await waitForEvents(server, user, range, all.length);
+    assert.deepEqual(
+      stored.map((e) => [e.insert_id, e.time_ms, e.event_type]),
+      all.map((e) => [e.id, e.time, e.type]),
+    );
+    // The late event at 12 minutes extends the first session; 33 minutes later, a second one.
+    await checkSessions(server, user, [
+      { start_ms: t0, end_ms: t0 + 12 * MINUTE, event_count: 3 },
+      { start_ms: t0 + 45 * MINUTE, end_ms: t0 + 45 * MINUTE, event_count: 1 },
+    ]);
+    assert.ok(sent.some((r) => r.method === 'GET' && r.url === `/v1/projects/${server.writeKey}/settings`), 'the settings were asked for');
+    const posts = sent.filter((r) => r.method === 'POST' && r.url === '/v1/t');
+    assert.equal(posts.length, 8, 'one post per message, to <apiHost>/t');
     await page.close();
   });
 

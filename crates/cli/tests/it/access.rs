@@ -91,6 +91,17 @@ fn routes(session_uid: &str) -> Vec<Route> {
         row("POST", "/v1/page", "/v1/page", Write(SegmentBasic)),
         row("POST", "/v1/screen", "/v1/screen", Write(SegmentBasic)),
         row("POST", "/v1/identify", "/v1/identify", Write(SegmentBasic)),
+        row("POST", "/v1/group", "/v1/group", Write(SegmentBasic)),
+        row("POST", "/v1/alias", "/v1/alias", Write(SegmentBasic)),
+        row("POST", "/v1/t", "/v1/t", Write(SegmentBasic)),
+        row("POST", "/v1/p", "/v1/p", Write(SegmentBasic)),
+        row("POST", "/v1/s", "/v1/s", Write(SegmentBasic)),
+        row("POST", "/v1/i", "/v1/i", Write(SegmentBasic)),
+        row("POST", "/v1/g", "/v1/g", Write(SegmentBasic)),
+        row("POST", "/v1/a", "/v1/a", Write(SegmentBasic)),
+        row("POST", "/v1/b", "/v1/b", Write(SegmentBasic)),
+        // analytics.js's settings: public like Segment's CDN (the key in the path only comes back).
+        row("GET", "/v1/projects/{write_key}/settings", "/v1/projects/anything/settings", Public),
         row("POST", "/e", "/e", Write(PostHogBody)),
         row("POST", "/e/", "/e/", Write(PostHogBody)),
         row("POST", "/capture", "/capture", Write(PostHogBody)),
@@ -189,7 +200,7 @@ fn build(route: &Route, key: Option<&str>, user: &str, time_ms: i64) -> (String,
             let message = json!({"type": route.path.trim_start_matches("/v1/"), "userId": user, "event": "e",
                 "name": "p", "timestamp": iso, "messageId": user});
             match route.path.as_str() {
-                "/v1/batch" => json!({"batch": [json!({"type": "track", "userId": user, "event": "e",
+                "/v1/batch" | "/v1/b" => json!({"batch": [json!({"type": "track", "userId": user, "event": "e",
                     "timestamp": iso, "messageId": user})]}),
                 _ => message,
             }
