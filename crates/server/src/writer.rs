@@ -177,7 +177,7 @@ impl Writer {
         // An event inside the horizon can still extend or merge a session whose
         // last event is within the timeout before the horizon: replay from the
         // earliest start of those, so the engine holds each of them whole. Two
-        // index seeks (schema v4), whatever the history's size.
+        // index seeks (schema v5), whatever the history's size.
         let floor = now.saturating_sub(horizon_ms).saturating_sub(rules.join_distance_ms());
         let from =
             self.store.earliest_start_of_sessions_ending_since(project.id, floor)?.map_or(floor, |s| s.min(floor));

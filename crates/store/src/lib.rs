@@ -42,7 +42,7 @@ pub const DB_FILE: &str = "sessionizer.db";
 pub const MAX_PROJECT_NAME_BYTES: usize = 200;
 
 /// Sessions whose last event is at least this long after their start are in
-/// the partial index `sessions_long` (schema v4), which finds the long sessions
+/// the partial index `sessions_long` (schema v5), which finds the long sessions
 /// still reaching the replay floor at start-up. Only such sessions pay for an
 /// index write when they are amended: most sessions are shorter.
 const LONG_SESSION_MS: i64 = 60 * 60 * 1000;

@@ -98,19 +98,20 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX session_changes_uid ON session_changes (project, session_uid);
     CREATE INDEX sessions_uid ON sessions (project, session_uid);
     ",
-    // 4: where the writer's replay begins at start-up without scanning every
+    // 4: time in the foreground (app lifecycle rules). NULL in rows written
+    // before: those sessions had no lifecycle rules, so it is their length,
+    // which readers substitute; no rewrite of existing rows. (Version 4 in
+    // databases already written: it must stay before the index.)
+    "
+    ALTER TABLE sessions ADD COLUMN active_ms INTEGER;
+    ALTER TABLE session_changes ADD COLUMN active_ms INTEGER;
+    ",
+    // 5: where the writer's replay begins at start-up without scanning every
     // session: the sessions at least an hour long (`LONG_SESSION_MS`), by last
     // event. Partial, so amending a shorter session writes no entry here.
     "
     CREATE INDEX sessions_long ON sessions (project, last_event_ms, start_ms)
         WHERE last_event_ms - start_ms >= 3600000;
-    ",
-    // 5: time in the foreground (app lifecycle rules). NULL in rows written
-    // before: those sessions had no lifecycle rules, so it is their length,
-    // which readers substitute; no rewrite of existing rows.
-    "
-    ALTER TABLE sessions ADD COLUMN active_ms INTEGER;
-    ALTER TABLE session_changes ADD COLUMN active_ms INTEGER;
     ",
 ];
 

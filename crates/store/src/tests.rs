@@ -282,7 +282,7 @@ fn a_caught_up_board_equals_a_fresh_snapshot() {
     assert_eq!(figures(&board), figures(&store.load_board().unwrap()));
 }
 
-/// The replay floor as it was computed before schema v4: a scan of every
+/// The replay floor as it was computed before schema v5: a scan of every
 /// session of the project. The reference the indexed answer must equal.
 fn replay_floor_by_scan(conn: &rusqlite::Connection, project: i64, since_ms: i64) -> Option<i64> {
     conn.query_row(
@@ -448,11 +448,17 @@ fn the_replay_floor_seeks_its_indexes() {
     );
 }
 
-/// A v3 database (before `sessions_long`, schema v4) with sessions in it
-/// migrates to the newest schema, and the replay floor over the migrated
-/// sessions is the full scan's.
+/// A v3 database (before `active_ms` and `sessions_long`) and a v4 one (before
+/// `sessions_long`) with sessions in them migrate to the newest schema, and the
+/// replay floor over the migrated sessions is the full scan's.
 #[test]
-fn a_v3_database_migrates() {
+fn v3_and_v4_databases_migrate() {
+    for from in [3, 4] {
+        migrates_from(from);
+    }
+}
+
+fn migrates_from(from: usize) {
     let dir = tempfile::tempdir().unwrap();
     let sessions = [
         (T0, T0 + 10 * MIN),
@@ -461,9 +467,9 @@ fn a_v3_database_migrates() {
     ];
     {
         let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
-        schema::migrate_to(&conn, 3).unwrap();
+        schema::migrate_to(&conn, from).unwrap();
         let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0)).unwrap();
-        assert_eq!(version, 3);
+        assert_eq!(version, from as i64);
         conn.execute(
             "INSERT INTO projects (id, public_id, name, settings, created_ms) VALUES (1, 'prj_1', 'p', ?1, ?2)",
             params![settings_json(&ProjectSettings::default()), T0],
@@ -481,7 +487,7 @@ fn a_v3_database_migrates() {
         let indexes: i64 = conn
             .query_row("SELECT count(*) FROM sqlite_master WHERE name = 'sessions_long'", [], |row| row.get(0))
             .unwrap();
-        assert_eq!(indexes, 0, "v3 has no sessions_long");
+        assert_eq!(indexes, 0, "v{from} has no sessions_long");
     }
     let store = Store::open(dir.path()).unwrap();
     let version = |conn: &rusqlite::Connection| -> i64 {
@@ -489,7 +495,7 @@ fn a_v3_database_migrates() {
     };
     let fresh = tempfile::tempdir().unwrap();
     let newest = version(&Store::open(fresh.path()).unwrap().conn);
-    assert!(newest >= 4);
+    assert!(newest >= 5);
     assert_eq!(version(&store.conn), newest);
     // The index holds exactly the migrated long sessions.
     let long: i64 = store
