@@ -282,6 +282,7 @@ pub(crate) mod strict_json {
     use std::fmt;
 
     use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
+    use serde_json::map::Entry;
     use serde_json::{Map, Number, Value};
 
     use crate::error::{ApiError, EventProblem};
@@ -502,13 +503,19 @@ pub(crate) mod strict_json {
                         return Err(error);
                     }
                 };
-                if map.contains_key(&key) {
-                    let error = A::Error::custom(format_args!("duplicate key {key:?}"));
-                    *self.failure.borrow_mut() =
-                        Some(Failure::Duplicate { key: key.clone(), path: vec![Segment::Key(key)] });
-                    return Err(error);
+                // One lookup: the entry both finds a duplicate and inserts.
+                match map.entry(key) {
+                    Entry::Vacant(entry) => {
+                        entry.insert(value);
+                    }
+                    Entry::Occupied(entry) => {
+                        let key = entry.key().clone();
+                        let error = A::Error::custom(format_args!("duplicate key {key:?}"));
+                        *self.failure.borrow_mut() =
+                            Some(Failure::Duplicate { key: key.clone(), path: vec![Segment::Key(key)] });
+                        return Err(error);
+                    }
                 }
-                map.insert(key, value);
             }
             Ok(Value::Object(map))
         }
