@@ -8,6 +8,7 @@ mod access;
 mod crash;
 mod faults;
 mod hostile;
+mod overload;
 mod query;
 mod sdk;
 mod server;
