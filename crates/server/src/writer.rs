@@ -31,6 +31,9 @@ use crate::metrics::Metrics;
 const TICK: Duration = Duration::from_millis(500);
 /// Events fed to the engine per call during a replay.
 const REPLAY_CHUNK_EVENTS: usize = 10_000;
+/// Bound on the steps that move a replay's start back past sessions spanning
+/// it (see `Writer::load`).
+const MAX_REPLAY_FLOOR_STEPS: usize = 64;
 
 /// What the writer reports back for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,8 +182,18 @@ impl Writer {
         // earliest start of those, so the engine holds each of them whole. Two
         // index seeks (schema v5), whatever the history's size.
         let floor = now.saturating_sub(horizon_ms).saturating_sub(rules.join_distance_ms());
-        let from =
+        let mut from =
             self.store.earliest_start_of_sessions_ending_since(project.id, floor)?.map_or(floor, |s| s.min(floor));
+        // Another session may span `from` (begun before it, ended after it but
+        // before the floor): replayed from the middle, it would come out as a
+        // fragment. Move back until no stored session spans the start (a few
+        // steps at most in practice; each is two index seeks).
+        for _ in 0..MAX_REPLAY_FLOOR_STEPS {
+            match self.store.earliest_start_of_sessions_ending_since(project.id, from)? {
+                Some(start) if start < from => from = start,
+                _ => break,
+            }
+        }
         let floor_found_ms = started.elapsed().as_millis() as u64;
         let mut replayed = 0;
         let mut replay_now = i64::MIN;
@@ -203,8 +216,14 @@ impl Writer {
             let batch = self.store.batch()?;
             for change in &changes {
                 // Sessions that concluded while the server was down; some may
-                // already be stored as concluded.
-                batch.apply_change_if_new(project.id, change)?;
+                // already be stored as concluded. Every replayed event's session
+                // is stored (events and changes commit together), so a session
+                // the store lacks can only be a fragment of one that began
+                // before the replay (if the steps above ran out): never store it.
+                let record = &change.record;
+                if batch.session(project.id, &record.user, record.session_id)?.is_some() {
+                    batch.apply_change_if_new(project.id, change)?;
+                }
             }
             batch.commit()?;
         }

@@ -308,6 +308,37 @@ fn event_exports_keep_properties_platform_and_the_sdk_session_id() {
     assert!(first.contains(r#",ios,cs-7,"{"#) && first.contains(r#"""plan"":""pro"""#), "{first}");
 }
 
+/// A restart replays stored events from the earliest start of the sessions
+/// that can still change. A session of another user that began before that
+/// point and ended after it (but long ago) must not come back as a fragment.
+#[test]
+fn a_restart_replays_no_session_from_its_middle() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = create_project(dir.path(), "replay");
+    let port = free_port();
+    let mut server = TestServer::start(dir.path(), port);
+    // The writer replays from the start of the sessions whose last event is
+    // after now - 72 h (the lateness horizon) - 30 min (the timeout).
+    let floor = now_ms() - 72 * 60 * MIN - 30 * MIN;
+    let from = floor - 10 * MIN;
+    let body = json!({"events": [
+        // "y" sets the replay start: it begins 10 minutes before the floor and reaches past it.
+        {"user_id": "y", "event_type": "e", "time": from, "insert_id": "y1"},
+        {"user_id": "y", "event_type": "e", "time": floor + 5 * MIN, "insert_id": "y2"},
+        // "x" spans that start and ends before the floor.
+        {"user_id": "x", "event_type": "e", "time": from - 20 * MIN, "insert_id": "x1"},
+        {"user_id": "x", "event_type": "e", "time": from + 5 * MIN, "insert_id": "x2"},
+    ]});
+    assert_eq!(server.post("/v1/events", Some(&project.write_key), &body).status, 200);
+    let sessions = |server: &TestServer| server.get("/v1/sessions?user_id=x", Some(&project.read_key)).json();
+    let before = sessions(&server);
+    assert_eq!(before["sessions"].as_array().unwrap().len(), 1, "{before}");
+    assert!(server.terminate().success());
+    let server = TestServer::start(dir.path(), port);
+    let after = sessions(&server);
+    assert_eq!(after["sessions"], before["sessions"], "the restart stored no fragment of x's session");
+}
+
 #[test]
 fn keys_roles_and_bad_requests() {
     let dir = tempfile::tempdir().unwrap();
