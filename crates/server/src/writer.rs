@@ -278,8 +278,17 @@ impl Writer {
         let disk_full = matches!(error, StoreError::DiskFull(_));
         tracing::error!(%error, requests = group.len(), "a write failed; nothing of these requests was acknowledged");
         for request in group {
-            let answer =
-                if disk_full { ApiError::DiskFull } else { ApiError::Unavailable("a storage write failed".into()) };
+            // A failed commit (an fsync error) may have left the batch on disk:
+            // the outcome is unknown (500), not "nothing stored" (503). A retry
+            // with the same insert ids is safe either way.
+            let answer = if disk_full {
+                ApiError::DiskFull
+            } else {
+                ApiError::Internal(
+                    "a storage write failed; the request may or may not be stored: retry it with the same insert ids"
+                        .into(),
+                )
+            };
             drop(request.reply.send(Err(answer)));
         }
         if !disk_full {
