@@ -233,6 +233,21 @@ async fn accept_connections(
     graceful.shutdown().await;
 }
 
+/// Reads a request body of at most [`limits::MAX_BODY_BYTES`]. A longer one is
+/// `413`; one that cannot be read (a timeout, which [`body_deadline`] answers
+/// with 408, or a client gone) counts as `body_read`, not as too large.
+pub(crate) async fn read_bounded_body(state: &AppState, body: axum::body::Body) -> Result<axum::body::Bytes, ApiError> {
+    axum::body::to_bytes(body, limits::MAX_BODY_BYTES).await.map_err(|error| {
+        if error.into_inner().is::<http_body_util::LengthLimitError>() {
+            state.metrics.reject(RejectReason::TooLarge, 1);
+            ApiError::TooLarge(format!("the body exceeds {} bytes", limits::MAX_BODY_BYTES))
+        } else {
+            state.metrics.reject(RejectReason::BodyRead, 1);
+            ApiError::BadRequest("the request body could not be read".into())
+        }
+    })
+}
+
 /// Applies [`Timeouts::body_idle`] and [`Timeouts::body_total`] to the request
 /// body as the handler reads it; a body that times out gets 408 and the connection
 /// closes. The handlers never see a timeout as anything but a failed read, and
@@ -318,10 +333,7 @@ async fn ingest(state: &AppState, request: Request) -> Result<Ingested, ApiError
         true => Some(state.keys.authorize(&parts.headers, KeyRole::Write).inspect_err(unauthorized)?),
         false => None,
     };
-    let body = axum::body::to_bytes(body, limits::MAX_BODY_BYTES).await.map_err(|_| {
-        state.metrics.reject(RejectReason::TooLarge, 1);
-        ApiError::TooLarge(format!("the body exceeds {} bytes", limits::MAX_BODY_BYTES))
-    })?;
+    let body = read_bounded_body(state, body).await?;
     let encoding = parts.headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok());
     let now = jiff::Timestamp::now().as_millisecond();
     let parsed =

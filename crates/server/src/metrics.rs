@@ -58,15 +58,18 @@ pub(crate) enum RejectReason {
     Unavailable,
     DiskFull,
     RateLimited,
+    /// The body could not be read: it timed out, or the client went away.
+    BodyRead,
 }
 
-const REJECT_REASONS: [(RejectReason, &str); 7] = [
+const REJECT_REASONS: [(RejectReason, &str); 8] = [
     (RejectReason::Invalid, "invalid"),
     (RejectReason::TooLarge, "too_large"),
     (RejectReason::Unauthorized, "unauthorized"),
     (RejectReason::Busy, "busy"),
     (RejectReason::Unavailable, "unavailable"),
     (RejectReason::DiskFull, "disk_full"),
+    (RejectReason::BodyRead, "body_read"),
     (RejectReason::RateLimited, "rate_limited"),
 ];
 

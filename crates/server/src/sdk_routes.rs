@@ -65,10 +65,7 @@ pub(crate) fn routes() -> Router<AppState> {
 /// Body bytes, bounded, and decompressed when gzip (by header or by magic bytes).
 async fn read_body(state: &AppState, request: Request) -> Result<(axum::http::request::Parts, Vec<u8>), ApiError> {
     let (parts, body) = request.into_parts();
-    let bytes = axum::body::to_bytes(body, limits::MAX_BODY_BYTES).await.map_err(|_| {
-        state.metrics.reject(RejectReason::TooLarge, 1);
-        ApiError::TooLarge(format!("the body exceeds {} bytes", limits::MAX_BODY_BYTES))
-    })?;
+    let bytes = crate::read_bounded_body(state, body).await?;
     let encoding = parts.headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok());
     let body = decode_body(encoding, &bytes)?;
     Ok((parts, body))
