@@ -305,7 +305,8 @@ fn posthog_event(event: &Value, context: Context<'_>) -> Value {
         Some("web") => Some("web"),
         Some("posthog-ios") => Some("ios"),
         Some("posthog-android") => Some("android"),
-        Some("posthog-react-native") | Some("posthog-flutter") => Some("mobile"),
+        // Cross-platform apps say their OS in `$os`.
+        Some("posthog-react-native") | Some("posthog-flutter") => mobile_os(properties.get("$os")).or(Some("mobile")),
         Some(_) => Some("server"),
         None => None,
     };
@@ -338,6 +339,16 @@ pub(crate) fn posthog_config() -> Value {
         "siteApps": [],
         "elementsChainAsString": true,
     })
+}
+
+/// `ios` or `android` from an SDK's operating system name, so that a
+/// cross-platform app's events meet the platform rules of its OS.
+fn mobile_os(os: Option<&Value>) -> Option<&'static str> {
+    match os.and_then(Value::as_str).map(str::to_ascii_lowercase).as_deref() {
+        Some("ios" | "ipados" | "iphone os") => Some("ios"),
+        Some("android") => Some("android"),
+        _ => None,
+    }
 }
 
 // ---- Mixpanel: GET|POST /track and /import ----
@@ -384,6 +395,7 @@ fn mixpanel_event(event: &Value, context: Context<'_>) -> Value {
         Some("web") => Some("web"),
         Some("iphone") | Some("swift") => Some("ios"),
         Some("android") => Some("android"),
+        Some("react-native") | Some("flutter") => mobile_os(properties.get("$os")).or(Some("mobile")),
         Some(_) => Some("server"),
         None => None,
     };

@@ -175,3 +175,28 @@ fn helpers() {
     assert_eq!(basic_user(Some(&header)).as_deref(), Some("sk_write_k"));
     assert_eq!(basic_user(Some("Bearer x")), None);
 }
+
+/// Cross-platform mobile SDKs (React Native, Flutter) say their OS in `$os`,
+/// so their events meet the rules of `ios` or `android`.
+#[test]
+fn cross_platform_mobile_sdks_take_their_platform_from_the_os() {
+    let posthog_event = |lib: &str, os: &str| {
+        json!({"api_key": "k", "batch": [{"event": "e", "distinct_id": "u", "uuid": "x",
+               "properties": {"$lib": lib, "$os": os}}]})
+    };
+    let platform = |body: Value| posthog(body.to_string().as_bytes(), context()).unwrap().events[0].platform.clone();
+    assert_eq!(platform(posthog_event("posthog-react-native", "iOS")).as_deref(), Some("ios"));
+    assert_eq!(platform(posthog_event("posthog-flutter", "Android")).as_deref(), Some("android"));
+    assert_eq!(platform(posthog_event("posthog-react-native", "Windows")).as_deref(), Some("mobile"));
+    assert_eq!(platform(posthog_event("posthog-node", "Linux")).as_deref(), Some("server"));
+
+    use base64::Engine as _;
+    let mixpanel_platform = |lib: &str, os: &str| {
+        let data = json!([{"event": "e", "properties": {"token": "k", "distinct_id": "u", "mp_lib": lib, "$os": os}}]);
+        let encoded = base64::engine::general_purpose::STANDARD.encode(data.to_string());
+        mixpanel(&encoded, None, context()).unwrap().events[0].platform.clone()
+    };
+    assert_eq!(mixpanel_platform("react-native", "iOS").as_deref(), Some("ios"));
+    assert_eq!(mixpanel_platform("flutter", "Android").as_deref(), Some("android"));
+    assert_eq!(mixpanel_platform("iphone", "iOS").as_deref(), Some("ios"));
+}
