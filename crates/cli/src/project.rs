@@ -49,7 +49,7 @@ enum ProjectCommand {
         project: String,
     },
     /// Change session settings; the project's history is re-sessionized.
-    Set(SetArgs),
+    Set(Box<SetArgs>),
     /// Revoke an API key.
     RevokeKey {
         #[command(flatten)]
@@ -194,7 +194,7 @@ pub(crate) fn run(args: ProjectArgs) -> anyhow::Result<()> {
             let store = open(&data, false)?;
             print(project_json(&store.project(&project).map_err(store_error)?))
         }
-        ProjectCommand::Set(args) => set(args),
+        ProjectCommand::Set(args) => set(*args),
         ProjectCommand::RevokeKey { data, key } => {
             let mut store = open(&data, false)?;
             if !store.revoke_key(key.trim(), now_ms()).map_err(store_error)? {

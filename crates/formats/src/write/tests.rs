@@ -501,8 +501,7 @@ fn stored_event_exports_carry_platform_client_session_and_properties() {
             sink.write(row).unwrap();
         }
         sink.finish().unwrap();
-        let bytes = buffer.0.lock().unwrap().clone();
-        bytes
+        buffer.0.lock().unwrap().clone()
     };
 
     let ndjson = String::from_utf8(export(FileFormat::Ndjson)).unwrap();
