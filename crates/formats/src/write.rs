@@ -183,18 +183,41 @@ impl Row for SessionRow<'_> {
     }
 }
 
+const EVENT_COLUMNS: [(&str, Kind); 9] = [
+    ("user_id", Kind::OptStr),
+    ("device_id", Kind::OptStr),
+    ("event_type", Kind::Str),
+    ("time_ms", Kind::I64),
+    ("insert_id", Kind::OptStr),
+    ("page", Kind::OptStr),
+    ("passive", Kind::Bool),
+    ("session_id", Kind::OptI64),
+    ("session_uid", Kind::OptStr),
+];
+
+/// The event columns, then what the store keeps besides.
+const STORED_EVENT_COLUMNS: [(&str, Kind); 12] = append_columns(
+    EVENT_COLUMNS,
+    [("platform", Kind::OptStr), ("client_session_id", Kind::OptStr), ("properties", Kind::OptJson)],
+);
+
+/// `first` then `second`; `N` must be their total length (checked at compile time).
+const fn append_columns<const A: usize, const B: usize, const N: usize>(
+    first: [(&'static str, Kind); A],
+    second: [(&'static str, Kind); B],
+) -> [(&'static str, Kind); N] {
+    assert!(A + B == N, "N must be the total number of columns");
+    let mut all = [("", Kind::Str); N];
+    let mut i = 0;
+    while i < N {
+        all[i] = if i < A { first[i] } else { second[i - A] };
+        i += 1;
+    }
+    all
+}
+
 impl Row for EventRow<'_> {
-    const COLUMNS: &'static [(&'static str, Kind)] = &[
-        ("user_id", Kind::OptStr),
-        ("device_id", Kind::OptStr),
-        ("event_type", Kind::Str),
-        ("time_ms", Kind::I64),
-        ("insert_id", Kind::OptStr),
-        ("page", Kind::OptStr),
-        ("passive", Kind::Bool),
-        ("session_id", Kind::OptI64),
-        ("session_uid", Kind::OptStr),
-    ];
+    const COLUMNS: &'static [(&'static str, Kind)] = &EVENT_COLUMNS;
 
     fn visit<V: Visit>(&self, v: &mut V) -> Result<(), WriteError> {
         v.str(self.user_id)?;
@@ -210,20 +233,7 @@ impl Row for EventRow<'_> {
 }
 
 impl Row for StoredEventRow<'_> {
-    const COLUMNS: &'static [(&'static str, Kind)] = &[
-        ("user_id", Kind::OptStr),
-        ("device_id", Kind::OptStr),
-        ("event_type", Kind::Str),
-        ("time_ms", Kind::I64),
-        ("insert_id", Kind::OptStr),
-        ("page", Kind::OptStr),
-        ("passive", Kind::Bool),
-        ("session_id", Kind::OptI64),
-        ("session_uid", Kind::OptStr),
-        ("platform", Kind::OptStr),
-        ("client_session_id", Kind::OptStr),
-        ("properties", Kind::OptJson),
-    ];
+    const COLUMNS: &'static [(&'static str, Kind)] = &STORED_EVENT_COLUMNS;
 
     fn visit<V: Visit>(&self, v: &mut V) -> Result<(), WriteError> {
         self.event.visit(v)?;
