@@ -300,6 +300,16 @@ impl<R: Row> Writer<R> {
         Ok(Self { format, _row: std::marker::PhantomData })
     }
 
+    /// Writes one row of any row type (the sinks' rows borrow for less than `'static`).
+    fn write_row<T: Row>(&mut self, row: &T) -> Result<(), WriteError> {
+        match &mut self.format {
+            Format::Ndjson(out) => out.write_row(row),
+            Format::Csv(out) => out.write_row(row),
+            #[cfg(feature = "parquet")]
+            Format::Parquet(out) => out.write_row(row),
+        }
+    }
+
     fn finish_format(self) -> Result<(), WriteError> {
         match self.format {
             Format::Ndjson(out) => out.finish(),
@@ -312,12 +322,7 @@ impl<R: Row> Writer<R> {
 
 impl SessionSink for Writer<SessionRow<'static>> {
     fn write(&mut self, row: &SessionRow<'_>) -> Result<(), WriteError> {
-        match &mut self.format {
-            Format::Ndjson(out) => out.write_row(row),
-            Format::Csv(out) => out.write_row(row),
-            #[cfg(feature = "parquet")]
-            Format::Parquet(out) => out.write_row(row),
-        }
+        self.write_row(row)
     }
 
     fn finish(self: Box<Self>) -> Result<(), WriteError> {
@@ -327,12 +332,7 @@ impl SessionSink for Writer<SessionRow<'static>> {
 
 impl StoredEventSink for Writer<StoredEventRow<'static>> {
     fn write(&mut self, row: &StoredEventRow<'_>) -> Result<(), WriteError> {
-        match &mut self.format {
-            Format::Ndjson(out) => out.write_row(row),
-            Format::Csv(out) => out.write_row(row),
-            #[cfg(feature = "parquet")]
-            Format::Parquet(out) => out.write_row(row),
-        }
+        self.write_row(row)
     }
 
     fn finish(self: Box<Self>) -> Result<(), WriteError> {
@@ -342,12 +342,7 @@ impl StoredEventSink for Writer<StoredEventRow<'static>> {
 
 impl EventSink for Writer<EventRow<'static>> {
     fn write(&mut self, row: &EventRow<'_>) -> Result<(), WriteError> {
-        match &mut self.format {
-            Format::Ndjson(out) => out.write_row(row),
-            Format::Csv(out) => out.write_row(row),
-            #[cfg(feature = "parquet")]
-            Format::Parquet(out) => out.write_row(row),
-        }
+        self.write_row(row)
     }
 
     fn finish(self: Box<Self>) -> Result<(), WriteError> {
