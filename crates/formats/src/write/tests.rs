@@ -478,10 +478,6 @@ fn csv_downloads_neutralise_formulas_and_files_keep_values_exactly() {
 /// properties embedded as a JSON object in NDJSON and as their text elsewhere.
 #[test]
 fn stored_event_exports_carry_platform_client_session_and_properties() {
-    use arrow_array::Array;
-    use arrow_array::cast::AsArray;
-    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-
     let properties = r#"{"plan":"pro","cart":{"items":[1,2]},"note":"=1+1"}"#;
     let rows = [
         StoredEventRow {
@@ -520,12 +516,19 @@ fn stored_event_exports_carry_platform_client_session_and_properties() {
     let first = reader.records().next().unwrap().unwrap();
     assert_eq!(&first[11], properties, "the JSON text (it starts with a brace: nothing to neutralise)");
 
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("events.parquet");
-    std::fs::write(&path, export(FileFormat::Parquet)).unwrap();
-    let reader =
-        ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap()).unwrap().build().unwrap();
-    let batch = reader.into_iter().next().unwrap().unwrap();
-    let column = batch.column_by_name("properties").unwrap().as_string::<i32>().clone();
-    assert_eq!((column.value(0), column.is_null(1)), (properties, true));
+    #[cfg(feature = "parquet")]
+    {
+        use arrow_array::Array;
+        use arrow_array::cast::AsArray;
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.parquet");
+        std::fs::write(&path, export(FileFormat::Parquet)).unwrap();
+        let reader =
+            ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap()).unwrap().build().unwrap();
+        let batch = reader.into_iter().next().unwrap().unwrap();
+        let column = batch.column_by_name("properties").unwrap().as_string::<i32>().clone();
+        assert_eq!((column.value(0), column.is_null(1)), (properties, true));
+    }
 }
