@@ -169,7 +169,7 @@ pub struct StoredSession {
     pub last_event_ms: i64,
     pub event_count: u64,
     /// Time in the foreground (see [`sessionizer_engine::SessionRecord::active_ms`]);
-    /// sessions stored before schema 5 read as their length.
+    /// sessions stored before schema 4 read as their length.
     pub active_ms: i64,
     /// `None` while the session is open.
     pub end_reason: Option<String>,
