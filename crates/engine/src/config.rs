@@ -194,18 +194,11 @@ impl SessionRules {
     /// `lifecycle`, sessions driven by the app's foreground and background
     /// events. Replaces earlier rules for the same platform.
     pub fn with_platform(mut self, platform: &str, rules: PlatformRules) -> Result<SessionRules, ConfigError> {
-        let invalid =
-            |reason: &str| ConfigError::InvalidPlatform { platform: platform.to_string(), reason: reason.into() };
-        if platform.is_empty() || platform.len() > MAX_PLATFORM_BYTES {
-            return Err(invalid(&format!("a platform name has 1 to {MAX_PLATFORM_BYTES} bytes")));
-        }
-        if platform != platform.to_ascii_lowercase() {
-            return Err(invalid("platform names are lower case (SDK platforms are lower-cased on ingest)"));
-        }
-        match SessionRules::new(rules.timeout_ms) {
-            Ok(_) => {}
-            Err(error) => return Err(invalid(&error.to_string())),
-        }
+        check_platform_name(platform)?;
+        SessionRules::new(rules.timeout_ms).map_err(|error| ConfigError::InvalidPlatform {
+            platform: platform.to_string(),
+            reason: error.to_string(),
+        })?;
         match self.platforms.binary_search_by(|(name, _)| (**name).cmp(platform)) {
             Ok(at) => self.platforms[at].1 = rules,
             Err(at) => {
@@ -222,12 +215,7 @@ impl SessionRules {
     /// Events that name no platform follow the rules of `platform` (which
     /// need not have rules of its own: then the project timeout applies).
     pub fn with_default_platform(mut self, platform: &str) -> Result<SessionRules, ConfigError> {
-        if platform.is_empty() || platform.len() > MAX_PLATFORM_BYTES || platform != platform.to_ascii_lowercase() {
-            return Err(ConfigError::InvalidPlatform {
-                platform: platform.to_string(),
-                reason: format!("a platform name has 1 to {MAX_PLATFORM_BYTES} bytes, in lower case"),
-            });
-        }
+        check_platform_name(platform)?;
         self.default_platform = Some(Box::from(platform));
         Ok(self)
     }
@@ -301,7 +289,7 @@ impl SessionRules {
             .and_then(|platform| self.platforms.binary_search_by(|(name, _)| (**name).cmp(platform)).ok())
             .map(|at| self.platforms[at].1);
         match rules {
-            None => Window { length_ms: self.timeout_ms, hold: Hold::Inactivity },
+            None => self.plain_window(),
             Some(PlatformRules { timeout_ms, lifecycle: false }) => {
                 Window { length_ms: timeout_ms, hold: Hold::Inactivity }
             }
@@ -361,6 +349,19 @@ impl fmt::Debug for SessionRules {
             .field("dead_app_limit_ms", &self.dead_app_limit_ms)
             .finish()
     }
+}
+
+/// A platform name is 1 to [`MAX_PLATFORM_BYTES`] bytes, in lower case (the
+/// SDK formats and the native API lower-case the platforms they are sent).
+fn check_platform_name(platform: &str) -> Result<(), ConfigError> {
+    let reason = if platform.is_empty() || platform.len() > MAX_PLATFORM_BYTES {
+        format!("a platform name has 1 to {MAX_PLATFORM_BYTES} bytes")
+    } else if platform != platform.to_ascii_lowercase() {
+        "platform names are lower case (platforms are lower-cased on ingest)".to_string()
+    } else {
+        return Ok(());
+    };
+    Err(ConfigError::InvalidPlatform { platform: platform.to_string(), reason })
 }
 
 /// How an event takes part in sessions.
