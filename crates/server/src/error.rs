@@ -57,6 +57,11 @@ pub enum ApiError {
     DiskFull,
     #[error("stored data is damaged: this request cannot be answered (the operator can run `sessionizer check`)")]
     StorageCorrupt(String),
+    /// A write failed as it committed (an fsync error): logged by the writer, once.
+    #[error(
+        "a storage write failed as it committed: this request may or may not be stored; retry it with the same insert ids (they are deduplicated)"
+    )]
+    WriteOutcomeUnknown,
     #[error("internal error")]
     Internal(String),
 }
@@ -78,7 +83,9 @@ impl ApiError {
             ApiError::Busy | ApiError::Unavailable(_) | ApiError::Loading(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::DiskFull => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Internal(_) | ApiError::StorageCorrupt(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Internal(_) | ApiError::StorageCorrupt(_) | ApiError::WriteOutcomeUnknown => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 
@@ -100,6 +107,7 @@ impl ApiError {
             ApiError::Loading(_) => "loading",
             ApiError::DiskFull => "disk_full",
             ApiError::StorageCorrupt(_) => "storage_corrupt",
+            ApiError::WriteOutcomeUnknown => "write_outcome_unknown",
             ApiError::Internal(_) => "internal",
         }
     }

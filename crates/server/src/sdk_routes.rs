@@ -18,7 +18,7 @@ use crate::ingest::decode_body;
 use crate::metrics::RejectReason;
 use crate::sdk::{self, Context, Translated};
 use crate::writer::Ingested;
-use crate::{AppState, limits};
+use crate::AppState;
 
 /// Whether a format rejects a batch with any invalid event, or keeps the valid ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,20 +185,21 @@ fn amplitude_answer(result: Result<(Ingested, usize), ApiError>) -> Response {
 /// `/batch` is Amplitude's batch API (`events`) and PostHog's batch endpoint (`batch`).
 async fn amplitude_or_posthog(state: State<AppState>, client: ConnectInfo<SocketAddr>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let bytes = match axum::body::to_bytes(body, limits::MAX_BODY_BYTES).await {
+    let bytes = match crate::read_bounded_body(&state, body).await {
         Ok(bytes) => bytes,
-        Err(_) => {
-            // Amplitude reads the code from the body, PostHog only the status: Amplitude's answer serves both.
-            state.metrics.reject(RejectReason::TooLarge, 1);
-            let too_large = ApiError::TooLarge(format!("the body exceeds {} bytes", limits::MAX_BODY_BYTES));
-            return amplitude_answer(Err(too_large));
-        }
+        // Amplitude reads the code from the body, PostHog only the status: Amplitude's answer serves both.
+        Err(error) => return amplitude_answer(Err(error)),
     };
+    /// Which format: only whether the top level has `events`, without building the document.
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        events: Option<serde::de::IgnoredAny>,
+    }
     let encoding = parts.headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok());
     let is_amplitude = decode_body(encoding, &bytes)
         .ok()
-        .and_then(|body| serde_json::from_slice::<Value>(&body).ok())
-        .is_some_and(|v| v.get("events").is_some());
+        .and_then(|body| serde_json::from_slice::<Probe>(&body).ok())
+        .is_some_and(|probe| probe.events.is_some());
     let request = Request::from_parts(parts, axum::body::Body::from(bytes));
     if is_amplitude {
         amplitude(state, client, request).await

@@ -215,15 +215,10 @@ impl Writer {
         if !changes.is_empty() {
             let batch = self.store.batch()?;
             for change in &changes {
-                // Sessions that concluded while the server was down; some may
-                // already be stored as concluded. Every replayed event's session
-                // is stored (events and changes commit together), so a session
-                // the store lacks can only be a fragment of one that began
-                // before the replay (if the steps above ran out): never store it.
-                let record = &change.record;
-                if batch.session(project.id, &record.user, record.session_id)?.is_some() {
-                    batch.apply_change_if_new(project.id, change)?;
-                }
+                // Sessions that concluded while the server was down (some may
+                // already be stored as concluded); never a fragment the replay
+                // made of a session begun before it, if the steps above ran out.
+                batch.apply_replayed_change(project.id, change)?;
             }
             batch.commit()?;
         }
@@ -281,14 +276,7 @@ impl Writer {
             // A failed commit (an fsync error) may have left the batch on disk:
             // the outcome is unknown (500), not "nothing stored" (503). A retry
             // with the same insert ids is safe either way.
-            let answer = if disk_full {
-                ApiError::DiskFull
-            } else {
-                ApiError::Internal(
-                    "a storage write failed; the request may or may not be stored: retry it with the same insert ids"
-                        .into(),
-                )
-            };
+            let answer = if disk_full { ApiError::DiskFull } else { ApiError::WriteOutcomeUnknown };
             drop(request.reply.send(Err(answer)));
         }
         if !disk_full {

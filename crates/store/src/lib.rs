@@ -600,15 +600,19 @@ impl Batch<'_> {
         Ok(inserted == 1)
     }
 
-    /// Applies one engine change to the sessions table and records it,
-    /// unless it would leave the table as it is (what a replay after a
-    /// restart produces); costs a lookup per change.
-    pub fn apply_change_if_new(&self, project: i64, change: &SessionChange) -> Result<(), StoreError> {
+    /// Applies a change that a replay after a restart produced, to a session
+    /// the store holds, unless it would leave the table as it is; costs a
+    /// lookup per change. A session the store lacks is skipped: every replayed
+    /// event's session is stored (events and changes commit together), so it
+    /// can only be a fragment of one that began before the replay.
+    pub fn apply_replayed_change(&self, project: i64, change: &SessionChange) -> Result<(), StoreError> {
         let session = StoredSession::from_record(&change.record);
-        let stored = self.session(project, &session.user, session.session_id)?;
+        let Some(stored) = self.session(project, &session.user, session.session_id)? else {
+            return Ok(());
+        };
         let no_op = match change.kind {
-            ChangeKind::Superseded { .. } => stored.is_none(),
-            _ => stored.is_some_and(|stored| stored.same_state(&session)),
+            ChangeKind::Superseded { .. } => false,
+            _ => stored.same_state(&session),
         };
         if no_op { Ok(()) } else { self.apply_change(project, change) }
     }

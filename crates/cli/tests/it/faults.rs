@@ -598,7 +598,12 @@ fn a_failed_fsync_stops_acknowledgements() {
     let (body, failed_ids) = batch("failing", 20, t0 + 1_000, 50);
     let failing = server.post(&project.write_key, &body);
     assert_ne!(failing.status, 200, "a write whose fsync failed was acknowledged: {}", failing.body);
-    assert_eq!((failing.status, failing.code()), (500, json!("internal")), "outcome unknown: {}", failing.body);
+    assert_eq!(
+        (failing.status, failing.code()),
+        (500, json!("write_outcome_unknown")),
+        "outcome unknown: {}",
+        failing.body
+    );
     // Nothing is acknowledged any more, not even after the disk "recovers".
     std::fs::remove_file(&trigger).unwrap();
     for i in 0..3 {
