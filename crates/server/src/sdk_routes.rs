@@ -13,12 +13,12 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 use sessionizer_store::KeyRole;
 
+use crate::AppState;
 use crate::error::{ApiError, EventProblem};
 use crate::ingest::decode_body;
 use crate::metrics::RejectReason;
 use crate::sdk::{self, Context, Translated};
 use crate::writer::Ingested;
-use crate::AppState;
 
 /// Whether a format rejects a batch with any invalid event, or keeps the valid ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
