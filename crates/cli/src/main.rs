@@ -5,6 +5,8 @@
 //! `sessionizer-engine` (what a session is), `sessionizer-store` (durable
 //! storage) and `sessionizer-server` (HTTP).
 
+#[cfg(feature = "cluster")]
+mod cluster;
 mod duration;
 mod loadgen;
 mod project;
@@ -31,6 +33,8 @@ enum Command {
     Rebuild(project::RebuildArgs),
     Loadgen(loadgen::LoadgenArgs),
     Check(CheckArgs),
+    #[cfg(feature = "cluster")]
+    Cluster(cluster::ClusterArgs),
 }
 
 /// Check a data directory for damage (SQLite's integrity check of every page
@@ -119,6 +123,8 @@ fn main() -> ExitCode {
         Command::Rebuild(args) => project::rebuild(args),
         Command::Loadgen(args) => loadgen::run(args),
         Command::Check(args) => check(args),
+        #[cfg(feature = "cluster")]
+        Command::Cluster(args) => cluster::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

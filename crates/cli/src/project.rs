@@ -148,13 +148,13 @@ fn open(data: &DataArg, create: bool) -> Result<Store, Exit> {
     Store::open(&data.data).map_err(|e| Exit::new(Failure::Software, e))
 }
 
-fn print(value: serde_json::Value) -> anyhow::Result<()> {
+pub(crate) fn print(value: serde_json::Value) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "{value}")?;
     Ok(())
 }
 
-fn project_json(project: &Project) -> serde_json::Value {
+pub(crate) fn project_json(project: &Project) -> serde_json::Value {
     json!({
         "project_id": project.public_id,
         "name": project.name,

@@ -59,6 +59,18 @@ pub(crate) struct ServeArgs {
     /// steadily; then 408 [default: 120s].
     #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
     body_total_timeout: Option<std::time::Duration>,
+    /// What this process does: `single` (everything, on the embedded store in
+    /// --data), or as a node of a cluster (--cluster, docs/scale-out.md)
+    /// `ingest` (HTTP ingestion into the event stream), `worker` (sessionizes
+    /// partitions into ClickHouse) or `all` (both).
+    #[arg(long, value_name = "ROLE", default_value = "single", value_parser = ["single", "ingest", "worker", "all"])]
+    role: String,
+    /// The cluster's TOML configuration (with --role ingest, worker or all).
+    #[arg(long = "cluster", value_name = "FILE", env = "SESSIONIZER_CLUSTER")]
+    cluster: Option<PathBuf>,
+    /// A worker's id, unique in the cluster [default: host name and process id].
+    #[arg(long, value_name = "ID")]
+    worker_id: Option<String>,
 }
 
 /// A timeout on the command line (`10s`, `500ms`, ...): above zero.
@@ -133,14 +145,102 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
         body_idle: args.body_idle_timeout.unwrap_or(defaults.body_idle),
         body_total: args.body_total_timeout.unwrap_or(defaults.body_total),
     };
+    if args.role != "single" {
+        let Some(cluster_file) = args.cluster else {
+            return Err(Exit::new(
+                Failure::Usage,
+                anyhow::anyhow!("--role {} needs --cluster FILE (docs/scale-out.md)", args.role),
+            )
+            .into());
+        };
+        return run_cluster_role(&runtime, &args.role, &cluster_file, args.worker_id, listen, rate_limits, timeouts);
+    }
+    if args.cluster.is_some() {
+        return Err(Exit::new(Failure::Usage, anyhow::anyhow!("--cluster needs --role ingest, worker or all")).into());
+    }
     let config = ServerConfig { data_dir, listen, write_queue_requests, rate_limits, timeouts };
     runtime.block_on(sessionizer_server::serve(config, shutdown_signal())).map_err(|error| {
         let failure = match error {
             ServeError::Listen { .. } | ServeError::DataDirInUse(_) => Failure::Unavailable,
-            ServeError::Store(_) | ServeError::Io(_) => Failure::Software,
+            ServeError::Store(_) | ServeError::Io(_) | ServeError::Cluster(_) => Failure::Software,
         };
         Exit::new(failure, error).into()
     })
+}
+
+#[cfg(not(feature = "cluster"))]
+fn run_cluster_role(
+    _runtime: &tokio::runtime::Runtime,
+    role: &str,
+    _cluster_file: &Path,
+    _worker_id: Option<String>,
+    _listen: SocketAddr,
+    _rate_limits: sessionizer_server::RateLimits,
+    _timeouts: sessionizer_server::Timeouts,
+) -> anyhow::Result<()> {
+    Err(Exit::new(
+        Failure::Usage,
+        anyhow::anyhow!(
+            "--role {role} needs a binary built with the `cluster` feature (cargo build --features cluster)"
+        ),
+    )
+    .into())
+}
+
+/// `serve --role ingest|worker|all`: a node of a cluster.
+#[cfg(feature = "cluster")]
+fn run_cluster_role(
+    runtime: &tokio::runtime::Runtime,
+    role: &str,
+    cluster_file: &Path,
+    worker_id: Option<String>,
+    listen: SocketAddr,
+    rate_limits: sessionizer_server::RateLimits,
+    timeouts: sessionizer_server::Timeouts,
+) -> anyhow::Result<()> {
+    use sessionizer_cluster::{Cluster, DEFAULT_BATCH_EVENTS, Worker, WorkerOptions};
+    let config = crate::cluster::load_config(cluster_file)?;
+    let worker_id = worker_id.unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+        let host: String = host.trim().chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+        format!("{}-{}", if host.is_empty() { "worker" } else { &host }, std::process::id())
+    });
+    let unavailable = |e: &dyn std::fmt::Display| Exit::new(Failure::Unavailable, anyhow::anyhow!("{e}"));
+    runtime.block_on(async {
+        let cluster = Cluster::connect(config).await.map_err(|e| unavailable(&e))?;
+        cluster.check_partitions().await.map_err(|e| unavailable(&e))?;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            stop.send_replace(true);
+        });
+        let wait = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+            drop(stopped.wait_for(|s| *s).await);
+        };
+        let ingest = async {
+            if role == "worker" {
+                return Ok(());
+            }
+            let config = sessionizer_server::IngestConfig { listen, rate_limits, timeouts };
+            sessionizer_server::serve_ingest(config, cluster.clone(), wait(stopped.clone())).await.map_err(|error| {
+                let failure =
+                    if matches!(error, ServeError::Listen { .. }) { Failure::Unavailable } else { Failure::Software };
+                Exit::new(failure, error)
+            })
+        };
+        let work = async {
+            if role == "ingest" {
+                return Ok(());
+            }
+            let options = WorkerOptions { worker_id: worker_id.clone(), batch_events: DEFAULT_BATCH_EVENTS };
+            tracing::info!(worker = %worker_id, "sessionizer worker starting");
+            let worker = Worker::new(cluster.clone(), options).map_err(|e| Exit::new(Failure::Usage, e))?;
+            worker.run(wait(stopped.clone())).await.map_err(|e| Exit::new(Failure::Unavailable, e))
+        };
+        let (ingested, worked) = tokio::join!(ingest, work);
+        ingested.and(worked)
+    })?;
+    Ok(())
 }
 
 fn init_logging(format: &str) -> Result<(), Exit> {

@@ -107,6 +107,8 @@ pub enum ServeError {
     DataDirInUse(PathBuf),
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 /// Name of the lock file a running server holds in its data directory.
@@ -126,13 +128,23 @@ pub fn server_running(data_dir: &std::path::Path) -> bool {
 
 #[derive(Debug, Clone)]
 pub(crate) struct AppState {
-    writer: WriterHandle,
+    sink: Sink,
     keys: Arc<Keys>,
     readers: Arc<Readers>,
     metrics: Arc<Metrics>,
     board: Arc<board::BoardState>,
     ingest_limit: Arc<rate_limit::Limiter>,
     read_limit: Arc<rate_limit::Limiter>,
+}
+
+/// Where accepted events go.
+#[derive(Debug, Clone)]
+pub(crate) enum Sink {
+    /// The embedded store's writer: the single binary.
+    Writer(WriterHandle),
+    /// A cluster's event stream (`serve --role ingest`): 200 once the stream acknowledged every event.
+    #[cfg(feature = "cluster")]
+    Stream(Arc<sessionizer_cluster::Cluster>),
 }
 
 impl AppState {
@@ -168,7 +180,8 @@ pub async fn serve(
     board.start_loading(config.data_dir.clone());
     let ingest_limit = Arc::new(rate_limit::Limiter::new(config.rate_limits.ingest_events_per_s));
     let read_limit = Arc::new(rate_limit::Limiter::new(config.rate_limits.read_requests_per_s));
-    let state = AppState { writer, keys: keys.clone(), readers, metrics, board, ingest_limit, read_limit };
+    let state =
+        AppState { sink: Sink::Writer(writer), keys: keys.clone(), readers, metrics, board, ingest_limit, read_limit };
     let refresher = tokio::spawn(auth::refresh_periodically(keys, config.data_dir.clone()));
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -187,6 +200,63 @@ pub async fn serve(
         .map_err(|_| std::io::Error::other("the writer thread panicked"))?;
     drop(lock);
     Ok(())
+}
+
+/// What `serve --role ingest` needs.
+#[cfg(feature = "cluster")]
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    pub listen: SocketAddr,
+    pub rate_limits: RateLimits,
+    pub timeouts: Timeouts,
+}
+
+/// A stateless ingest node of a cluster (docs/scale-out.md): the ingestion
+/// routes of the single binary (native and SDK formats, same validation and
+/// answers), publishing to the cluster's event stream instead of a local store.
+/// Keys come from the cluster's catalog. Reads are not served here.
+#[cfg(feature = "cluster")]
+pub async fn serve_ingest(
+    config: IngestConfig,
+    cluster: sessionizer_cluster::Cluster,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let catalog = cluster.catalog().await.map_err(|e| ServeError::Cluster(e.to_string()))?;
+    let keys = Arc::new(Keys::from_keys(catalog.api_keys().await.map_err(|e| ServeError::Cluster(e.to_string()))?));
+    let refresher = tokio::spawn(auth::refresh_from_catalog(keys.clone(), catalog));
+    let state = AppState {
+        sink: Sink::Stream(Arc::new(cluster)),
+        keys,
+        // Never used: the ingest router has no read routes.
+        readers: Arc::new(Readers::new(PathBuf::new())),
+        metrics: Arc::new(Metrics::default()),
+        board: Arc::new(board::BoardState::default()),
+        ingest_limit: Arc::new(rate_limit::Limiter::new(config.rate_limits.ingest_events_per_s)),
+        read_limit: Arc::new(rate_limit::Limiter::new(config.rate_limits.read_requests_per_s)),
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Listen { addr: config.listen, source })?;
+    tracing::info!(listen = %listener.local_addr()?, "sessionizer ingest node serving");
+    let app = ingest_router(state).layer(axum::middleware::from_fn_with_state(config.timeouts, body_deadline));
+    accept_connections(listener, app, config.timeouts, shutdown).await;
+    refresher.abort();
+    Ok(())
+}
+
+#[cfg(feature = "cluster")]
+fn ingest_router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/events", post(ingest_events))
+        .merge(sdk_routes::routes())
+        .layer(axum::middleware::from_fn(cors::cors))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .fallback(|| async {
+            ApiError::NotFound("no such route on an ingest node (reads are served elsewhere)".into())
+        })
+        .with_state(state)
 }
 
 /// The HTTP/1 connection loop (what `axum::serve` does, plus hyper's header
@@ -368,8 +438,24 @@ pub(crate) async fn submit_events(
         state.metrics.reject(RejectReason::RateLimited, count);
         ApiError::RateLimited(wait)
     })?;
+    let writer = match &state.sink {
+        Sink::Writer(writer) => writer,
+        #[cfg(feature = "cluster")]
+        Sink::Stream(cluster) => {
+            return cluster
+                .publish(project, events)
+                .await
+                .map(|p| Ingested { accepted: p.accepted, duplicates: p.duplicates })
+                .map_err(|error| {
+                    // Some events may be in the stream: a retry stores none of them twice (the dedup key).
+                    tracing::error!(%error, "cannot publish events to the cluster's stream");
+                    state.metrics.reject(RejectReason::Unavailable, count);
+                    ApiError::Unavailable("the event stream did not acknowledge the events; retry the request".into())
+                });
+        }
+    };
     let (reply, answer) = oneshot::channel();
-    state.writer.submit(WriteRequest { project, events, reply }).inspect_err(|error| {
+    writer.submit(WriteRequest { project, events, reply }).inspect_err(|error| {
         let reason = if matches!(error, ApiError::Busy) { RejectReason::Busy } else { RejectReason::Unavailable };
         state.metrics.reject(reason, count);
         state.ingest_limit.refund(project, count);
@@ -455,7 +541,11 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    let health = &state.writer.health;
+    let health = match &state.sink {
+        Sink::Writer(writer) => &writer.health,
+        #[cfg(feature = "cluster")]
+        Sink::Stream(_) => return (StatusCode::OK, "ready\n").into_response(),
+    };
     if health.poisoned.load(Ordering::Acquire) {
         (StatusCode::SERVICE_UNAVAILABLE, "not accepting writes: a storage write failed\n").into_response()
     } else if !health.ready.load(Ordering::Acquire) {

@@ -207,7 +207,7 @@ impl Writer {
             // Pages are in time order and `now` is the page's first event: no
             // replayed event is ever older than the horizon, so none is deferred.
             replay_now = replay_now.max(first.event.time_ms.min(now));
-            let events = page.iter().map(|e| engine_event(&e.event, &classifier)).collect();
+            let events = page.iter().map(|e| e.event.engine_event(&classifier)).collect();
             // The store already holds what these events did.
             drop(engine.ingest(events, replay_now));
         }
@@ -303,7 +303,7 @@ impl Writer {
             for event in &request.events {
                 if batch.insert_event(request.project, event)? {
                     result.accepted += 1;
-                    fresh.entry(request.project).or_default().push(engine_event(event, &project.classifier));
+                    fresh.entry(request.project).or_default().push(event.engine_event(&project.classifier));
                 } else {
                     result.duplicates += 1;
                 }
@@ -451,21 +451,6 @@ fn coalesce(changes: Vec<SessionChange>) -> Vec<SessionChange> {
 }
 
 /// The engine's view of a stored event.
-fn engine_event(event: &NewEvent, classifier: &EventClassifier) -> Event {
-    let class = classifier.classify(&event.event_type, event.passive);
-    Event {
-        user: event.user_key(),
-        device_id: event.device_id.as_deref().filter(|d| !d.is_empty()).map(Arc::from),
-        event_type: Arc::from(event.event_type.as_str()),
-        page: event.page.as_deref().map(Arc::from),
-        time_ms: event.time_ms,
-        class,
-        insert_id: event.insert_id.as_deref().map(Arc::from),
-        client_session_id: event.client_session_id.as_deref().map(Arc::from),
-        platform: event.platform.as_deref().map(Arc::from),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use sessionizer_engine::{SessionRecord, session_uid};

@@ -49,7 +49,7 @@ pub const MAX_KEY_BYTES: usize = 128;
 pub type KeyHash = [u8; 32];
 
 /// A new random key for `role`.
-pub(crate) fn generate(role: KeyRole) -> Result<String, StoreError> {
+pub fn generate(role: KeyRole) -> Result<String, StoreError> {
     let mut random = [0u8; 16];
     getrandom::fill(&mut random).map_err(|e| StoreError::Random(e.to_string()))?;
     let mut key = String::with_capacity(role.prefix().len() + 32);
@@ -71,7 +71,7 @@ pub fn constant_time_eq(a: &KeyHash, b: &KeyHash) -> bool {
 }
 
 /// Random id of `bytes` bytes, in hex (for project ids).
-pub(crate) fn random_hex(bytes: usize) -> Result<String, StoreError> {
+pub fn random_hex(bytes: usize) -> Result<String, StoreError> {
     let mut random = vec![0u8; bytes];
     getrandom::fill(&mut random).map_err(|e| StoreError::Random(e.to_string()))?;
     Ok(random.iter().map(|b| format!("{b:02x}")).collect())

@@ -25,12 +25,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, params};
-use sessionizer_engine::{ChangeKind, EventClass, SessionChange, SessionRecord, UserKey};
+use sessionizer_engine::{ChangeKind, Event, EventClass, EventClassifier, SessionChange, SessionRecord, UserKey};
 use uuid::Uuid;
 
 pub use board::{Board, BoardFigures, CohortFilter, DayFigures, SESSIONS_PER_USER_BUCKETS};
 pub use check::{CheckReport, MAX_CHECK_PROBLEMS, check_data_dir};
-pub use keys::{KeyHash, KeyRole, MAX_KEY_BYTES, constant_time_eq, hash_key};
+pub use keys::{KeyHash, KeyRole, MAX_KEY_BYTES, constant_time_eq, generate as generate_key, hash_key, random_hex};
 pub use queries::{ChangeRecord, SessionCursor, SessionFilter};
 pub use rebuild::sessionize_stored;
 pub use settings::{PlatformSettings, ProjectSettings, SESSION_SOURCES};
@@ -149,6 +149,21 @@ impl NewEvent {
     pub fn user_key(&self) -> UserKey {
         UserKey::from_ids(self.user_id.as_deref(), self.device_id.as_deref()).expect("validated: a user or device id")
     }
+
+    /// The event as the live engine takes it, classified by `classifier`.
+    pub fn engine_event(&self, classifier: &EventClassifier) -> Event {
+        Event {
+            user: self.user_key(),
+            device_id: self.device_id.as_deref().filter(|d| !d.is_empty()).map(Arc::from),
+            event_type: Arc::from(self.event_type.as_str()),
+            page: self.page.as_deref().map(Arc::from),
+            time_ms: self.time_ms,
+            class: classifier.classify(&self.event_type, self.passive),
+            insert_id: self.insert_id.as_deref().map(Arc::from),
+            client_session_id: self.client_session_id.as_deref().map(Arc::from),
+            platform: self.platform.as_deref().map(Arc::from),
+        }
+    }
 }
 
 /// A stored event, with its position in the log.
@@ -209,7 +224,7 @@ impl StoredSession {
     }
 
     /// Equal apart from the revision.
-    fn same_state(&self, other: &StoredSession) -> bool {
+    pub fn same_state(&self, other: &StoredSession) -> bool {
         StoredSession { revision: 0, ..self.clone() } == StoredSession { revision: 0, ..other.clone() }
     }
 }

@@ -1,0 +1,203 @@
+//! `sessionizer cluster ...` and the cluster roles of `sessionizer serve`
+//! (docs/scale-out.md): administration of a cluster's NATS stream, catalog and
+//! ClickHouse tables, and the ingest and worker roles.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use serde_json::json;
+use sessionizer_cluster::clickhouse::ClickHouseStore;
+use sessionizer_cluster::{Cluster, ClusterConfig, ClusterError};
+
+use crate::project::{print, project_json};
+use crate::{Exit, Failure};
+
+/// Administer a scaled-out deployment (NATS JetStream + ClickHouse).
+#[derive(Debug, Args)]
+pub(crate) struct ClusterArgs {
+    #[command(subcommand)]
+    command: ClusterCommand,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ClusterFileArg {
+    /// The cluster's TOML configuration (docs/scale-out.md).
+    #[arg(long = "cluster", value_name = "FILE", env = "SESSIONIZER_CLUSTER")]
+    pub(crate) file: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Create the event stream, the KV buckets and the ClickHouse tables (idempotent).
+    Init {
+        #[command(flatten)]
+        cluster: ClusterFileArg,
+    },
+    /// Create a project in the cluster's catalog; prints its id and keys as JSON (shown only once).
+    CreateProject {
+        #[command(flatten)]
+        cluster: ClusterFileArg,
+        #[arg(long)]
+        name: String,
+    },
+    /// List the catalog's projects as JSON lines (without keys).
+    Projects {
+        #[command(flatten)]
+        cluster: ClusterFileArg,
+    },
+    /// Write a project's current sessions from ClickHouse (NDJSON, CSV or Parquet by
+    /// the output's extension; NDJSON to stdout without -o).
+    Sessions {
+        #[command(flatten)]
+        cluster: ClusterFileArg,
+        /// Project id or name.
+        project: String,
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// A project's stored event count (each event once) and current session count, as JSON.
+    Stats {
+        #[command(flatten)]
+        cluster: ClusterFileArg,
+        /// Project id or name.
+        project: String,
+    },
+    /// Print every SQL statement the ClickHouse adapter sends, with sample rows
+    /// and expected results, as a JSON array (`[{"sql", "expect"?}]`): for review
+    /// and `tests/cluster/chdb_dialect.py`.
+    Sql {
+        #[command(flatten)]
+        cluster: ClusterFileArg,
+    },
+}
+
+pub(crate) fn load_config(path: &Path) -> Result<ClusterConfig, Exit> {
+    ClusterConfig::load(path).map_err(|e| Exit::new(Failure::Usage, e))
+}
+
+fn cluster_failure(error: ClusterError) -> Exit {
+    let failure = match error {
+        ClusterError::Config(_) => Failure::Usage,
+        ClusterError::Nats(_) | ClusterError::ClickHouse(_) => Failure::Unavailable,
+        ClusterError::Catalog(_) => Failure::DataError,
+        _ => Failure::Software,
+    };
+    Exit::new(failure, error)
+}
+
+pub(crate) fn clickhouse_of(config: &ClusterConfig) -> Result<ClickHouseStore, Exit> {
+    ClickHouseStore::new(
+        &config.clickhouse_shards,
+        &config.clickhouse_database,
+        config.clickhouse_user.as_deref(),
+        config.clickhouse_password.as_deref(),
+    )
+    .map_err(cluster_failure)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")
+}
+
+pub(crate) fn run(args: ClusterArgs) -> anyhow::Result<()> {
+    match args.command {
+        ClusterCommand::Init { cluster } => {
+            let config = load_config(&cluster.file)?;
+            let clickhouse = clickhouse_of(&config)?;
+            runtime()?
+                .block_on(async {
+                    let nats = Cluster::connect(config.clone()).await?;
+                    nats.init().await?;
+                    clickhouse.init_schema().await
+                })
+                .map_err(cluster_failure)?;
+            print(
+                json!({"initialised": true, "partitions": config.partitions, "shards": config.clickhouse_shards.len()}),
+            )
+        }
+        ClusterCommand::CreateProject { cluster, name } => {
+            let config = load_config(&cluster.file)?;
+            let created = runtime()?
+                .block_on(async {
+                    let nats = Cluster::connect(config).await?;
+                    nats.catalog().await?.create_project(&name, jiff::Timestamp::now().as_millisecond()).await
+                })
+                .map_err(cluster_failure)?;
+            let mut value = project_json(&created.project);
+            value["write_key"] = json!(created.write_key);
+            value["read_key"] = json!(created.read_key);
+            print(value)
+        }
+        ClusterCommand::Projects { cluster } => {
+            let config = load_config(&cluster.file)?;
+            let projects = runtime()?
+                .block_on(async { Cluster::connect(config).await?.catalog().await?.projects().await })
+                .map_err(cluster_failure)?;
+            for project in projects {
+                print(project_json(&project.project()))?;
+            }
+            Ok(())
+        }
+        ClusterCommand::Sessions { cluster, project, output } => {
+            let config = load_config(&cluster.file)?;
+            let clickhouse = clickhouse_of(&config)?;
+            let sessions = runtime()?
+                .block_on(async {
+                    let nats = Cluster::connect(config).await?;
+                    let project = nats.catalog().await?.project(&project).await?;
+                    clickhouse.project_sessions(project.id).await
+                })
+                .map_err(cluster_failure)?;
+            write_sessions(&sessions, output.as_deref())
+        }
+        ClusterCommand::Stats { cluster, project } => {
+            let config = load_config(&cluster.file)?;
+            let clickhouse = clickhouse_of(&config)?;
+            let (events, sessions) = runtime()?
+                .block_on(async {
+                    let nats = Cluster::connect(config).await?;
+                    let project = nats.catalog().await?.project(&project).await?;
+                    let events = clickhouse.project_event_count(project.id).await?;
+                    let sessions = clickhouse.project_sessions(project.id).await?.len();
+                    Ok::<_, ClusterError>((events, sessions))
+                })
+                .map_err(cluster_failure)?;
+            print(json!({"events": events, "sessions": sessions}))
+        }
+        ClusterCommand::Sql { cluster } => {
+            use std::io::Write;
+            let config = load_config(&cluster.file)?;
+            let clickhouse = clickhouse_of(&config)?;
+            writeln!(std::io::stdout().lock(), "{}", clickhouse.dialect_check_json())?;
+            Ok(())
+        }
+    }
+}
+
+fn write_sessions(sessions: &[sessionizer_store::StoredSession], output: Option<&Path>) -> anyhow::Result<()> {
+    let fail = |e: sessionizer_formats::WriteError| Exit::new(Failure::OutputError, e);
+    let mut sink = sessionizer_formats::create_session_writer(output).map_err(fail)?;
+    for session in sessions {
+        let uid = session.session_uid.to_string();
+        let row = sessionizer_formats::SessionRow {
+            user_id: session.user.user_id(),
+            device_id: session.user.device_id(),
+            session_id: session.session_id,
+            session_uid: &uid,
+            start_ms: session.start_ms,
+            end_ms: session.end_ms,
+            length_ms: session.length_ms(),
+            active_ms: session.active_ms,
+            event_count: session.event_count,
+            end_reason: session.end_reason.as_deref().unwrap_or(""),
+            entry_event_type: &session.entry_event_type,
+            entry_page: session.entry_page.as_deref(),
+            exit_event_type: &session.exit_event_type,
+            exit_page: session.exit_page.as_deref(),
+        };
+        sink.write(&row).map_err(fail)?;
+    }
+    sink.finish().map_err(fail)?;
+    Ok(())
+}

