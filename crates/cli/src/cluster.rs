@@ -9,6 +9,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 use sessionizer_cluster::clickhouse::ClickHouseStore;
 use sessionizer_cluster::{Cluster, ClusterConfig, ClusterError};
+use sessionizer_store::ProjectSettings;
 
 use crate::project::{print, project_json};
 use crate::{Exit, Failure};
@@ -40,6 +41,11 @@ enum ClusterCommand {
         cluster: ClusterFileArg,
         #[arg(long)]
         name: String,
+        /// Session settings as a JSON file: the `settings` object that `project show`
+        /// prints (missing keys take their defaults). A cluster project's settings are
+        /// chosen at creation [default: the defaults, a 30-minute timeout].
+        #[arg(long, value_name = "FILE")]
+        settings: Option<PathBuf>,
     },
     /// List the catalog's projects as JSON lines (without keys).
     Projects {
@@ -116,12 +122,17 @@ pub(crate) fn run(args: ClusterArgs) -> anyhow::Result<()> {
                 json!({"initialised": true, "partitions": config.partitions, "shards": config.clickhouse_shards.len()}),
             )
         }
-        ClusterCommand::CreateProject { cluster, name } => {
+        ClusterCommand::CreateProject { cluster, name, settings } => {
             let config = load_config(&cluster.file)?;
+            let settings = match settings {
+                Some(path) => read_settings(&path)?,
+                None => ProjectSettings::default(),
+            };
             let created = runtime()?
                 .block_on(async {
                     let nats = Cluster::connect(config).await?;
-                    nats.catalog().await?.create_project(&name, jiff::Timestamp::now().as_millisecond()).await
+                    let now = jiff::Timestamp::now().as_millisecond();
+                    nats.catalog().await?.create_project(&name, settings, now).await
                 })
                 .map_err(cluster_failure)?;
             let mut value = project_json(&created.project);
@@ -173,6 +184,25 @@ pub(crate) fn run(args: ClusterArgs) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Largest settings file read.
+const MAX_SETTINGS_BYTES: u64 = 64 * 1024;
+
+fn read_settings(path: &Path) -> Result<ProjectSettings, Exit> {
+    let usage = |message: String| Exit::new(Failure::Usage, anyhow::anyhow!(message));
+    let size = std::fs::metadata(path).map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?.len();
+    if size > MAX_SETTINGS_BYTES {
+        return Err(usage(format!(
+            "{} has {size} bytes; a settings file has at most {MAX_SETTINGS_BYTES}",
+            path.display()
+        )));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?;
+    let settings: ProjectSettings =
+        serde_json::from_str(&text).map_err(|e| usage(format!("invalid settings in {}: {e}", path.display())))?;
+    settings.compile().map_err(|e| usage(format!("invalid settings in {}: {e}", path.display())))?;
+    Ok(settings)
 }
 
 fn write_sessions(sessions: &[sessionizer_store::StoredSession], output: Option<&Path>) -> anyhow::Result<()> {

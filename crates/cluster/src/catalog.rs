@@ -80,8 +80,16 @@ impl Catalog {
         Catalog { kv }
     }
 
-    /// Creates a project with default settings and a write and a read key.
-    pub async fn create_project(&self, name: &str, now_ms: i64) -> Result<NewProject, ClusterError> {
+    /// Creates a project with these settings (checked first) and a write and a read key.
+    /// Settings are chosen at creation: changing them would mean re-sessionizing
+    /// the project's history in ClickHouse, which the cluster does not do yet.
+    pub async fn create_project(
+        &self,
+        name: &str,
+        settings: ProjectSettings,
+        now_ms: i64,
+    ) -> Result<NewProject, ClusterError> {
+        settings.compile()?;
         let name = name.trim();
         if name.is_empty() || name.len() > MAX_PROJECT_NAME_BYTES || name.chars().any(char::is_control) {
             return Err(ClusterError::Catalog(format!(
@@ -96,7 +104,7 @@ impl Catalog {
             public_id: format!("prj_{}", random_hex(8)?),
             name: name.to_string(),
             created_ms: now_ms,
-            settings: ProjectSettings::default(),
+            settings,
             keys: vec![
                 CatalogKey { hash_hex: hex(&hash_key(&write_key)), role: "write".into(), revoked: false },
                 CatalogKey { hash_hex: hex(&hash_key(&read_key)), role: "read".into(), revoked: false },
@@ -161,25 +169,6 @@ impl Catalog {
             }
             (None, _) => Err(ClusterError::Catalog(format!("no project {id_or_name:?} in the cluster's catalog"))),
         }
-    }
-
-    /// Replaces a project's settings (compare-and-set on the entry).
-    pub async fn set_settings(&self, project_id: i64, settings: &ProjectSettings) -> Result<(), ClusterError> {
-        settings.compile()?;
-        let key = format!("{PROJECT_KEY_PREFIX}{project_id}");
-        for _ in 0..MAX_CAS_ATTEMPTS {
-            let Some(entry) = self.kv.entry(key.as_str()).await.map_err(nats_error)? else {
-                return Err(ClusterError::Catalog(format!("no project with id {project_id}")));
-            };
-            let mut project: CatalogProject = serde_json::from_slice(&entry.value)
-                .map_err(|e| ClusterError::Catalog(format!("catalog entry {key} is malformed: {e}")))?;
-            project.settings = settings.clone();
-            let value = Bytes::from(serde_json::to_vec(&project).expect("serializes"));
-            if self.kv.update(key.as_str(), value, entry.revision).await.is_ok() {
-                return Ok(());
-            }
-        }
-        Err(ClusterError::Catalog("the project changed concurrently too often; try again".into()))
     }
 
     /// Every key hash, as the server's key cache takes them.

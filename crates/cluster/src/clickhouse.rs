@@ -315,20 +315,46 @@ struct Shard {
     client: Client,
 }
 
+/// Longest a call to a shard may take (a statement, a read, a whole insert):
+/// a shard that hangs without closing its connection fails the call, and the
+/// worker rebuilds and retries, instead of stalling its partitions for ever.
+pub const SHARD_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 impl Shard {
     fn error(&self, operation: &str, error: ::clickhouse::error::Error) -> ClusterError {
         ClusterError::ClickHouse(format!("{operation} on shard {}: {error}", self.url))
     }
 
+    /// Runs `call` within [`SHARD_CALL_TIMEOUT`].
+    async fn bounded<T>(
+        &self,
+        operation: &str,
+        call: impl std::future::Future<Output = Result<T, ClusterError>>,
+    ) -> Result<T, ClusterError> {
+        tokio::time::timeout(SHARD_CALL_TIMEOUT, call).await.unwrap_or_else(|_| {
+            Err(ClusterError::ClickHouse(format!(
+                "{operation} on shard {}: no answer within {} s",
+                self.url,
+                SHARD_CALL_TIMEOUT.as_secs()
+            )))
+        })
+    }
+
     async fn execute(&self, operation: &str, sql: &str) -> Result<(), ClusterError> {
-        self.client.query_raw(sql).execute().await.map_err(|e| self.error(operation, e))
+        self.bounded(operation, async {
+            self.client.query_raw(sql).execute().await.map_err(|e| self.error(operation, e))
+        })
+        .await
     }
 
     async fn fetch_all<T>(&self, operation: &str, sql: &str) -> Result<Vec<T>, ClusterError>
     where
         T: ::clickhouse::RowOwned + ::clickhouse::RowRead,
     {
-        self.client.query_raw(sql).fetch_all::<T>().await.map_err(|e| self.error(operation, e))
+        self.bounded(operation, async {
+            self.client.query_raw(sql).fetch_all::<T>().await.map_err(|e| self.error(operation, e))
+        })
+        .await
     }
 
     async fn insert<T>(&self, operation: &str, table: &str, rows: &[T]) -> Result<(), ClusterError>
@@ -338,11 +364,14 @@ impl Shard {
         if rows.is_empty() {
             return Ok(());
         }
-        let mut insert = self.client.insert_unescaped::<T>(table).await.map_err(|e| self.error(operation, e))?;
-        for row in rows {
-            insert.write(row).await.map_err(|e| self.error(operation, e))?;
-        }
-        insert.end().await.map_err(|e| self.error(operation, e))
+        self.bounded(operation, async {
+            let mut insert = self.client.insert_unescaped::<T>(table).await.map_err(|e| self.error(operation, e))?;
+            for row in rows {
+                insert.write(row).await.map_err(|e| self.error(operation, e))?;
+            }
+            insert.end().await.map_err(|e| self.error(operation, e))
+        })
+        .await
     }
 }
 

@@ -23,6 +23,15 @@ const PUBLISH_ACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest message the stream accepts (an event is bounded far below this by the ingest limits).
 const MAX_MESSAGE_BYTES: i32 = 1024 * 1024;
 
+/// How long `cluster init` waits for a JetStream that is still starting.
+const INIT_WAIT: Duration = Duration::from_secs(30);
+
+enum InitError {
+    /// JetStream is not ready yet (no leader, a timeout): worth another try.
+    NotYet(String),
+    Failed(ClusterError),
+}
+
 /// A connection to the cluster's NATS servers.
 #[derive(Debug, Clone)]
 pub struct Cluster {
@@ -70,6 +79,35 @@ impl Cluster {
     /// Creates (or updates) the event stream and the KV buckets; idempotent.
     /// Refuses a partition count other than the one the cluster was created with.
     pub async fn init(&self) -> Result<(), ClusterError> {
+        // A cluster just started may still be electing its JetStream leader:
+        // wait out answers that say so, for a while.
+        let deadline = tokio::time::Instant::now() + INIT_WAIT;
+        loop {
+            match self.init_once().await {
+                Err(InitError::NotYet(message)) if tokio::time::Instant::now() < deadline => {
+                    tracing::info!(%message, "JetStream not ready yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(InitError::NotYet(message)) => {
+                    return Err(ClusterError::Nats(format!(
+                        "JetStream was not ready within {} s: {message}",
+                        INIT_WAIT.as_secs()
+                    )));
+                }
+                Err(InitError::Failed(error)) => return Err(error),
+                Ok(()) => break,
+            }
+        }
+        let catalog = self.catalog_bucket().await?;
+        let wanted = self.config.partitions.to_string();
+        if catalog.create(PARTITIONS_KEY, Bytes::from(wanted.clone())).await.is_err() {
+            self.check_partitions().await?;
+        }
+        Ok(())
+    }
+
+    async fn init_once(&self) -> Result<(), InitError> {
+        use async_nats::jetstream::context::{CreateKeyValueErrorKind, CreateStreamErrorKind};
         let replicas = self.config.stream_replicas;
         self.js
             .create_or_update_stream(stream::Config {
@@ -87,7 +125,16 @@ impl Cluster {
                 ..Default::default()
             })
             .await
-            .map_err(|e| ClusterError::Nats(format!("cannot create the stream {STREAM_NAME}: {e}")))?;
+            .map_err(|e| {
+                let message = format!("cannot create the stream {STREAM_NAME}: {e}");
+                match e.kind() {
+                    CreateStreamErrorKind::TimedOut | CreateStreamErrorKind::JetStreamUnavailable => {
+                        InitError::NotYet(message)
+                    }
+                    CreateStreamErrorKind::JetStream(error) if error.code() == 503 => InitError::NotYet(message),
+                    _ => InitError::Failed(ClusterError::Nats(message)),
+                }
+            })?;
         for bucket in [CATALOG_BUCKET, LEASE_BUCKET] {
             self.js
                 .create_or_update_key_value(kv::Config {
@@ -98,12 +145,13 @@ impl Cluster {
                     ..Default::default()
                 })
                 .await
-                .map_err(|e| ClusterError::Nats(format!("cannot create the bucket {bucket}: {e}")))?;
-        }
-        let catalog = self.catalog_bucket().await?;
-        let wanted = self.config.partitions.to_string();
-        if catalog.create(PARTITIONS_KEY, Bytes::from(wanted.clone())).await.is_err() {
-            self.check_partitions().await?;
+                .map_err(|e| {
+                    let message = format!("cannot create the bucket {bucket}: {e}");
+                    match e.kind() {
+                        CreateKeyValueErrorKind::TimedOut => InitError::NotYet(message),
+                        _ => InitError::Failed(ClusterError::Nats(message)),
+                    }
+                })?;
         }
         Ok(())
     }
@@ -127,7 +175,9 @@ impl Cluster {
 
     async fn catalog_bucket(&self) -> Result<kv::Store, ClusterError> {
         self.js.get_key_value(CATALOG_BUCKET).await.map_err(|e| {
-            ClusterError::Nats(format!("the catalog bucket is missing ({e}): run `sessionizer cluster init` first"))
+            ClusterError::Nats(format!(
+                "cannot open the bucket {CATALOG_BUCKET} ({e}); a new cluster needs `sessionizer cluster init`"
+            ))
         })
     }
 
@@ -137,7 +187,9 @@ impl Cluster {
 
     pub(crate) async fn leases(&self) -> Result<kv::Store, ClusterError> {
         self.js.get_key_value(LEASE_BUCKET).await.map_err(|e| {
-            ClusterError::Nats(format!("the lease bucket is missing ({e}): run `sessionizer cluster init` first"))
+            ClusterError::Nats(format!(
+                "cannot open the bucket {LEASE_BUCKET} ({e}); a new cluster needs `sessionizer cluster init`"
+            ))
         })
     }
 

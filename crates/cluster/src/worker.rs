@@ -109,9 +109,28 @@ impl Worker {
     }
 
     /// Runs until `shutdown` resolves; then releases its leases so other workers take over at once.
+    /// NATS or ClickHouse unreachable (at start, or while loading the catalog)
+    /// is waited out, one attempt per [`FAILURE_PAUSE`]; a configuration that
+    /// cannot work (another partition count, an uninitialised cluster) is an error.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send) -> Result<(), ClusterError> {
-        self.cluster.check_partitions().await?;
-        let leases = self.cluster.leases().await?;
+        let mut shutdown = std::pin::pin!(shutdown);
+        let leases = loop {
+            let attempt = async {
+                self.cluster.check_partitions().await?;
+                self.cluster.leases().await
+            };
+            match attempt.await {
+                Ok(leases) => break leases,
+                Err(error) if transient(&error) => {
+                    tracing::warn!(%error, "cannot reach the cluster yet; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(FAILURE_PAUSE) => {}
+                        () = &mut shutdown => return Ok(()),
+                    }
+                }
+                Err(error) => return Err(error),
+            }
+        };
         let held: Held = Arc::default();
         let lease_task = tokio::spawn(keep_leases(
             leases.clone(),
@@ -119,9 +138,19 @@ impl Worker {
             self.options.worker_id.clone(),
             held.clone(),
         ));
-        let mut shutdown = std::pin::pin!(shutdown);
+        let supervised = async {
+            loop {
+                match self.process(held.clone()).await {
+                    Err(error) if transient(&error) => {
+                        tracing::warn!(%error, "worker loop stopped; restarting it");
+                        tokio::time::sleep(FAILURE_PAUSE).await;
+                    }
+                    other => return other,
+                }
+            }
+        };
         let result = tokio::select! {
-            result = self.process(held.clone()) => result,
+            result = supervised => result,
             () = &mut shutdown => Ok(()),
         };
         lease_task.abort();
@@ -141,7 +170,7 @@ impl Worker {
             partitions.retain(|p, _| wanted.contains(p));
             for p in wanted {
                 if let std::collections::btree_map::Entry::Vacant(slot) = partitions.entry(p) {
-                    match self.load_partition(p, &projects, &mut version).await {
+                    match self.load_partition(p, &mut projects, &catalog, &mut version).await {
                         Ok(loaded) => {
                             tracing::info!(partition = p, worker = %self.options.worker_id, "partition taken");
                             slot.insert(loaded);
@@ -222,7 +251,8 @@ impl Worker {
     async fn load_partition(
         &self,
         p: u32,
-        projects: &HashMap<i64, CatalogProject>,
+        projects: &mut HashMap<i64, CatalogProject>,
+        catalog: &crate::Catalog,
         version: &mut u64,
     ) -> Result<Partition, ClusterError> {
         let stream = self.cluster.jetstream().get_stream(STREAM_NAME).await.map_err(nats_error)?;
@@ -276,8 +306,13 @@ impl Worker {
             for row in &page {
                 by_project.entry(row.project).or_default().push(row.to_stored().event);
             }
+            if by_project.keys().any(|project| !projects.contains_key(project)) {
+                *projects = catalog.projects().await?.into_iter().map(|p| (p.id, p)).collect();
+            }
             for (project, events) in by_project {
-                let Some(engine) = Self::engine_for(&mut engines, projects, project)? else { continue };
+                let Some(engine) = Self::engine_for(&mut engines, projects, project)? else {
+                    return Err(missing_project(project));
+                };
                 let events = events.iter().map(|e| e.engine_event(&engine.classifier)).collect();
                 drop(engine.engine.ingest(events, replay_now));
             }
@@ -344,12 +379,16 @@ impl Worker {
         let now = now_ms();
         // Decode; redelivered messages (a crash or timeout before their ack) may already be stored.
         let mut decoded: Vec<(u64, bool, EventMessage)> = Vec::with_capacity(messages.len());
-        for message in &messages {
+        let mut malformed = HashSet::new();
+        for (index, message) in messages.iter().enumerate() {
             let info = message.info().map_err(nats_error)?;
             match EventMessage::decode(&message.payload) {
                 Ok(event) => decoded.push((info.stream_sequence, info.delivered > 1, event)),
                 Err(error) => {
-                    tracing::error!(partition = p, seq = info.stream_sequence, %error, "skipping a malformed message")
+                    // Never acknowledged: it stays in the stream (redelivered, logged
+                    // again) until a worker that can read it takes it; no event is dropped.
+                    tracing::error!(partition = p, seq = info.stream_sequence, %error, "a message this worker cannot read");
+                    malformed.insert(index);
                 }
             }
         }
@@ -380,8 +419,7 @@ impl Worker {
         let mut deferred: Vec<(i64, UserKey)> = Vec::new();
         for (project, messages) in &by_project {
             let Some(engine) = Self::engine_for(&mut partition.engines, projects, *project)? else {
-                tracing::error!(partition = p, project, "events of a project missing from the catalog: skipped");
-                continue;
+                return Err(missing_project(*project));
             };
             let new_events: Vec<_> = messages.iter().map(|(_, m)| m.event()).collect();
             let events = new_events.iter().map(|e| e.engine_event(&engine.classifier)).collect();
@@ -421,11 +459,25 @@ impl Worker {
         self.store.insert_sessions(p, &session_rows).await?;
         // Everything is stored: acknowledge each message. A lost acknowledgement
         // only means a redelivery, which the dedup keys make harmless.
-        for message in &messages {
+        for (index, message) in messages.iter().enumerate() {
+            if malformed.contains(&index) {
+                continue;
+            }
             message.ack().await.map_err(|e| ClusterError::Nats(format!("partition {p}: ack failed: {e}")))?;
         }
         Ok(true)
     }
+}
+
+/// Failures that pass: an engine unreachable for a while.
+fn transient(error: &ClusterError) -> bool {
+    matches!(error, ClusterError::Nats(_) | ClusterError::ClickHouse(_))
+}
+
+/// Events of a project the catalog does not have (even after re-reading it):
+/// the batch is not acknowledged, and is taken again once the catalog has it.
+fn missing_project(project: i64) -> ClusterError {
+    ClusterError::Catalog(format!("events of project {project}, which the catalog does not have"))
 }
 
 /// A session version number: increasing within a worker and, because it

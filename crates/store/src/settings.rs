@@ -14,7 +14,7 @@ use crate::StoreError;
 
 /// A project's session rules, as stored and as shown to users.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct ProjectSettings {
     /// Inactivity timeout; a gap of at least this starts a new session.
     pub timeout_ms: i64,

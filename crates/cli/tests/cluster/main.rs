@@ -63,6 +63,11 @@ impl Node {
         self.child = Some(child);
     }
 
+    /// Still running (a node that exited on a transient failure fails the test).
+    fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|child| child.try_wait().expect("try_wait").is_none())
+    }
+
     fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             drop(child.kill());
@@ -142,7 +147,7 @@ impl Rng {
 }
 
 /// Users' events over the last two days (all sessions concluded, none beyond
-/// the live horizon), some excluded, some passive, each user on a device of
+/// the live horizon), some excluded, some passive by type, each user on a device of
 /// its own; plus a few events four days old (beyond the 72 h live horizon)
 /// that the store must resolve. Every event has an insert id.
 fn generate(seed: u64, users: usize) -> Vec<Value> {
@@ -160,7 +165,7 @@ fn generate(seed: u64, users: usize) -> Vec<Value> {
                     2..=9 => "page_view",
                     _ => "click",
                 };
-                let mut event = json!({
+                let event = json!({
                     "user_id": format!("user-{user}"),
                     "device_id": format!("device-{user}"),
                     "event_type": event_type,
@@ -168,13 +173,11 @@ fn generate(seed: u64, users: usize) -> Vec<Value> {
                     "insert_id": format!("ins-{seed}-{n}"),
                     "page": format!("/page/{}", rng.below(5)),
                 });
-                if event_type == "poll" {
-                    event["passive"] = json!(true);
-                }
                 events.push(event);
                 time += (10 * 1000 + rng.below(20 * MIN as u64)) as i64;
             }
-            time += 35 * MIN + rng.below(5 * HOUR as u64) as i64;
+            // Some gaps between 20 and 30 minutes: new sessions under the 20-minute timeout, not under the default 30.
+            time += 20 * MIN + rng.below(5 * HOUR as u64) as i64;
         }
     }
     // Late arrivals beyond the live horizon, for a tenth of the users.
@@ -221,7 +224,7 @@ fn cluster_file(dir: &Path, nats: &[String], shards: &[String]) -> String {
         &path,
         format!(
             "nats_urls = {nats:?}\nclickhouse_shards = {shards:?}\npartitions = 16\nstream_replicas = 3\n\
-             lease_ttl_ms = 3000\nack_wait_ms = 5000\n"
+             lease_ttl_ms = 3000\nack_wait_ms = 5000\nstream_max_bytes = 268435456\n"
         ),
     )
     .unwrap();
@@ -238,8 +241,21 @@ fn the_cluster_finds_the_single_binarys_sessions_through_worker_and_nats_failure
     // Idempotent: a second init changes nothing.
     run(&["cluster", "init", "--cluster", &config]);
     run(&["cluster", "init", "--cluster", &config]);
-    let created: Value =
-        serde_json::from_str(&run(&["cluster", "create-project", "--cluster", &config, "--name", "web"])).unwrap();
+    // Both deployments with the same non-default settings: a 20-minute timeout, "poll" passive.
+    let settings = dir.path().join("settings.json");
+    std::fs::write(&settings, r#"{"timeout_ms": 1200000, "passive_event_types": ["poll"]}"#).unwrap();
+    let created: Value = serde_json::from_str(&run(&[
+        "cluster",
+        "create-project",
+        "--cluster",
+        &config,
+        "--name",
+        "web",
+        "--settings",
+        settings.to_str().unwrap(),
+    ]))
+    .unwrap();
+    assert_eq!(created["settings"]["timeout_ms"], 1_200_000, "{created}");
     let cluster_key = created["write_key"].as_str().unwrap().to_string();
     let cluster_project = created["project_id"].as_str().unwrap().to_string();
 
@@ -247,6 +263,17 @@ fn the_cluster_finds_the_single_binarys_sessions_through_worker_and_nats_failure
     let single_created: Value =
         serde_json::from_str(&run(&["project", "create", "--data", single_data.to_str().unwrap(), "--name", "web"]))
             .unwrap();
+    run(&[
+        "project",
+        "set",
+        "--data",
+        single_data.to_str().unwrap(),
+        "web",
+        "--timeout",
+        "20m",
+        "--passive-event-types",
+        "poll",
+    ]);
     let single_key = single_created["write_key"].as_str().unwrap().to_string();
     let single_read_key = single_created["read_key"].as_str().unwrap().to_string();
     let single_port = free_port();
@@ -254,10 +281,10 @@ fn the_cluster_finds_the_single_binarys_sessions_through_worker_and_nats_failure
         Node::start(&["--data", single_data.to_str().unwrap(), "--listen", &format!("127.0.0.1:{single_port}")]);
 
     let ingest_port = free_port();
-    let _ingest =
+    let mut ingest =
         Node::start(&["--role", "ingest", "--cluster", &config, "--listen", &format!("127.0.0.1:{ingest_port}")]);
     let mut worker_1 = Node::start(&["--role", "worker", "--cluster", &config, "--worker-id", "w1"]);
-    let _worker_2 = Node::start(&["--role", "worker", "--cluster", &config, "--worker-id", "w2"]);
+    let mut worker_2 = Node::start(&["--role", "worker", "--cluster", &config, "--worker-id", "w2"]);
     wait_ready(single_port);
     wait_ready(ingest_port);
 
@@ -325,4 +352,5 @@ fn the_cluster_finds_the_single_binarys_sessions_through_worker_and_nats_failure
     let stats: Value =
         serde_json::from_str(&run(&["cluster", "stats", "--cluster", &config, &cluster_project])).unwrap();
     assert_eq!(stats["events"].as_u64(), Some(events.len() as u64), "every event stored exactly once: {stats}");
+    assert!(ingest.running() && worker_1.running() && worker_2.running(), "every node rode out the failures");
 }
