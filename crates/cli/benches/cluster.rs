@@ -1,17 +1,22 @@
 //! The scaled-out deployment's throughput on this machine (docs/scale-out.md,
-//! "Sizing"): what one ingest node acknowledges, and how fast one and two
-//! workers sessionize a backlog into ClickHouse.
+//! "Sizing"): what one ingest node acknowledges, and how fast workers
+//! sessionize into ClickHouse.
 //!
 //! ```text
-//! cargo bench -p sessionizer --features cluster --bench cluster -- [--nats-nodes 1|3] [--seconds 15] [--connections 8]
+//! cargo bench -p sessionizer --features cluster --bench cluster -- [--nats-nodes 1|3] [--sync-always 1|0]
+//!     [--seconds 15] [--connections 8]
 //! ```
 //!
-//! Starts NATS (`nats-server` on PATH or $NATS_SERVER) and one ClickHouse
-//! 18.16 shard on loopback, an ingest node, then:
-//! 1. `sessionizer loadgen` closed loop against the ingest node with no worker
-//!    running: acknowledged events/s and latency (each ack means the stream stored the event);
-//! 2. one worker started on that backlog: events/s until ClickHouse holds every event;
-//! 3. a second backlog of the same size, drained by two workers.
+//! Starts NATS (`nats-server` on PATH or $NATS_SERVER; `--sync-always 1`, the
+//! default, fsyncs every write) and one ClickHouse 18.16 shard on loopback, an
+//! ingest node, then:
+//! 1. *backlog*: `sessionizer loadgen` closed loop against the ingest node with no
+//!    worker running: acknowledged events/s and latency (an acknowledgement means
+//!    the stream stored the event);
+//! 2. *drain*: one worker started on that backlog: events/s until ClickHouse holds every event;
+//! 3. *steady, 1 worker*: loadgen again while that worker runs: acknowledged
+//!    events/s, latency, and how long the worker needs after the load stops;
+//! 4. *steady, 2 workers*: the same with a second worker.
 //!
 //! Everything shares the machine's cores (NATS, ClickHouse, the nodes and the
 //! load generator), so the figures are a floor for a node on its own machine.
@@ -79,22 +84,19 @@ fn stored_events(config: &str, project: &str) -> Result<u64> {
     stats["events"].as_u64().context("events")
 }
 
-/// Starts `workers` workers and times them until ClickHouse holds `target` events.
-fn drain(config: &str, project: &str, workers: usize, target: u64) -> Result<(f64, u64)> {
-    let before = stored_events(config, project)?;
+fn start_worker(config: &str, i: usize) -> Result<Node> {
+    Node::start(&["--role", "worker", "--cluster", config, "--worker-id", &format!("bench{i}")])
+}
+
+/// Waits until ClickHouse holds `target` events; returns the seconds waited.
+fn wait_stored(config: &str, project: &str, target: u64) -> Result<f64> {
     let started = Instant::now();
-    let nodes: Vec<Node> = (0..workers)
-        .map(|i| Node::start(&["--role", "worker", "--cluster", config, "--worker-id", &format!("bench{i}")]))
-        .collect::<Result<_>>()?;
-    let deadline = started + Duration::from_secs(1200);
     loop {
         let stored = stored_events(config, project)?;
         if stored >= target {
-            let seconds = started.elapsed().as_secs_f64();
-            drop(nodes);
-            return Ok((seconds, stored - before));
+            return Ok(started.elapsed().as_secs_f64());
         }
-        if Instant::now() > deadline {
+        if started.elapsed() > Duration::from_secs(1200) {
             bail!("the workers stored {stored} of {target} events in 20 minutes");
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -125,7 +127,8 @@ fn main() -> Result<()> {
     let nats_nodes = arg("--nats-nodes", 1)? as usize;
     let seconds = arg("--seconds", 15)?;
     let connections = arg("--connections", 8)?;
-    let nats = nats_cluster::NatsCluster::start(nats_nodes);
+    let sync_always = arg("--sync-always", 1)? == 1;
+    let nats = nats_cluster::NatsCluster::start_with(nats_nodes, sync_always);
     let shard = clickhouse_server::ClickHouseServer::start();
     let dir = tempfile::tempdir()?;
     let config_path = dir.path().join("cluster.toml");
@@ -153,18 +156,48 @@ fn main() -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    let first = loadgen(port, &key, seconds, connections, 1)?;
-    let acknowledged_1 = first["events_accepted"].as_u64().context("events_accepted")?;
-    let (one_worker_s, drained_1) = drain(config, &project, 1, acknowledged_1)?;
-    let second = loadgen(port, &key, seconds, connections, 2)?;
-    let acknowledged_2 = second["events_accepted"].as_u64().context("events_accepted")?;
-    let (two_workers_s, drained_2) = drain(config, &project, 2, acknowledged_1 + acknowledged_2)?;
+    let summary = |run: &Value| {
+        json!({
+            "events_per_s": run["events_per_s"],
+            "p50_ms": run["latency_ms"]["p50"],
+            "p99_ms": run["latency_ms"]["p99"],
+            "errors": run["errors"],
+        })
+    };
+    // 1. A backlog, no worker.
+    let backlog = loadgen(port, &key, seconds, connections, 1)?;
+    let mut stored = backlog["events_accepted"].as_u64().context("events_accepted")?;
+    // 2. One worker drains it.
+    let worker_0 = start_worker(config, 0)?;
+    let drain_s = wait_stored(config, &project, stored)?;
+    let drain = json!({"events": stored, "seconds": drain_s, "events_per_s": stored as f64 / drain_s});
+    // 3. Load while one worker runs.
+    let started = Instant::now();
+    let steady_1 = loadgen(port, &key, seconds, connections, 2)?;
+    let accepted_1 = steady_1["events_accepted"].as_u64().context("events_accepted")?;
+    stored += accepted_1;
+    let lag_1 = wait_stored(config, &project, stored)?;
+    let worker_rate_1 = accepted_1 as f64 / started.elapsed().as_secs_f64();
+    // 4. Load while two workers run (the second takes half the partitions within a few lease periods).
+    let worker_1 = start_worker(config, 1)?;
+    std::thread::sleep(Duration::from_secs(12));
+    let started = Instant::now();
+    let steady_2 = loadgen(port, &key, seconds, connections, 3)?;
+    let accepted_2 = steady_2["events_accepted"].as_u64().context("events_accepted")?;
+    stored += accepted_2;
+    let lag_2 = wait_stored(config, &project, stored)?;
+    let worker_rate_2 = accepted_2 as f64 / started.elapsed().as_secs_f64();
+    drop((worker_0, worker_1));
     let report = json!({
         "nats_nodes": nats_nodes,
         "stream_replicas": nats_nodes,
-        "ingest": {"first": first, "second": second},
-        "one_worker": {"events": drained_1, "seconds": one_worker_s, "events_per_s": drained_1 as f64 / one_worker_s},
-        "two_workers": {"events": drained_2, "seconds": two_workers_s, "events_per_s": drained_2 as f64 / two_workers_s},
+        "sync_always": sync_always,
+        "seconds_per_phase": seconds,
+        "connections": connections,
+        "1_backlog_ingest": summary(&backlog),
+        "2_drain_one_worker": drain,
+        "3_steady_one_worker": {"ingest": summary(&steady_1), "stored_events_per_s": worker_rate_1, "lag_after_load_s": lag_1},
+        "4_steady_two_workers": {"ingest": summary(&steady_2), "stored_events_per_s": worker_rate_2, "lag_after_load_s": lag_2},
     });
     println!("{report:#}");
     Ok(())

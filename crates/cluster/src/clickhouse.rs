@@ -711,6 +711,45 @@ impl ClickHouseStore {
         self.shard(partition).insert("inserting sessions", &self.table(SESSIONS_TABLE), rows).await
     }
 
+    /// Events of any partitions, each to its partition's shard: one `INSERT` per
+    /// shard, the shards in parallel (a worker's whole flush, so ClickHouse gets
+    /// few large inserts rather than one small insert per partition).
+    pub async fn insert_events_routed(&self, rows: &[EventRow]) -> Result<(), ClusterError> {
+        let table = self.table(EVENTS_TABLE);
+        let by_shard = self.by_shard(rows, |row| row.partition);
+        try_join_all(
+            by_shard
+                .iter()
+                .enumerate()
+                .map(|(shard, rows)| self.shards[shard].insert("inserting events", &table, rows)),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Session versions of any partitions, each to its partition's shard (see
+    /// [`ClickHouseStore::insert_events_routed`]).
+    pub async fn insert_sessions_routed(&self, rows: &[SessionRow]) -> Result<(), ClusterError> {
+        let table = self.table(SESSIONS_TABLE);
+        let by_shard = self.by_shard(rows, |row| row.partition);
+        try_join_all(
+            by_shard
+                .iter()
+                .enumerate()
+                .map(|(shard, rows)| self.shards[shard].insert("inserting sessions", &table, rows)),
+        )
+        .await?;
+        Ok(())
+    }
+
+    fn by_shard<T: Clone>(&self, rows: &[T], partition: impl Fn(&T) -> u32) -> Vec<Vec<T>> {
+        let mut by_shard = vec![Vec::new(); self.shards.len()];
+        for row in rows {
+            by_shard[self.shard_of(partition(row))].push(row.clone());
+        }
+        by_shard
+    }
+
     /// Deduplicated events of one partition with (time_ms, seq) > after and time_ms >= from_ms,
     /// ordered by (time_ms, seq), at most `limit` (paging for the worker's state rebuild).
     pub async fn partition_events_page(

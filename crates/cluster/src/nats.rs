@@ -152,6 +152,16 @@ impl Cluster {
                         _ => InitError::Failed(ClusterError::Nats(message)),
                     }
                 })?;
+            // Reads from the stream's leader, not from any replica ("direct get"):
+            // a key created a moment ago must work on every ingest node at once,
+            // and a lease must be read as it is.
+            let not_yet = |e: &dyn std::fmt::Display| InitError::NotYet(format!("bucket {bucket}: {e}"));
+            let mut kv_stream = self.js.get_stream(format!("KV_{bucket}")).await.map_err(|e| not_yet(&e))?;
+            let mut config = kv_stream.info().await.map_err(|e| not_yet(&e))?.config.clone();
+            if config.allow_direct {
+                config.allow_direct = false;
+                self.js.update_stream(config).await.map_err(|e| not_yet(&e))?;
+            }
         }
         Ok(())
     }

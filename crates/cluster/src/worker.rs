@@ -32,8 +32,9 @@ use crate::clickhouse::{ClickHouseStore, EventRow, SessionRow};
 use crate::nats::STREAM_NAME;
 use crate::{Cluster, ClusterError, EVENT_SUBJECT_PREFIX, EventMessage, nats_error};
 
-/// Messages fetched from one partition at a time.
-pub const DEFAULT_BATCH_EVENTS: usize = 5_000;
+/// Messages fetched from one partition at a time (a fetch cycle over every
+/// owned partition holds at most partitions × this, besides what waits to be flushed).
+pub const DEFAULT_BATCH_EVENTS: usize = 1_000;
 /// Unacknowledged messages a partition's consumer lets out at once.
 const MAX_ACK_PENDING: i64 = 50_000;
 /// Rows of a partition's history read per page while rebuilding its engine.
@@ -44,6 +45,11 @@ const MAX_REPLAY_FLOOR_STEPS: usize = 64;
 const TICK: Duration = Duration::from_millis(500);
 /// Pause after a failed load or batch before trying again.
 const FAILURE_PAUSE: Duration = Duration::from_secs(1);
+/// A flush at the latest this long after the oldest unwritten message was
+/// taken, or once this many events wait: ClickHouse gets a few large inserts,
+/// not one small insert per partition and fetch.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+const FLUSH_EVENTS: usize = 20_000;
 /// Pause when no owned partition had anything to do.
 const IDLE_PAUSE: Duration = Duration::from_millis(20);
 
@@ -165,9 +171,14 @@ impl Worker {
         let mut partitions: BTreeMap<u32, Partition> = BTreeMap::new();
         let mut last_tick = tokio::time::Instant::now();
         let mut version = 0u64;
+        let mut pending = Pending::default();
         loop {
             let wanted: Vec<u32> = held.lock().expect("lease lock").keys().copied().collect();
-            partitions.retain(|p, _| wanted.contains(p));
+            if partitions.keys().any(|p| !wanted.contains(p)) {
+                // A lost partition's rows must not be written after its new owner took it.
+                self.flush_or_reset(&mut pending, &mut partitions, &mut version).await;
+                partitions.retain(|p, _| wanted.contains(p));
+            }
             for p in wanted {
                 if let std::collections::btree_map::Entry::Vacant(slot) = partitions.entry(p) {
                     match self.load_partition(p, &mut projects, &catalog, &mut version).await {
@@ -182,53 +193,132 @@ impl Worker {
                     }
                 }
             }
+            // Fetch from every owned partition at once.
+            let batch_events = self.options.batch_events;
+            let fetched = futures_util::future::join_all(
+                partitions
+                    .iter()
+                    .map(|(&p, partition)| async move { (p, fetch(p, &partition.consumer, batch_events).await) }),
+            )
+            .await;
             let mut busy = false;
-            let mut failed = Vec::new();
-            for (&p, partition) in &mut partitions {
-                match self.process_batch(p, partition, &mut projects, &catalog, &mut version).await {
-                    Ok(had_work) => busy |= had_work,
+            for (p, messages) in fetched {
+                let messages = match messages {
+                    Ok(messages) => messages,
                     Err(error) => {
-                        // Unacknowledged messages come again; the state is rebuilt from what was stored.
-                        tracing::error!(partition = p, %error, "batch failed: rebuilding the partition's state");
-                        failed.push(p);
+                        tracing::warn!(partition = p, %error, "cannot fetch; trying again");
+                        continue;
                     }
+                };
+                busy |= messages.len() >= batch_events;
+                if messages.is_empty() {
+                    continue;
+                }
+                let partition = partitions.get_mut(&p).expect("fetched from an owned partition");
+                if let Err(error) =
+                    self.sessionize(p, partition, messages, &mut projects, &catalog, &mut version, &mut pending).await
+                {
+                    // The engines may hold events that will not be written: rebuild from what is stored.
+                    tracing::error!(partition = p, %error, "batch failed: rebuilding the state");
+                    self.flush_or_reset(&mut pending, &mut partitions, &mut version).await;
+                    partitions.remove(&p);
+                    tokio::time::sleep(FAILURE_PAUSE).await;
                 }
             }
-            for p in &failed {
-                partitions.remove(p);
-            }
-            if !failed.is_empty() {
-                tokio::time::sleep(FAILURE_PAUSE).await;
-            }
-            if last_tick.elapsed() >= TICK {
+            let tick = last_tick.elapsed() >= TICK;
+            if tick {
                 last_tick = tokio::time::Instant::now();
-                // New projects and changed settings (settings apply to new engines;
-                // re-sessionizing history after a change is not done in cluster mode yet).
+                // New projects (a project's settings are fixed at creation).
                 match catalog.projects().await {
                     Ok(list) => projects = list.into_iter().map(|p| (p.id, p)).collect(),
                     Err(error) => tracing::warn!(%error, "cannot re-read the catalog"),
                 }
-                let mut failed = Vec::new();
+                let now = now_ms();
                 for (&p, partition) in &mut partitions {
-                    let now = now_ms();
-                    let mut rows = Vec::new();
                     for (&project, engine) in &mut partition.engines {
                         let changes = engine.engine.advance(now);
-                        push_session_rows(&mut rows, project, p, &changes, &mut version, now);
-                    }
-                    if let Err(error) = self.store.insert_sessions(p, &rows).await {
-                        tracing::error!(partition = p, %error, "cannot store concluded sessions: rebuilding the partition's state");
-                        failed.push(p);
+                        push_session_rows(&mut pending.sessions, project, p, &changes, &mut version, now);
                     }
                 }
-                for p in &failed {
-                    partitions.remove(p);
-                }
+            }
+            if tick
+                || pending.events.len() >= FLUSH_EVENTS
+                || pending.since.is_some_and(|t| t.elapsed() >= FLUSH_INTERVAL)
+            {
+                self.flush_or_reset(&mut pending, &mut partitions, &mut version).await;
             }
             if !busy {
                 tokio::time::sleep(IDLE_PAUSE).await;
             }
         }
+    }
+
+    /// Writes what is pending (events, then the sessions of deferred users,
+    /// then session versions) and acknowledges its messages. On a failure the
+    /// messages are handed back (nak) and every partition's state is rebuilt
+    /// from what ClickHouse holds.
+    async fn flush_or_reset(
+        &self,
+        pending: &mut Pending,
+        partitions: &mut BTreeMap<u32, Partition>,
+        version: &mut u64,
+    ) {
+        let taken = std::mem::take(pending);
+        if taken.messages.is_empty() && taken.sessions.is_empty() {
+            return;
+        }
+        if let Err(error) =
+            self.flush(taken.events, taken.sessions, taken.deferred, &taken.messages, partitions, version).await
+        {
+            tracing::error!(%error, "cannot store a batch: rebuilding every partition's state");
+            for message in &taken.messages {
+                if let Err(error) = message.ack_with(async_nats::jetstream::AckKind::Nak(None)).await {
+                    tracing::debug!(%error, "nak failed (the message comes again after the ack wait)");
+                }
+            }
+            partitions.clear();
+        }
+    }
+
+    async fn flush(
+        &self,
+        events: Vec<EventRow>,
+        mut sessions: Vec<SessionRow>,
+        deferred: Vec<(u32, i64, UserKey)>,
+        messages: &[async_nats::jetstream::Message],
+        partitions: &BTreeMap<u32, Partition>,
+        version: &mut u64,
+    ) -> Result<(), ClusterError> {
+        self.store.insert_events_routed(&events).await?;
+        // Events the engine's horizon no longer covers: re-sessionize the user's stored history.
+        let now = now_ms();
+        for (p, project, user) in deferred {
+            let Some(engine) = partitions.get(&p).and_then(|partition| partition.engines.get(&project)) else {
+                continue;
+            };
+            let events = self.store.user_events(project, p, &user).await?;
+            let fresh: Vec<StoredSession> =
+                sessionize_stored(&engine.project.public_id, &events, &engine.rules, &engine.classifier, now)
+                    .into_iter()
+                    .filter(|s| s.user == user)
+                    .collect();
+            let old = self.store.sessions_of_user(project, p, &user).await?;
+            let mut old_by_id: HashMap<i64, StoredSession> = old.into_iter().map(|s| (s.session_id, s)).collect();
+            for session in &fresh {
+                old_by_id.remove(&session.session_id);
+                sessions.push(SessionRow::new(project, p, session, false, next_version(version), now));
+            }
+            for gone in old_by_id.values() {
+                sessions.push(SessionRow::new(project, p, gone, true, next_version(version), now));
+            }
+        }
+        self.store.insert_sessions_routed(&sessions).await?;
+        // Everything is stored: acknowledge each message. A lost acknowledgement
+        // only means a redelivery, which the dedup keys make harmless.
+        for message in messages {
+            message.ack().await.map_err(|e| ClusterError::Nats(format!("ack failed: {e}")))?;
+        }
+        Ok(())
     }
 
     fn engine_for<'a>(
@@ -352,43 +442,34 @@ impl Worker {
         Ok(Partition { consumer, engines })
     }
 
-    /// Fetches what is waiting on one partition, sessionizes it, writes it and
-    /// acknowledges it. Returns whether there was anything.
-    async fn process_batch(
+    /// Sessionizes one partition's fetched messages into `pending` (rows to
+    /// write, messages to acknowledge once written). Redelivered messages whose
+    /// events are already stored are skipped; unreadable ones are never acknowledged.
+    #[allow(clippy::too_many_arguments, reason = "the worker loop's state, passed apart to keep borrows separate")]
+    async fn sessionize(
         &self,
         p: u32,
         partition: &mut Partition,
+        messages: Vec<async_nats::jetstream::Message>,
         projects: &mut HashMap<i64, CatalogProject>,
         catalog: &crate::Catalog,
         version: &mut u64,
-    ) -> Result<bool, ClusterError> {
-        let mut batch = partition
-            .consumer
-            .fetch()
-            .max_messages(self.options.batch_events)
-            .messages()
-            .await
-            .map_err(|e| ClusterError::Nats(format!("cannot fetch from partition {p}: {e}")))?;
-        let mut messages = Vec::new();
-        while let Some(message) = batch.next().await {
-            messages.push(message.map_err(|e| ClusterError::Nats(format!("partition {p}: {e}")))?);
-        }
-        if messages.is_empty() {
-            return Ok(false);
-        }
+        pending: &mut Pending,
+    ) -> Result<(), ClusterError> {
         let now = now_ms();
-        // Decode; redelivered messages (a crash or timeout before their ack) may already be stored.
         let mut decoded: Vec<(u64, bool, EventMessage)> = Vec::with_capacity(messages.len());
-        let mut malformed = HashSet::new();
-        for (index, message) in messages.iter().enumerate() {
+        let mut readable = Vec::with_capacity(messages.len());
+        for message in messages {
             let info = message.info().map_err(nats_error)?;
             match EventMessage::decode(&message.payload) {
-                Ok(event) => decoded.push((info.stream_sequence, info.delivered > 1, event)),
+                Ok(event) => {
+                    decoded.push((info.stream_sequence, info.delivered > 1, event));
+                    readable.push(message);
+                }
                 Err(error) => {
                     // Never acknowledged: it stays in the stream (redelivered, logged
                     // again) until a worker that can read it takes it; no event is dropped.
                     tracing::error!(partition = p, seq = info.stream_sequence, %error, "a message this worker cannot read");
-                    malformed.insert(index);
                 }
             }
         }
@@ -410,63 +491,75 @@ impl Worker {
         let mut by_project: BTreeMap<i64, Vec<(u64, EventMessage)>> = BTreeMap::new();
         for (seq, _, message) in decoded {
             if already_stored.contains(&(message.project, message.event_key.clone())) {
+                // Stored by an attempt that may have stopped before its sessions
+                // were written. Within the horizon, rebuilding the state from
+                // ClickHouse wrote them (`load_partition`); beyond it, the user's
+                // history is re-sessionized again (idempotent).
+                let horizon_ms = partition
+                    .engines
+                    .get(&message.project)
+                    .map_or(sessionizer_engine::DEFAULT_LATENESS_HORIZON_MS, |e| e.engine.config().lateness_horizon_ms);
+                if message.time_ms < now.saturating_sub(horizon_ms) {
+                    pending.deferred.push((p, message.project, message.event().user_key()));
+                }
                 continue;
             }
             by_project.entry(message.project).or_default().push((seq, message));
         }
-        let mut event_rows = Vec::new();
-        let mut session_rows = Vec::new();
-        let mut deferred: Vec<(i64, UserKey)> = Vec::new();
+        if by_project.keys().any(|project| !projects.contains_key(project)) {
+            return Err(missing_project(*by_project.keys().find(|p| !projects.contains_key(p)).expect("checked")));
+        }
         for (project, messages) in &by_project {
-            let Some(engine) = Self::engine_for(&mut partition.engines, projects, *project)? else {
-                return Err(missing_project(*project));
-            };
+            let engine = Self::engine_for(&mut partition.engines, projects, *project)?.expect("checked above");
             let new_events: Vec<_> = messages.iter().map(|(_, m)| m.event()).collect();
             let events = new_events.iter().map(|e| e.engine_event(&engine.classifier)).collect();
             let outcome = engine.engine.ingest(events, now);
             for ((assignment, (seq, message)), event) in outcome.assignments.iter().zip(messages).zip(&new_events) {
                 match assignment {
                     Assignment::Duplicate => continue,
-                    Assignment::Deferred(_) => deferred.push((*project, event.user_key())),
+                    Assignment::Deferred(_) => pending.deferred.push((p, *project, event.user_key())),
                     _ => {}
                 }
-                event_rows.push(EventRow::new(*project, p, *seq, &message.event_key, event));
+                pending.events.push(EventRow::new(*project, p, *seq, &message.event_key, event));
             }
-            push_session_rows(&mut session_rows, *project, p, &outcome.changes, version, now);
+            push_session_rows(&mut pending.sessions, *project, p, &outcome.changes, version, now);
         }
-        self.store.insert_events(p, &event_rows).await?;
-        // Events the engine's horizon no longer covers: re-sessionize the user's stored history.
-        deferred.sort();
-        deferred.dedup();
-        for (project, user) in deferred {
-            let Some(engine) = partition.engines.get(&project) else { continue };
-            let events = self.store.user_events(project, p, &user).await?;
-            let fresh: Vec<StoredSession> =
-                sessionize_stored(&engine.project.public_id, &events, &engine.rules, &engine.classifier, now)
-                    .into_iter()
-                    .filter(|s| s.user == user)
-                    .collect();
-            let old = self.store.sessions_of_user(project, p, &user).await?;
-            let mut old_by_id: HashMap<i64, StoredSession> = old.into_iter().map(|s| (s.session_id, s)).collect();
-            for session in &fresh {
-                old_by_id.remove(&session.session_id);
-                session_rows.push(SessionRow::new(project, p, session, false, next_version(version), now));
-            }
-            for gone in old_by_id.values() {
-                session_rows.push(SessionRow::new(project, p, gone, true, next_version(version), now));
-            }
-        }
-        self.store.insert_sessions(p, &session_rows).await?;
-        // Everything is stored: acknowledge each message. A lost acknowledgement
-        // only means a redelivery, which the dedup keys make harmless.
-        for (index, message) in messages.iter().enumerate() {
-            if malformed.contains(&index) {
-                continue;
-            }
-            message.ack().await.map_err(|e| ClusterError::Nats(format!("partition {p}: ack failed: {e}")))?;
-        }
-        Ok(true)
+        pending.deferred.sort();
+        pending.deferred.dedup();
+        pending.messages.extend(readable);
+        pending.since.get_or_insert_with(tokio::time::Instant::now);
+        Ok(())
     }
+}
+
+/// Fetches what is waiting on a partition (no waiting for more).
+async fn fetch(
+    p: u32,
+    consumer: &PullConsumer,
+    max: usize,
+) -> Result<Vec<async_nats::jetstream::Message>, ClusterError> {
+    let mut batch = consumer
+        .fetch()
+        .max_messages(max)
+        .messages()
+        .await
+        .map_err(|e| ClusterError::Nats(format!("cannot fetch from partition {p}: {e}")))?;
+    let mut messages = Vec::new();
+    while let Some(message) = batch.next().await {
+        messages.push(message.map_err(|e| ClusterError::Nats(format!("partition {p}: {e}")))?);
+    }
+    Ok(messages)
+}
+
+/// Rows and messages waiting for the next flush.
+#[derive(Default)]
+struct Pending {
+    events: Vec<EventRow>,
+    sessions: Vec<SessionRow>,
+    deferred: Vec<(u32, i64, UserKey)>,
+    messages: Vec<async_nats::jetstream::Message>,
+    /// When the oldest unflushed message was taken.
+    since: Option<tokio::time::Instant>,
 }
 
 /// Failures that pass: an engine unreachable for a while.

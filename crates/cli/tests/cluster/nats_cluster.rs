@@ -32,6 +32,12 @@ fn binary() -> String {
 
 impl NatsCluster {
     pub(crate) fn start(size: usize) -> NatsCluster {
+        NatsCluster::start_with(size, true)
+    }
+
+    /// `sync_always`: fsync every write (`sync_interval: always`); else JetStream's
+    /// default (every 2 minutes, relying on the replicas).
+    pub(crate) fn start_with(size: usize, sync_always: bool) -> NatsCluster {
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<(u16, u16, u16)> = (0..size).map(|_| (free_port(), free_port(), free_port())).collect();
         let routes: Vec<String> = ports.iter().map(|(_, route, _)| format!("nats-route://127.0.0.1:{route}")).collect();
@@ -51,8 +57,9 @@ impl NatsCluster {
                 &config,
                 format!(
                     "server_name: n{i}\nlisten: 127.0.0.1:{client}\nhttp: 127.0.0.1:{monitor}\n\
-                     jetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n{cluster}",
-                    store.display()
+                     jetstream {{\n  store_dir: \"{}\"\n{}}}\n{cluster}",
+                    store.display(),
+                    if sync_always { "  sync_interval: always\n" } else { "" }
                 ),
             )
             .unwrap();
