@@ -102,6 +102,28 @@ pub(crate) fn clickhouse_of(config: &ClusterConfig) -> Result<ClickHouseStore, E
     .map_err(cluster_failure)
 }
 
+/// How long a read command retries an unreachable NATS or ClickHouse (a
+/// cluster in failover answers again within seconds).
+const READ_RETRY: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Runs a read (idempotent) until it succeeds, fails for a reason other than
+/// an unreachable engine, or [`READ_RETRY`] has passed.
+async fn retrying<T, Attempt, Answer>(mut attempt: Attempt) -> Result<T, ClusterError>
+where
+    Attempt: FnMut() -> Answer,
+    Answer: std::future::Future<Output = Result<T, ClusterError>>,
+{
+    let deadline = tokio::time::Instant::now() + READ_RETRY;
+    loop {
+        match attempt().await {
+            Err(ClusterError::Nats(_) | ClusterError::ClickHouse(_)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")
 }
@@ -143,7 +165,9 @@ pub(crate) fn run(args: ClusterArgs) -> anyhow::Result<()> {
         ClusterCommand::Projects { cluster } => {
             let config = load_config(&cluster.file)?;
             let projects = runtime()?
-                .block_on(async { Cluster::connect(config).await?.catalog().await?.projects().await })
+                .block_on(retrying(|| async {
+                    Cluster::connect(config.clone()).await?.catalog().await?.projects().await
+                }))
                 .map_err(cluster_failure)?;
             for project in projects {
                 print(project_json(&project.project()))?;
@@ -154,11 +178,11 @@ pub(crate) fn run(args: ClusterArgs) -> anyhow::Result<()> {
             let config = load_config(&cluster.file)?;
             let clickhouse = clickhouse_of(&config)?;
             let sessions = runtime()?
-                .block_on(async {
-                    let nats = Cluster::connect(config).await?;
+                .block_on(retrying(|| async {
+                    let nats = Cluster::connect(config.clone()).await?;
                     let project = nats.catalog().await?.project(&project).await?;
                     clickhouse.project_sessions(project.id).await
-                })
+                }))
                 .map_err(cluster_failure)?;
             write_sessions(&sessions, output.as_deref())
         }
@@ -166,13 +190,13 @@ pub(crate) fn run(args: ClusterArgs) -> anyhow::Result<()> {
             let config = load_config(&cluster.file)?;
             let clickhouse = clickhouse_of(&config)?;
             let (events, sessions) = runtime()?
-                .block_on(async {
-                    let nats = Cluster::connect(config).await?;
+                .block_on(retrying(|| async {
+                    let nats = Cluster::connect(config.clone()).await?;
                     let project = nats.catalog().await?.project(&project).await?;
                     let events = clickhouse.project_event_count(project.id).await?;
                     let sessions = clickhouse.project_sessions(project.id).await?.len();
                     Ok::<_, ClusterError>((events, sessions))
-                })
+                }))
                 .map_err(cluster_failure)?;
             print(json!({"events": events, "sessions": sessions}))
         }

@@ -208,7 +208,18 @@ fn run_cluster_role(
     let unavailable = |e: &dyn std::fmt::Display| Exit::new(Failure::Unavailable, anyhow::anyhow!("{e}"));
     runtime.block_on(async {
         let cluster = Cluster::connect(config).await.map_err(|e| unavailable(&e))?;
-        cluster.check_partitions().await.map_err(|e| unavailable(&e))?;
+        // NATS unreachable at start is waited out (a node may start before the
+        // cluster does); a cluster that cannot work with this configuration is an error.
+        loop {
+            match cluster.check_partitions().await {
+                Ok(()) => break,
+                Err(error @ sessionizer_cluster::ClusterError::Nats(_)) => {
+                    tracing::warn!(%error, "cannot reach the cluster yet; retrying");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+                Err(error) => return Err(unavailable(&error)),
+            }
+        }
         let (stop, stopped) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             shutdown_signal().await;

@@ -139,22 +139,28 @@ impl Catalog {
         Err(ClusterError::Catalog("could not allocate a project id: too much contention; try again".into()))
     }
 
-    /// Every project, by id.
+    /// Every project, by id. Read key by key from the stream's leader (ids run
+    /// from 1 to the id counter), never by listing the bucket's keys, whose
+    /// listing consumer can come back short while a cluster fails over: a short
+    /// list would refuse valid keys.
     pub async fn projects(&self) -> Result<Vec<CatalogProject>, ClusterError> {
-        use futures_util::TryStreamExt;
-        let keys: Vec<String> = match self.kv.keys().await {
-            Ok(keys) => keys.try_collect().await.map_err(nats_error)?,
-            Err(error) => return Err(nats_error(error)),
+        let next: i64 = match self.kv.get(NEXT_ID_KEY).await.map_err(nats_error)? {
+            Some(value) => std::str::from_utf8(&value)
+                .ok()
+                .and_then(|t| t.parse().ok())
+                .ok_or_else(|| ClusterError::Catalog("the catalog's project counter is corrupt".into()))?,
+            None => return Ok(Vec::new()),
         };
         let mut projects = Vec::new();
-        for key in keys.iter().filter(|k| k.starts_with(PROJECT_KEY_PREFIX)).take(MAX_PROJECTS) {
+        for id in 1..next.min(MAX_PROJECTS as i64 + 1) {
+            let key = format!("{PROJECT_KEY_PREFIX}{id}");
+            // Absent: an id whose creation stopped between the counter and the entry.
             if let Some(value) = self.kv.get(key.as_str()).await.map_err(nats_error)? {
                 let project: CatalogProject = serde_json::from_slice(&value)
                     .map_err(|e| ClusterError::Catalog(format!("catalog entry {key} is malformed: {e}")))?;
                 projects.push(project);
             }
         }
-        projects.sort_by_key(|p| p.id);
         Ok(projects)
     }
 

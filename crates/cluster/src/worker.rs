@@ -50,6 +50,12 @@ const FAILURE_PAUSE: Duration = Duration::from_secs(1);
 /// not one small insert per partition and fetch.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 const FLUSH_EVENTS: usize = 20_000;
+/// A processing loop that has not gone round for this long is stuck: longer
+/// than any bounded call it makes (ClickHouse 120 s, a fetch 5 s, NATS requests 10 s),
+/// so only a call that never returns trips it.
+const STUCK_AFTER: Duration = Duration::from_secs(150);
+/// Longest wait for a fetch's answer (see [`fetch`]).
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause when no owned partition had anything to do.
 const IDLE_PAUSE: Duration = Duration::from_millis(20);
 
@@ -69,6 +75,9 @@ struct Lease {
 
 /// The leases this worker holds: partition → KV revision of its lease entry.
 type Held = Arc<Mutex<BTreeMap<u32, u64>>>;
+/// When the processing loop last went round (epoch ms): leases are renewed only
+/// while it does, so a stuck worker lets its partitions go to the others.
+type Heartbeat = Arc<std::sync::atomic::AtomicI64>;
 
 struct ProjectEngine {
     project: CatalogProject,
@@ -138,15 +147,17 @@ impl Worker {
             }
         };
         let held: Held = Arc::default();
+        let heartbeat: Heartbeat = Arc::new(std::sync::atomic::AtomicI64::new(now_ms()));
         let lease_task = tokio::spawn(keep_leases(
             leases.clone(),
             self.cluster.config.clone(),
             self.options.worker_id.clone(),
             held.clone(),
+            heartbeat.clone(),
         ));
         let supervised = async {
             loop {
-                match self.process(held.clone()).await {
+                match self.process(held.clone(), heartbeat.clone()).await {
                     Err(error) if transient(&error) => {
                         tracing::warn!(%error, "worker loop stopped; restarting it");
                         tokio::time::sleep(FAILURE_PAUSE).await;
@@ -164,7 +175,7 @@ impl Worker {
         result
     }
 
-    async fn process(&self, held: Held) -> Result<(), ClusterError> {
+    async fn process(&self, held: Held, heartbeat: Heartbeat) -> Result<(), ClusterError> {
         let catalog = self.cluster.catalog().await?;
         let mut projects: HashMap<i64, CatalogProject> =
             catalog.projects().await?.into_iter().map(|p| (p.id, p)).collect();
@@ -173,6 +184,7 @@ impl Worker {
         let mut version = 0u64;
         let mut pending = Pending::default();
         loop {
+            heartbeat.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
             let wanted: Vec<u32> = held.lock().expect("lease lock").keys().copied().collect();
             if partitions.keys().any(|p| !wanted.contains(p)) {
                 // A lost partition's rows must not be written after its new owner took it.
@@ -181,7 +193,7 @@ impl Worker {
             }
             for p in wanted {
                 if let std::collections::btree_map::Entry::Vacant(slot) = partitions.entry(p) {
-                    match self.load_partition(p, &mut projects, &catalog, &mut version).await {
+                    match self.load_partition(p, &mut projects, &catalog, &mut version, &heartbeat).await {
                         Ok(loaded) => {
                             tracing::info!(partition = p, worker = %self.options.worker_id, "partition taken");
                             slot.insert(loaded);
@@ -344,6 +356,7 @@ impl Worker {
         projects: &mut HashMap<i64, CatalogProject>,
         catalog: &crate::Catalog,
         version: &mut u64,
+        heartbeat: &Heartbeat,
     ) -> Result<Partition, ClusterError> {
         let stream = self.cluster.jetstream().get_stream(STREAM_NAME).await.map_err(nats_error)?;
         let name = format!("partition_{p}");
@@ -387,6 +400,8 @@ impl Worker {
         let mut replay_now = i64::MIN;
         let mut replayed = 0usize;
         loop {
+            // A long replay is progress: the leases stay.
+            heartbeat.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
             let page = self.store.partition_events_page(p, from, after, REPLAY_PAGE_EVENTS).await?;
             let (Some(first), Some(last)) = (page.first(), page.last()) else { break };
             after = (last.time_ms, last.seq);
@@ -533,22 +548,29 @@ impl Worker {
 }
 
 /// Fetches what is waiting on a partition (no waiting for more).
+/// Bounded, because a fetch from a consumer whose leader is being re-elected
+/// may get no answer at all, and one silent partition must not stall the others.
 async fn fetch(
     p: u32,
     consumer: &PullConsumer,
     max: usize,
 ) -> Result<Vec<async_nats::jetstream::Message>, ClusterError> {
-    let mut batch = consumer
-        .fetch()
-        .max_messages(max)
-        .messages()
-        .await
-        .map_err(|e| ClusterError::Nats(format!("cannot fetch from partition {p}: {e}")))?;
-    let mut messages = Vec::new();
-    while let Some(message) = batch.next().await {
-        messages.push(message.map_err(|e| ClusterError::Nats(format!("partition {p}: {e}")))?);
-    }
-    Ok(messages)
+    let fetched = async {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(max)
+            .messages()
+            .await
+            .map_err(|e| ClusterError::Nats(format!("cannot fetch from partition {p}: {e}")))?;
+        let mut messages = Vec::new();
+        while let Some(message) = batch.next().await {
+            messages.push(message.map_err(|e| ClusterError::Nats(format!("partition {p}: {e}")))?);
+        }
+        Ok(messages)
+    };
+    tokio::time::timeout(FETCH_TIMEOUT, fetched).await.unwrap_or_else(|_| {
+        Err(ClusterError::Nats(format!("partition {p}: no answer to a fetch within {} s", FETCH_TIMEOUT.as_secs())))
+    })
 }
 
 /// Rows and messages waiting for the next flush.
@@ -605,10 +627,22 @@ fn push_session_rows(
 }
 
 /// Takes, renews and gives up partition leases every third of the lease TTL.
-async fn keep_leases(leases: kv::Store, config: crate::ClusterConfig, worker: String, held: Held) {
+async fn keep_leases(
+    leases: kv::Store,
+    config: crate::ClusterConfig,
+    worker: String,
+    held: Held,
+    heartbeat: Heartbeat,
+) {
     let period = Duration::from_millis(config.lease_ttl_ms / 3);
     loop {
-        if let Err(error) = lease_round(&leases, &config, &worker, &held).await {
+        let stuck_ms = now_ms() - heartbeat.load(std::sync::atomic::Ordering::Relaxed);
+        if stuck_ms > STUCK_AFTER.as_millis() as i64 {
+            // The processing loop is stuck (a call that never returns): stop
+            // renewing, so the partitions move to a worker that makes progress.
+            tracing::error!(stuck_ms, worker, "the worker loop is stuck; giving up its partitions");
+            release_all_leases(&leases, &held).await;
+        } else if let Err(error) = lease_round(&leases, &config, &worker, &held).await {
             tracing::warn!(%error, "lease round failed");
         }
         tokio::time::sleep(period).await;
@@ -699,13 +733,18 @@ async fn lease_round(
 
 /// Gives up every lease at shutdown so other workers take over at once.
 async fn release_all(leases: &kv::Store, worker: &str, held: &Held) {
-    let partitions: Vec<(u32, u64)> = held.lock().expect("lease lock").iter().map(|(p, r)| (*p, *r)).collect();
+    release_all_leases(leases, held).await;
+    if let Err(error) = leases.delete(format!("worker.{worker}")).await {
+        tracing::warn!(%error, "cannot remove the worker's heartbeat");
+    }
+}
+
+/// Deletes every lease this worker holds (compare-and-set: never another's).
+async fn release_all_leases(leases: &kv::Store, held: &Held) {
+    let partitions: Vec<(u32, u64)> = std::mem::take(&mut *held.lock().expect("lease lock")).into_iter().collect();
     for (p, revision) in partitions {
         if let Err(error) = leases.delete_expect_revision(format!("partition.{p}"), Some(revision)).await {
             tracing::warn!(partition = p, %error, "cannot release a lease (it expires by itself)");
         }
-    }
-    if let Err(error) = leases.delete(format!("worker.{worker}")).await {
-        tracing::warn!(%error, "cannot remove the worker's heartbeat");
     }
 }

@@ -315,6 +315,33 @@ fn the_cluster_finds_the_single_binarys_sessions_through_worker_and_nats_failure
             assert_eq!(again["duplicates"].as_u64(), Some(batch.len() as u64), "a resent batch is all duplicates");
         }
     }
+    // An existing SDK's format through the ingest node: Amplitude's HTTP API V2.
+    let now = now_ms();
+    let amplitude_events: Vec<Value> = (0..20)
+        .map(|i| {
+            json!({
+                "user_id": format!("amplitude-user-{}", i % 4),
+                "device_id": format!("amplitude-device-{}", i % 4),
+                "event_type": "screen_view",
+                "time": now - DAY + i * 7 * MIN,
+                "insert_id": format!("amplitude-{i}"),
+            })
+        })
+        .collect();
+    for (port, key) in [(single_port, &single_key), (ingest_port, &cluster_key)] {
+        let body = json!({"api_key": key, "events": amplitude_events});
+        let mut response = agent()
+            .post(&format!("http://127.0.0.1:{port}/2/httpapi"))
+            .header("Content-Type", "application/json")
+            .send(body.to_string().as_bytes())
+            .unwrap();
+        let text = response.body_mut().read_to_string().unwrap();
+        assert_eq!(response.status(), 200, "{text}");
+        let answer: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(answer["code"], 200, "Amplitude's answer: {answer}");
+        assert_eq!(answer["events_ingested"], 20, "Amplitude's answer: {answer}");
+    }
+    let event_total = events.len() as u64 + amplitude_events.len() as u64;
     assert_eq!(single_accepted, events.len() as u64);
     assert!(cluster_accepted <= events.len() as u64);
 
@@ -331,7 +358,7 @@ fn the_cluster_finds_the_single_binarys_sessions_through_worker_and_nats_failure
     };
     assert!(expected.len() > 400, "{} sessions", expected.len());
     // The workers catch up: wait until ClickHouse holds the same sessions.
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(180);
     let mut actual = Vec::new();
     while Instant::now() < deadline {
         actual = comparable(&run(&["cluster", "sessions", "--cluster", &config, &cluster_project]));
@@ -351,6 +378,6 @@ fn the_cluster_finds_the_single_binarys_sessions_through_worker_and_nats_failure
     }
     let stats: Value =
         serde_json::from_str(&run(&["cluster", "stats", "--cluster", &config, &cluster_project])).unwrap();
-    assert_eq!(stats["events"].as_u64(), Some(events.len() as u64), "every event stored exactly once: {stats}");
+    assert_eq!(stats["events"].as_u64(), Some(event_total), "every event stored exactly once: {stats}");
     assert!(ingest.running() && worker_1.running() && worker_2.running(), "every node rode out the failures");
 }
