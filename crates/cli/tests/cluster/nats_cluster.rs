@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Starts of the whole cluster, each on fresh ports.
+const START_ATTEMPTS: usize = 3;
 /// Bound on the wait for a node to answer its health check.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -38,6 +40,18 @@ impl NatsCluster {
     /// `sync_always`: fsync every write (`sync_interval: always`); else JetStream's
     /// default (every 2 minutes, relying on the replicas).
     pub(crate) fn start_with(size: usize, sync_always: bool) -> NatsCluster {
+        // A port picked free may be taken before the server binds it: start again on new ports.
+        let mut last_error = String::new();
+        for _ in 0..START_ATTEMPTS {
+            match NatsCluster::try_start(size, sync_always) {
+                Ok(cluster) => return cluster,
+                Err(error) => last_error = error,
+            }
+        }
+        panic!("the NATS cluster did not start in {START_ATTEMPTS} attempts; the last:\n{last_error}");
+    }
+
+    fn try_start(size: usize, sync_always: bool) -> Result<NatsCluster, String> {
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<(u16, u16, u16)> = (0..size).map(|_| (free_port(), free_port(), free_port())).collect();
         let routes: Vec<String> = ports.iter().map(|(_, route, _)| format!("nats-route://127.0.0.1:{route}")).collect();
@@ -73,10 +87,10 @@ impl NatsCluster {
             node.spawn();
             nodes.push(node);
         }
-        for node in &nodes {
-            node.wait_healthy();
+        for node in &mut nodes {
+            node.wait_healthy()?;
         }
-        NatsCluster { nodes, _dir: dir }
+        Ok(NatsCluster { nodes, _dir: dir })
     }
 
     pub(crate) fn urls(&self) -> Vec<String> {
@@ -98,16 +112,19 @@ impl NatsNode {
         self.child = Some(child);
     }
 
-    fn wait_healthy(&self) {
+    fn wait_healthy(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + START_TIMEOUT;
         let url = format!("http://127.0.0.1:{}/healthz", self.monitor_port);
         while Instant::now() < deadline {
             if ureq::get(&url).call().is_ok() {
-                return;
+                return Ok(());
+            }
+            if self.child.as_mut().is_some_and(|child| child.try_wait().ok().flatten().is_some()) {
+                return Err(format!("nats-server exited; its log:\n{}", tail(&self.log)));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("nats-server did not become healthy; its log:\n{}", tail(&self.log));
+        Err(format!("nats-server did not become healthy; its log:\n{}", tail(&self.log)))
     }
 
     /// SIGKILL.
@@ -121,7 +138,9 @@ impl NatsNode {
     pub(crate) fn restart(&mut self) {
         self.kill();
         self.spawn();
-        self.wait_healthy();
+        if let Err(error) = self.wait_healthy() {
+            panic!("{error}");
+        }
     }
 }
 
