@@ -233,24 +233,7 @@ fn write_sessions(sessions: &[sessionizer_store::StoredSession], output: Option<
     let fail = |e: sessionizer_formats::WriteError| Exit::new(Failure::OutputError, e);
     let mut sink = sessionizer_formats::create_session_writer(output).map_err(fail)?;
     for session in sessions {
-        let uid = session.session_uid.to_string();
-        let row = sessionizer_formats::SessionRow {
-            user_id: session.user.user_id(),
-            device_id: session.user.device_id(),
-            session_id: session.session_id,
-            session_uid: &uid,
-            start_ms: session.start_ms,
-            end_ms: session.end_ms,
-            length_ms: session.length_ms(),
-            active_ms: session.active_ms,
-            event_count: session.event_count,
-            end_reason: session.end_reason.as_deref().unwrap_or(""),
-            entry_event_type: &session.entry_event_type,
-            entry_page: session.entry_page.as_deref(),
-            exit_event_type: &session.exit_event_type,
-            exit_page: session.exit_page.as_deref(),
-        };
-        sink.write(&row).map_err(fail)?;
+        sessionizer_server::write_stored_session(sink.as_mut(), session).map_err(fail)?;
     }
     sink.finish().map_err(fail)?;
     Ok(())

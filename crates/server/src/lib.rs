@@ -47,6 +47,7 @@ use tokio::sync::oneshot;
 pub use error::{ApiError, EventProblem};
 pub use ingest::{decode_body, parse_batch};
 pub use rate_limit::RateLimits;
+pub use reads::write_stored_session;
 pub use writer::Ingested;
 
 use crate::auth::Keys;

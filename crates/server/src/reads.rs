@@ -118,25 +118,8 @@ impl Readers {
             let mut sink = session_writer_to(format, out).map_err(|e| e.to_string())?;
             store
                 .export_sessions(project, from_ms, to_ms, &mut |session| {
-                    let uid = session.session_uid.to_string();
-                    let row = SessionRow {
-                        user_id: session.user.user_id(),
-                        device_id: session.user.device_id(),
-                        session_id: session.session_id,
-                        session_uid: &uid,
-                        start_ms: session.start_ms,
-                        end_ms: session.end_ms,
-                        length_ms: session.length_ms(),
-                        active_ms: session.active_ms,
-                        event_count: session.event_count,
-                        // Still open: no end reason yet.
-                        end_reason: session.end_reason.as_deref().unwrap_or(""),
-                        entry_event_type: &session.entry_event_type,
-                        entry_page: session.entry_page.as_deref(),
-                        exit_event_type: &session.exit_event_type,
-                        exit_page: session.exit_page.as_deref(),
-                    };
-                    sink.write(&row).map_err(|e| StoreError::Sqlite(format!("export stopped: {e}")))
+                    write_stored_session(sink.as_mut(), session)
+                        .map_err(|e| StoreError::Sqlite(format!("export stopped: {e}")))
                 })
                 .map_err(|e| e.to_string())?;
             sink.finish().map_err(|e| e.to_string())
@@ -176,6 +159,32 @@ impl Readers {
 }
 
 /// A session as the API shows it (the CLI's session fields, plus state).
+/// Writes one stored session as an output row (the fields of `/v1/export/sessions`
+/// and `sessionizer cluster sessions`).
+pub fn write_stored_session(
+    sink: &mut dyn sessionizer_formats::SessionSink,
+    session: &StoredSession,
+) -> Result<(), sessionizer_formats::WriteError> {
+    let uid = session.session_uid.to_string();
+    sink.write(&SessionRow {
+        user_id: session.user.user_id(),
+        device_id: session.user.device_id(),
+        session_id: session.session_id,
+        session_uid: &uid,
+        start_ms: session.start_ms,
+        end_ms: session.end_ms,
+        length_ms: session.length_ms(),
+        active_ms: session.active_ms,
+        event_count: session.event_count,
+        // Still open: no end reason yet.
+        end_reason: session.end_reason.as_deref().unwrap_or(""),
+        entry_event_type: &session.entry_event_type,
+        entry_page: session.entry_page.as_deref(),
+        exit_event_type: &session.exit_event_type,
+        exit_page: session.exit_page.as_deref(),
+    })
+}
+
 pub(crate) fn session_json(session: &StoredSession) -> serde_json::Value {
     json!({
         "user_id": session.user.user_id(),
