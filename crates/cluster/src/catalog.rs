@@ -15,8 +15,10 @@ use crate::{ClusterError, nats_error};
 pub(crate) const CATALOG_BUCKET: &str = "sessionizer_catalog";
 const NEXT_ID_KEY: &str = "next_project_id";
 const PROJECT_KEY_PREFIX: &str = "project.";
-/// Attempts at a compare-and-set before giving up (another node kept winning).
-const MAX_CAS_ATTEMPTS: usize = 16;
+/// Attempts at a compare-and-set before giving up (another node kept winning,
+/// or a cluster just started kept timing out), one per [`CAS_PAUSE`] at most.
+const MAX_CAS_ATTEMPTS: usize = 50;
+const CAS_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
 /// Bound on catalog entries read at once.
 pub const MAX_PROJECTS: usize = 10_000;
 
@@ -135,8 +137,11 @@ impl Catalog {
                     }
                 }
             }
+            tokio::time::sleep(CAS_PAUSE).await;
         }
-        Err(ClusterError::Catalog("could not allocate a project id: too much contention; try again".into()))
+        Err(ClusterError::Catalog(
+            "could not allocate a project id (contention, or the catalog did not answer); try again".into(),
+        ))
     }
 
     /// Every project, by id. Read key by key from the stream's leader (ids run

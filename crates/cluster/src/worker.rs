@@ -214,11 +214,15 @@ impl Worker {
             )
             .await;
             let mut busy = false;
+            let mut unreachable = Vec::new();
             for (p, messages) in fetched {
                 let messages = match messages {
                     Ok(messages) => messages,
                     Err(error) => {
-                        tracing::warn!(partition = p, %error, "cannot fetch; trying again");
+                        // A consumer handle can stay dead after its leader moved (seen
+                        // as 503s for minutes after a NATS node restart): bind again.
+                        tracing::warn!(partition = p, %error, "cannot fetch; binding the partition again");
+                        unreachable.push(p);
                         continue;
                     }
                 };
@@ -236,6 +240,13 @@ impl Worker {
                     partitions.remove(&p);
                     tokio::time::sleep(FAILURE_PAUSE).await;
                 }
+            }
+            if !unreachable.is_empty() {
+                self.flush_or_reset(&mut pending, &mut partitions, &mut version).await;
+                for p in &unreachable {
+                    partitions.remove(p);
+                }
+                tokio::time::sleep(FAILURE_PAUSE).await;
             }
             let tick = last_tick.elapsed() >= TICK;
             if tick {
