@@ -62,10 +62,16 @@ pub(crate) struct ServeArgs {
     /// What this process does: `single` (everything, on the embedded store in
     /// --data), or as a node of a cluster (--cluster, docs/scale-out.md)
     /// `ingest` (HTTP ingestion into the event stream), `worker` (sessionizes
-    /// partitions into ClickHouse) or `all` (both).
-    #[arg(long, value_name = "ROLE", default_value = "single", value_parser = ["single", "ingest", "worker", "all"])]
+    /// partitions into ClickHouse), `query` (the query API and dashboard, from
+    /// ClickHouse) or `all` (the three).
+    #[arg(
+        long,
+        value_name = "ROLE",
+        default_value = "single",
+        value_parser = ["single", "ingest", "worker", "query", "all"]
+    )]
     role: String,
-    /// The cluster's TOML configuration (with --role ingest, worker or all).
+    /// The cluster's TOML configuration (with --role ingest, worker, query or all).
     #[arg(long = "cluster", value_name = "FILE", env = "SESSIONIZER_CLUSTER")]
     cluster: Option<PathBuf>,
     /// A worker's id, unique in the cluster [default: host name and process id].
@@ -156,7 +162,9 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
         return run_cluster_role(&runtime, &args.role, &cluster_file, args.worker_id, listen, rate_limits, timeouts);
     }
     if args.cluster.is_some() {
-        return Err(Exit::new(Failure::Usage, anyhow::anyhow!("--cluster needs --role ingest, worker or all")).into());
+        return Err(
+            Exit::new(Failure::Usage, anyhow::anyhow!("--cluster needs --role ingest, worker, query or all")).into()
+        );
     }
     let config = ServerConfig { data_dir, listen, write_queue_requests, rate_limits, timeouts };
     runtime.block_on(sessionizer_server::serve(config, shutdown_signal())).map_err(|error| {
@@ -187,7 +195,7 @@ fn run_cluster_role(
     .into())
 }
 
-/// `serve --role ingest|worker|all`: a node of a cluster.
+/// `serve --role ingest|worker|query|all`: a node of a cluster.
 #[cfg(feature = "cluster")]
 fn run_cluster_role(
     runtime: &tokio::runtime::Runtime,
@@ -228,19 +236,26 @@ fn run_cluster_role(
         let wait = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
             drop(stopped.wait_for(|s| *s).await);
         };
-        let ingest = async {
+        let http = async {
             if role == "worker" {
                 return Ok(());
             }
-            let config = sessionizer_server::IngestConfig { listen, rate_limits, timeouts };
-            sessionizer_server::serve_ingest(config, cluster.clone(), wait(stopped.clone())).await.map_err(|error| {
+            let config = sessionizer_server::ClusterNodeConfig {
+                listen,
+                rate_limits,
+                timeouts,
+                ingest: role == "ingest" || role == "all",
+                query: role == "query" || role == "all",
+            };
+            let serving = sessionizer_server::serve_cluster_node(config, cluster.clone(), wait(stopped.clone()));
+            serving.await.map_err(|error| {
                 let failure =
                     if matches!(error, ServeError::Listen { .. }) { Failure::Unavailable } else { Failure::Software };
                 Exit::new(failure, error)
             })
         };
         let work = async {
-            if role == "ingest" {
+            if role == "ingest" || role == "query" {
                 return Ok(());
             }
             let options = WorkerOptions { worker_id: worker_id.clone(), batch_events: DEFAULT_BATCH_EVENTS };
@@ -248,8 +263,8 @@ fn run_cluster_role(
             let worker = Worker::new(cluster.clone(), options).map_err(|e| Exit::new(Failure::Usage, e))?;
             worker.run(wait(stopped.clone())).await.map_err(|e| Exit::new(Failure::Unavailable, e))
         };
-        let (ingested, worked) = tokio::join!(ingest, work);
-        ingested.and(worked)
+        let (served, worked) = tokio::join!(http, work);
+        served.and(worked)
     })?;
     Ok(())
 }

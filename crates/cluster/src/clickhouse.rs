@@ -48,6 +48,9 @@ use uuid::Uuid;
 
 use crate::ClusterError;
 
+mod reads;
+pub use reads::DayWindow;
+
 /// The table of events on every shard.
 pub const EVENTS_TABLE: &str = "events_local";
 /// The table of session versions on every shard.
@@ -974,7 +977,7 @@ impl ClickHouseStore {
         let t0_text = t0.to_string();
         let t1_text = (t0 + 60_000).to_string();
         let t2_text = (t0 + 90_000_000).to_string();
-        vec![
+        let mut checks = vec![
             check(self.sql_create_database(), None),
             check(self.sql_create_events(), None),
             check(self.sql_create_sessions(), None),
@@ -1021,7 +1024,9 @@ impl ClickHouseStore {
                 self.sql_existing_event_keys(PROJECT, PARTITION, "'k1', 'k3', 'nope'"),
                 Some(Expectation::new("event_key", &["k1", "k3"])),
             ),
-        ]
+        ];
+        checks.extend(self.read_dialect_checks(PROJECT, t0, &hostile, check));
+        checks
     }
 
     /// `INSERT INTO table (columns) VALUES ...` with inlined rows (only for the

@@ -38,7 +38,7 @@ impl Keys {
         keys
     }
 
-    fn replace(&self, keys: Vec<ApiKey>) {
+    pub(crate) fn replace(&self, keys: Vec<ApiKey>) {
         let map = keys.into_iter().map(|key| (key.hash, key)).collect();
         *self.by_hash.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = map;
     }
@@ -117,18 +117,6 @@ pub(crate) async fn refresh_periodically(keys: Arc<Keys>, data_dir: PathBuf) {
             }
             Ok(Err(error)) => tracing::warn!(%error, "cannot refresh API keys"),
             Err(error) => tracing::warn!(%error, "cannot refresh API keys"),
-        }
-    }
-}
-
-/// Re-reads the keys from a cluster's catalog every [`REFRESH`] until aborted.
-#[cfg(feature = "cluster")]
-pub(crate) async fn refresh_from_catalog(keys: Arc<Keys>, catalog: sessionizer_cluster::Catalog) {
-    loop {
-        tokio::time::sleep(REFRESH).await;
-        match catalog.api_keys().await {
-            Ok(loaded) => keys.replace(loaded),
-            Err(error) => tracing::warn!(%error, "cannot refresh API keys from the catalog"),
         }
     }
 }

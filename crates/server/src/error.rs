@@ -53,6 +53,12 @@ pub enum ApiError {
     Unavailable(String),
     #[error("{0}: retry shortly")]
     Loading(String),
+    /// A cluster's storage (ClickHouse) did not answer a read; the detail is logged, once.
+    #[error("the cluster's storage did not answer: retry shortly")]
+    StorageUnavailable(String),
+    /// A route this node does not serve (a cluster's query node lacks a few of the single binary's).
+    #[error("{0}")]
+    NotServedHere(String),
     #[error("the disk is full: nothing of this request was stored")]
     DiskFull,
     #[error("stored data is damaged: this request cannot be answered (the operator can run `sessionizer check`)")]
@@ -80,7 +86,10 @@ impl ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::Busy | ApiError::Unavailable(_) | ApiError::Loading(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Busy | ApiError::Unavailable(_) | ApiError::Loading(_) | ApiError::StorageUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::NotServedHere(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::DiskFull => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) | ApiError::StorageCorrupt(_) | ApiError::WriteOutcomeUnknown => {
@@ -105,6 +114,8 @@ impl ApiError {
             ApiError::RateLimited(_) => "rate_limited",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Loading(_) => "loading",
+            ApiError::StorageUnavailable(_) => "storage_unavailable",
+            ApiError::NotServedHere(_) => "not_served_here",
             ApiError::DiskFull => "disk_full",
             ApiError::StorageCorrupt(_) => "storage_corrupt",
             ApiError::WriteOutcomeUnknown => "write_outcome_unknown",
@@ -143,6 +154,9 @@ impl IntoResponse for ApiError {
             // Logged once, here; the client gets no internals.
             tracing::error!(error = %detail, "internal error");
         }
+        if let ApiError::StorageUnavailable(detail) = &self {
+            tracing::warn!(error = %detail, "a read could not reach the cluster's storage");
+        }
         if let ApiError::StorageCorrupt(detail) = &self {
             if !CORRUPTION_LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
                 tracing::error!(error = %detail, "stored data is damaged: reads that reach it answer 500 storage_corrupt; stop the server and run `sessionizer check`");
@@ -156,7 +170,10 @@ impl IntoResponse for ApiError {
         };
         let body = Body { error: ErrorBody { code: self.code(), message: self.to_string(), events } };
         let mut response = (status, axum::Json(body)).into_response();
-        if matches!(self, ApiError::Busy | ApiError::Unavailable(_) | ApiError::Loading(_)) {
+        if matches!(
+            self,
+            ApiError::Busy | ApiError::Unavailable(_) | ApiError::Loading(_) | ApiError::StorageUnavailable(_)
+        ) {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if let ApiError::DiskFull = &self {

@@ -16,6 +16,8 @@
 mod auth;
 mod board;
 mod browser_sdk;
+#[cfg(feature = "cluster")]
+mod cluster_reads;
 mod cors;
 mod dashboard;
 mod error;
@@ -134,8 +136,19 @@ pub(crate) struct AppState {
     readers: Arc<Readers>,
     metrics: Arc<Metrics>,
     board: Arc<board::BoardState>,
+    source: ReadSource,
     ingest_limit: Arc<rate_limit::Limiter>,
     read_limit: Arc<rate_limit::Limiter>,
+}
+
+/// Where reads are answered from.
+#[derive(Debug, Clone)]
+pub(crate) enum ReadSource {
+    /// The embedded store (`readers`) and its board index (`board`): the single binary.
+    Embedded,
+    /// A cluster's ClickHouse shards (`serve --role query` or `all`).
+    #[cfg(feature = "cluster")]
+    Cluster(Arc<cluster_reads::ClusterReads>),
 }
 
 /// Where accepted events go.
@@ -149,6 +162,18 @@ pub(crate) enum Sink {
 }
 
 impl AppState {
+    /// `Err` on a node that reads from a cluster: for the few routes only the
+    /// embedded store can answer (`what` names them in the answer).
+    pub(crate) fn embedded_only(&self, what: &str) -> Result<(), ApiError> {
+        match self.source {
+            ReadSource::Embedded => Ok(()),
+            #[cfg(feature = "cluster")]
+            ReadSource::Cluster(_) => Err(ApiError::NotServedHere(format!(
+                "{what} is not served by a cluster's query node yet (docs/scale-out.md lists what is)"
+            ))),
+        }
+    }
+
     /// The project a read request may read (header or dashboard cookie), within the key's rate limit.
     pub(crate) fn authorize_read(&self, headers: &HeaderMap) -> Result<i64, ApiError> {
         let project = self.keys.authorize(headers, KeyRole::Read)?;
@@ -181,8 +206,16 @@ pub async fn serve(
     board.start_loading(config.data_dir.clone());
     let ingest_limit = Arc::new(rate_limit::Limiter::new(config.rate_limits.ingest_events_per_s));
     let read_limit = Arc::new(rate_limit::Limiter::new(config.rate_limits.read_requests_per_s));
-    let state =
-        AppState { sink: Sink::Writer(writer), keys: keys.clone(), readers, metrics, board, ingest_limit, read_limit };
+    let state = AppState {
+        sink: Sink::Writer(writer),
+        keys: keys.clone(),
+        readers,
+        metrics,
+        board,
+        source: ReadSource::Embedded,
+        ingest_limit,
+        read_limit,
+    };
     let refresher = tokio::spawn(auth::refresh_periodically(keys, config.data_dir.clone()));
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -203,61 +236,72 @@ pub async fn serve(
     Ok(())
 }
 
-/// What `serve --role ingest` needs.
+/// What a cluster node's HTTP side needs (`serve --role ingest|query|all`).
 #[cfg(feature = "cluster")]
 #[derive(Debug, Clone)]
-pub struct IngestConfig {
+pub struct ClusterNodeConfig {
     pub listen: SocketAddr,
     pub rate_limits: RateLimits,
     pub timeouts: Timeouts,
+    /// Serve the ingestion routes (into the cluster's event stream).
+    pub ingest: bool,
+    /// Serve the query API and the dashboard (from ClickHouse).
+    pub query: bool,
 }
 
-/// A stateless ingest node of a cluster (docs/scale-out.md): the ingestion
-/// routes of the single binary (native and SDK formats, same validation and
-/// answers), publishing to the cluster's event stream instead of a local store.
-/// Keys come from the cluster's catalog. Reads are not served here.
+/// The HTTP side of a cluster node (docs/scale-out.md). An ingest node has the
+/// ingestion routes of the single binary (native and SDK formats, same
+/// validation and answers), publishing to the cluster's event stream. A query
+/// node has the query API and the dashboard, answered from ClickHouse. Keys
+/// and project settings come from the cluster's catalog.
 #[cfg(feature = "cluster")]
-pub async fn serve_ingest(
-    config: IngestConfig,
+pub async fn serve_cluster_node(
+    config: ClusterNodeConfig,
     cluster: sessionizer_cluster::Cluster,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let catalog = cluster.catalog().await.map_err(|e| ServeError::Cluster(e.to_string()))?;
-    let keys = Arc::new(Keys::from_keys(catalog.api_keys().await.map_err(|e| ServeError::Cluster(e.to_string()))?));
-    let refresher = tokio::spawn(auth::refresh_from_catalog(keys.clone(), catalog));
+    let cluster_error = |e: sessionizer_cluster::ClusterError| ServeError::Cluster(e.to_string());
+    let catalog = cluster.catalog().await.map_err(cluster_error)?;
+    let projects = catalog.projects().await.map_err(cluster_error)?;
+    let keys = Arc::new(Keys::from_keys(sessionizer_cluster::api_keys_of(&projects)));
+    let store = sessionizer_cluster::clickhouse::ClickHouseStore::new(
+        &cluster.config.clickhouse_shards,
+        &cluster.config.clickhouse_database,
+        cluster.config.clickhouse_user.as_deref(),
+        cluster.config.clickhouse_password.as_deref(),
+    )
+    .map_err(cluster_error)?;
+    let reads = Arc::new(cluster_reads::ClusterReads::new(
+        store,
+        cluster.config.partitions,
+        projects.iter().map(|p| p.project()).collect(),
+    ));
+    let refresher = tokio::spawn(cluster_reads::refresh_from_catalog(keys.clone(), reads.clone(), catalog));
     let state = AppState {
         sink: Sink::Stream(Arc::new(cluster)),
         keys,
-        // Never used: the ingest router has no read routes.
+        // Never used: reads go to `source`.
         readers: Arc::new(Readers::new(PathBuf::new())),
         metrics: Arc::new(Metrics::default()),
         board: Arc::new(board::BoardState::default()),
+        source: ReadSource::Cluster(reads),
         ingest_limit: Arc::new(rate_limit::Limiter::new(config.rate_limits.ingest_events_per_s)),
         read_limit: Arc::new(rate_limit::Limiter::new(config.rate_limits.read_requests_per_s)),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Listen { addr: config.listen, source })?;
-    tracing::info!(listen = %listener.local_addr()?, "sessionizer ingest node serving");
-    let app = ingest_router(state).layer(axum::middleware::from_fn_with_state(config.timeouts, body_deadline));
+    let roles = match (config.ingest, config.query) {
+        (true, true) => "ingest and query",
+        (true, false) => "ingest",
+        _ => "query",
+    };
+    tracing::info!(listen = %listener.local_addr()?, roles, "sessionizer cluster node serving");
+    let app = routes(state, config.ingest, config.query)
+        .layer(axum::middleware::from_fn_with_state(config.timeouts, body_deadline));
     accept_connections(listener, app, config.timeouts, shutdown).await;
     refresher.abort();
     Ok(())
-}
-
-#[cfg(feature = "cluster")]
-fn ingest_router(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/events", post(ingest_events))
-        .merge(sdk_routes::routes())
-        .layer(axum::middleware::from_fn(cors::cors))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
-        .fallback(|| async {
-            ApiError::NotFound("no such route on an ingest node (reads are served elsewhere)".into())
-        })
-        .with_state(state)
 }
 
 /// The HTTP/1 connection loop (what `axum::serve` does, plus hyper's header
@@ -363,22 +407,36 @@ async fn body_deadline(State(timeouts): State<Timeouts>, request: Request, next:
 }
 
 fn router(state: AppState) -> Router {
-    // Ingestion (native and SDK formats) answers browsers' CORS preflights; nothing else does.
-    let ingestion = Router::new()
-        .route("/v1/events", post(ingest_events))
-        .merge(sdk_routes::routes())
-        .layer(axum::middleware::from_fn(cors::cors));
-    Router::new()
-        .merge(ingestion)
-        .merge(query::routes())
-        .merge(dashboard::routes())
-        .merge(browser_sdk::routes())
-        .route("/v1/export/events", get(export_events))
-        .route("/v1/export/sessions", get(export_sessions))
-        .route("/healthz", get(healthz))
+    routes(state, true, true)
+}
+
+/// The routes of a node that ingests, answers queries, or both.
+fn routes(state: AppState, ingest: bool, query: bool) -> Router {
+    let mut app = Router::new();
+    if ingest {
+        // Ingestion (native and SDK formats) answers browsers' CORS preflights; nothing else does.
+        let ingestion = Router::new()
+            .route("/v1/events", post(ingest_events))
+            .merge(sdk_routes::routes())
+            .layer(axum::middleware::from_fn(cors::cors));
+        app = app.merge(ingestion).merge(browser_sdk::routes());
+    }
+    if query {
+        app = app
+            .merge(query::routes())
+            .merge(dashboard::routes())
+            .route("/v1/export/events", get(export_events))
+            .route("/v1/export/sessions", get(export_sessions));
+    }
+    let missing = match (ingest, query) {
+        (true, true) => "no such route",
+        (true, false) => "no such route on an ingest node (reads are served by query nodes)",
+        _ => "no such route on a query node (ingestion is served by ingest nodes)",
+    };
+    app.route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .fallback(move || async move { ApiError::NotFound(missing.into()) })
         .with_state(state)
 }
 
@@ -523,6 +581,7 @@ async fn export(
     exported: Exported,
 ) -> Result<Response, ApiError> {
     let project = state.authorize_read(headers)?;
+    state.embedded_only("an export")?;
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let (from_ms, to_ms) = export_range(&query)?;
     let (format, content_type) = query::export_format(query.format.as_deref())?;

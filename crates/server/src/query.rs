@@ -27,7 +27,6 @@ use sessionizer_store::{
     sessionize_stored,
 };
 
-use crate::AppState;
 use crate::error::ApiError;
 use crate::limits::{
     DEFAULT_SESSIONS_PER_PAGE, MAX_CHANGES_PER_PAGE, MAX_COHORT_USERS_SHOWN, MAX_LENGTH_BOUNDS, MAX_PREVIEW_EVENTS,
@@ -35,6 +34,7 @@ use crate::limits::{
     RECENT_SESSIONS_SHOWN,
 };
 use crate::reads::session_json;
+use crate::{AppState, ReadSource};
 
 /// Default bounds of the length distribution: 10 s, 30 s, 1, 2, 5, 10, 30 min, 1 h, 2 h.
 pub(crate) const DEFAULT_LENGTH_BOUNDS_MS: [i64; 9] =
@@ -184,41 +184,57 @@ struct DistributionQuery {
     bounds_ms: Option<String>,
 }
 
+fn project_json(project: &Project) -> Value {
+    json!({
+        "project_id": project.public_id,
+        "name": project.name,
+        "time_zone": project.settings.time_zone,
+        "timeout_ms": project.settings.timeout_ms,
+        "settings": project.settings,
+    })
+}
+
 async fn project_info(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     let project = state.authorize_read(&headers)?;
-    let body = state
-        .readers
-        .run(move |store| {
-            let project = project_of(store, project)?;
-            Ok(json!({
-                "project_id": project.public_id,
-                "name": project.name,
-                "time_zone": project.settings.time_zone,
-                "timeout_ms": project.settings.timeout_ms,
-                "settings": project.settings,
-            }))
-        })
-        .await?;
+    let body = match &state.source {
+        ReadSource::Embedded => state.readers.run(move |store| Ok(project_json(&project_of(store, project)?))).await?,
+        #[cfg(feature = "cluster")]
+        ReadSource::Cluster(cluster) => project_json(&cluster.project(project)?),
+    };
     Ok(json_response(body))
+}
+
+/// The first and last day with a session start, in the project's time zone.
+fn start_range_json(project: &Project, range: Option<(i64, i64)>) -> Value {
+    let time_zone = time_zone_of(project);
+    let date = |ms: i64| -> Value {
+        let date = Timestamp::from_millisecond(ms).map(|t| t.to_zoned(time_zone.clone()).date());
+        date.map_or(Value::Null, |d| json!(d.to_string()))
+    };
+    match range {
+        Some((first, last)) => json!({"first_date": date(first), "last_date": date(last)}),
+        None => json!({"first_date": null, "last_date": null}),
+    }
 }
 
 async fn stats_range(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     let project = state.authorize_read(&headers)?;
-    let body = state
-        .readers
-        .run(move |store| {
-            let project = project_of(store, project)?;
-            let time_zone = time_zone_of(&project);
-            let date = |ms: i64| -> Value {
-                let date = Timestamp::from_millisecond(ms).map(|t| t.to_zoned(time_zone.clone()).date());
-                date.map_or(Value::Null, |d| json!(d.to_string()))
-            };
-            Ok(match store.session_start_range(project.id)? {
-                Some((first, last)) => json!({"first_date": date(first), "last_date": date(last)}),
-                None => json!({"first_date": null, "last_date": null}),
-            })
-        })
-        .await?;
+    let body = match &state.source {
+        ReadSource::Embedded => {
+            state
+                .readers
+                .run(move |store| {
+                    let project = project_of(store, project)?;
+                    Ok(start_range_json(&project, store.session_start_range(project.id)?))
+                })
+                .await?
+        }
+        #[cfg(feature = "cluster")]
+        ReadSource::Cluster(cluster) => {
+            let project = cluster.project(project)?;
+            start_range_json(&project, cluster.session_start_range(project.id).await?)
+        }
+    };
     Ok(json_response(body))
 }
 
@@ -232,6 +248,13 @@ async fn board_figures(
     answer: impl FnOnce(&Project, &DayRange, &sessionizer_store::BoardFigures, &[i64]) -> Value + Send + 'static,
 ) -> Result<Response, ApiError> {
     let project = state.authorize_read(headers)?;
+    #[cfg(feature = "cluster")]
+    if let ReadSource::Cluster(cluster) = &state.source {
+        let project = cluster.project(project)?;
+        let range = day_range(from.as_deref(), to.as_deref(), &time_zone_of(&project), now_ms())?;
+        let figures = cluster.figures(&project, (range.from_day, range.to_day), &bounds_ms).await?;
+        return Ok(json_response(answer(&project, &range, &figures, &bounds_ms)));
+    }
     let board = state.board.clone();
     let body = state
         .readers
@@ -419,37 +442,47 @@ async fn list_sessions(
         return Err(ApiError::BadRequest(format!("min_length_ms ({min}) is above max_length_ms ({max})")));
     }
     let cursor = query.cursor.as_deref().filter(|c| !c.is_empty()).map(decode_cursor).transpose()?;
-    let body = state
-        .readers
-        .run(move |store| {
-            let project = project_of(store, project)?;
-            // A user's history: all of it unless a range is asked for.
-            let whole_history = user.is_some() && query.from.is_none() && query.to.is_none();
-            let (from_ms, to_ms) = if whole_history {
-                (i64::MIN, i64::MAX)
-            } else {
-                let range = day_range(query.from.as_deref(), query.to.as_deref(), &time_zone_of(&project), now_ms())?;
-                (range.from_ms, range.to_ms)
-            };
-            let filter = SessionFilter {
-                from_ms,
-                to_ms,
-                min_length_ms: query.min_length_ms,
-                max_length_ms: query.max_length_ms,
-                user,
-                event_type: query.event_type.filter(|t| !t.is_empty()),
-                after: cursor,
-                newest_first,
-            };
-            let mut sessions = store.sessions_page(project.id, &filter, limit + 1)?;
-            let more = sessions.len() > limit;
-            sessions.truncate(limit);
-            let next_cursor = if more { sessions.last().map(encode_cursor) } else { None };
-            let list: Vec<Value> = sessions.iter().map(session_json).collect();
-            Ok(json!({"sessions": list, "next_cursor": next_cursor}))
+    let filter_of = move |project: &Project| -> Result<SessionFilter, ApiError> {
+        // A user's history: all of it unless a range is asked for.
+        let whole_history = user.is_some() && query.from.is_none() && query.to.is_none();
+        let (from_ms, to_ms) = if whole_history {
+            (i64::MIN, i64::MAX)
+        } else {
+            let range = day_range(query.from.as_deref(), query.to.as_deref(), &time_zone_of(project), now_ms())?;
+            (range.from_ms, range.to_ms)
+        };
+        Ok(SessionFilter {
+            from_ms,
+            to_ms,
+            min_length_ms: query.min_length_ms,
+            max_length_ms: query.max_length_ms,
+            user,
+            event_type: query.event_type.filter(|t| !t.is_empty()),
+            after: cursor,
+            newest_first,
         })
-        .await?;
-    Ok(json_response(body))
+    };
+    let mut sessions = match &state.source {
+        ReadSource::Embedded => {
+            state
+                .readers
+                .run(move |store| {
+                    let project = project_of(store, project)?;
+                    Ok(store.sessions_page(project.id, &filter_of(&project)?, limit + 1)?)
+                })
+                .await?
+        }
+        #[cfg(feature = "cluster")]
+        ReadSource::Cluster(cluster) => {
+            let project = cluster.project(project)?;
+            cluster.sessions_page(project.id, &filter_of(&project)?, limit + 1).await?
+        }
+    };
+    let more = sessions.len() > limit;
+    sessions.truncate(limit);
+    let next_cursor = if more { sessions.last().map(encode_cursor) } else { None };
+    let list: Vec<Value> = sessions.iter().map(session_json).collect();
+    Ok(json_response(json!({"sessions": list, "next_cursor": next_cursor})))
 }
 
 fn change_json(change: &ChangeRecord) -> Value {
@@ -481,6 +514,18 @@ async fn session_detail(
     let uid = uuid::Uuid::parse_str(&session_uid)
         .map_err(|_| ApiError::BadRequest(format!("{session_uid:?} is not a session uid (a UUID)")))?
         .to_string();
+    #[cfg(feature = "cluster")]
+    if let ReadSource::Cluster(cluster) = &state.source {
+        let project = cluster.project(project)?;
+        let Some(session) = cluster.session_by_uid(project.id, &uid).await? else {
+            return Err(ApiError::NotFound(format!("no session {uid}")));
+        };
+        let (_, classifier) = project.settings.compile()?;
+        let excluded: Vec<&str> = classifier.excluded_event_types().collect();
+        let events = cluster.session_events(project.id, &session, &excluded, MAX_SESSION_EVENTS_SHOWN + 1).await?;
+        // A cluster keeps each session's current version only: no revision history.
+        return Ok(json_response(session_detail_json(&session, &events, &[])));
+    }
     let body = state
         .readers
         .run(move |store| {
@@ -497,33 +542,43 @@ async fn session_detail(
             let (_, classifier) = project.settings.compile()?;
             let classify = |event_type: &str, passive: bool| classifier.classify(event_type, passive);
             let events = store.session_events(project.id, &session, &classify, MAX_SESSION_EVENTS_SHOWN + 1)?;
-            let truncated = events.len() > MAX_SESSION_EVENTS_SHOWN;
-            let events: Vec<Value> = events
-                .iter()
-                .take(MAX_SESSION_EVENTS_SHOWN)
-                .map(|stored| {
-                    let event = &stored.event;
-                    let properties = event.properties.as_deref().and_then(|p| serde_json::from_str::<Value>(p).ok());
-                    json!({
-                        "time_ms": event.time_ms,
-                        "event_type": event.event_type,
-                        "page": event.page,
-                        "insert_id": event.insert_id,
-                        "passive": event.passive,
-                        "properties": properties,
-                    })
-                })
-                .collect();
-            let revisions: Vec<Value> = history.iter().map(change_json).collect();
-            Ok(json!({
-                "session": session_json(&session),
-                "events": events,
-                "events_truncated": truncated,
-                "revisions": revisions,
-            }))
+            Ok(session_detail_json(&session, &events, &history))
         })
         .await?;
     Ok(json_response(body))
+}
+
+/// A session with its events (at most [`MAX_SESSION_EVENTS_SHOWN`] of
+/// `events`; more marks the list truncated) and its revisions.
+fn session_detail_json(
+    session: &sessionizer_store::StoredSession,
+    events: &[sessionizer_store::StoredEvent],
+    history: &[ChangeRecord],
+) -> Value {
+    let truncated = events.len() > MAX_SESSION_EVENTS_SHOWN;
+    let events: Vec<Value> = events
+        .iter()
+        .take(MAX_SESSION_EVENTS_SHOWN)
+        .map(|stored| {
+            let event = &stored.event;
+            let properties = event.properties.as_deref().and_then(|p| serde_json::from_str::<Value>(p).ok());
+            json!({
+                "time_ms": event.time_ms,
+                "event_type": event.event_type,
+                "page": event.page,
+                "insert_id": event.insert_id,
+                "passive": event.passive,
+                "properties": properties,
+            })
+        })
+        .collect();
+    let revisions: Vec<Value> = history.iter().map(change_json).collect();
+    json!({
+        "session": session_json(session),
+        "events": events,
+        "events_truncated": truncated,
+        "revisions": revisions,
+    })
 }
 
 async fn user_usage(
@@ -532,32 +587,48 @@ async fn user_usage(
     Path(user_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let project = state.authorize_read(&headers)?;
-    let body = state
-        .readers
-        .run(move |store| {
-            let user = UserKey::User(user_id.as_str().into());
-            let Some(usage) = store.user_usage(project, &user)? else {
-                return Err(ApiError::NotFound(format!("no sessions for user {user_id:?}")));
-            };
-            let filter = SessionFilter {
-                from_ms: i64::MIN,
-                to_ms: i64::MAX,
-                user: Some(user),
-                newest_first: true,
-                ..SessionFilter::default()
-            };
-            let recent = store.sessions_page(project, &filter, RECENT_SESSIONS_SHOWN)?;
-            Ok(json!({
-                "user_id": user_id,
-                "session_count": usage.session_count,
-                "first_seen_ms": usage.first_seen_ms,
-                "last_seen_ms": usage.last_seen_ms,
-                "total_length_ms": usage.total_length_ms,
-                "recent_sessions": recent.iter().map(session_json).collect::<Vec<_>>(),
-            }))
-        })
-        .await?;
-    Ok(json_response(body))
+    let user = UserKey::User(user_id.as_str().into());
+    let found = match &state.source {
+        ReadSource::Embedded => {
+            state
+                .readers
+                .run(move |store| {
+                    let Some(usage) = store.user_usage(project, &user)? else { return Ok(None) };
+                    let filter = SessionFilter {
+                        from_ms: i64::MIN,
+                        to_ms: i64::MAX,
+                        user: Some(user),
+                        newest_first: true,
+                        ..SessionFilter::default()
+                    };
+                    Ok(Some((usage, store.sessions_page(project, &filter, RECENT_SESSIONS_SHOWN)?)))
+                })
+                .await?
+        }
+        #[cfg(feature = "cluster")]
+        ReadSource::Cluster(cluster) => {
+            let project = cluster.project(project)?;
+            let sessions = cluster.sessions_of_user(project.id, &user).await?;
+            let usage = (!sessions.is_empty()).then(|| sessionizer_store::UserUsage {
+                session_count: sessions.len() as u64,
+                first_seen_ms: sessions.iter().map(|s| s.start_ms).min().unwrap_or_default(),
+                last_seen_ms: sessions.iter().map(|s| s.last_event_ms).max().unwrap_or_default(),
+                total_length_ms: sessions.iter().map(|s| s.length_ms()).sum(),
+            });
+            usage.map(|usage| (usage, sessions.into_iter().rev().take(RECENT_SESSIONS_SHOWN).collect()))
+        }
+    };
+    let Some((usage, recent)) = found else {
+        return Err(ApiError::NotFound(format!("no sessions for user {user_id:?}")));
+    };
+    Ok(json_response(json!({
+        "user_id": user_id,
+        "session_count": usage.session_count,
+        "first_seen_ms": usage.first_seen_ms,
+        "last_seen_ms": usage.last_seen_ms,
+        "total_length_ms": usage.total_length_ms,
+        "recent_sessions": recent.iter().map(session_json).collect::<Vec<_>>(),
+    })))
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -609,56 +680,67 @@ async fn cohort_preview(
     if request.min_length_ms < 0 || request.max_length_ms.is_some_and(|max| max < request.min_length_ms) {
         return Err(ApiError::BadRequest("min_length_ms must be at least 0 and at most max_length_ms".into()));
     }
-    let board = state.board.clone();
-    let body = state
-        .readers
-        .run(move |store| {
-            let project = project_of(store, project)?;
-            let range = day_range(request.from.as_deref(), request.to.as_deref(), &time_zone_of(&project), now_ms())?;
-            let filter = CohortFilter {
-                from_day: range.from_day,
-                to_day: range.to_day,
-                min_sessions: request.min_sessions.max(1),
-                min_length_ms: request.min_length_ms,
-                max_length_ms: request.max_length_ms,
-            };
-            let users =
-                board.read(store, |b| b.cohort(project.id, &filter).into_iter().cloned().collect::<Vec<_>>())?;
-            if csv {
-                let mut text = String::from("user_id,device_id\n");
-                for user in &users {
-                    text.push_str(&csv_field(user.user_id().unwrap_or("")));
-                    text.push(',');
-                    text.push_str(&csv_field(user.device_id().unwrap_or("")));
-                    text.push('\n');
-                }
-                return Ok(Err(text));
-            }
-            let shown: Vec<Value> = users
-                .iter()
-                .take(MAX_COHORT_USERS_SHOWN)
-                .map(|u| json!({"user_id": u.user_id(), "device_id": u.device_id()}))
-                .collect();
-            Ok(Ok(json!({
-                "from": range.from.to_string(),
-                "to": range.to.to_string(),
-                "count": users.len(),
-                "users": shown,
-                "truncated": users.len() > MAX_COHORT_USERS_SHOWN,
-            })))
-        })
-        .await?;
-    Ok(match body {
-        Ok(json) => json_response(json),
-        Err(csv) => (
+    let filter_of = move |project: &Project| -> Result<(DayRange, CohortFilter), ApiError> {
+        let range = day_range(request.from.as_deref(), request.to.as_deref(), &time_zone_of(project), now_ms())?;
+        let filter = CohortFilter {
+            from_day: range.from_day,
+            to_day: range.to_day,
+            min_sessions: request.min_sessions.max(1),
+            min_length_ms: request.min_length_ms,
+            max_length_ms: request.max_length_ms,
+        };
+        Ok((range, filter))
+    };
+    let (range, users) = match &state.source {
+        ReadSource::Embedded => {
+            let board = state.board.clone();
+            state
+                .readers
+                .run(move |store| {
+                    let project = project_of(store, project)?;
+                    let (range, filter) = filter_of(&project)?;
+                    let users = board
+                        .read(store, |b| b.cohort(project.id, &filter).into_iter().cloned().collect::<Vec<_>>())?;
+                    Ok((range, users))
+                })
+                .await?
+        }
+        #[cfg(feature = "cluster")]
+        ReadSource::Cluster(cluster) => {
+            let project = cluster.project(project)?;
+            let (range, filter) = filter_of(&project)?;
+            (range, cluster.cohort(&project, &filter).await?)
+        }
+    };
+    if csv {
+        let mut text = String::from("user_id,device_id\n");
+        for user in &users {
+            text.push_str(&csv_field(user.user_id().unwrap_or("")));
+            text.push(',');
+            text.push_str(&csv_field(user.device_id().unwrap_or("")));
+            text.push('\n');
+        }
+        return Ok((
             [
                 (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
                 (header::CONTENT_DISPOSITION, "attachment; filename=\"cohort.csv\""),
             ],
-            csv,
+            text,
         )
-            .into_response(),
-    })
+            .into_response());
+    }
+    let shown: Vec<Value> = users
+        .iter()
+        .take(MAX_COHORT_USERS_SHOWN)
+        .map(|u| json!({"user_id": u.user_id(), "device_id": u.device_id()}))
+        .collect();
+    Ok(json_response(json!({
+        "from": range.from.to_string(),
+        "to": range.to.to_string(),
+        "count": users.len(),
+        "users": shown,
+        "truncated": users.len() > MAX_COHORT_USERS_SHOWN,
+    })))
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -674,6 +756,7 @@ async fn changes(
     query: Result<Query<ChangesQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let project = state.authorize_read(&headers)?;
+    state.embedded_only("the change feed")?;
     let Query(query) = query.map_err(bad_query)?;
     let after: i64 = match query.cursor.as_deref().filter(|c| !c.is_empty()) {
         None => 0,
@@ -742,6 +825,7 @@ async fn timeout_preview(
     query: Result<Query<PreviewQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let project = state.authorize_read(&headers)?;
+    state.embedded_only("the timeout preview")?;
     let Query(query) = query.map_err(bad_query)?;
     let timeouts = parse_timeouts(query.timeouts.as_deref())?;
     let board = state.board.clone();

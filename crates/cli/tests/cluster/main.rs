@@ -218,6 +218,127 @@ fn comparable(ndjson: &str) -> Vec<BTreeMap<String, Value>> {
     rows
 }
 
+/// `GET` (or `POST` with a JSON body) on a read route: the status and the body.
+fn read(port: u16, key: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let authorization = format!("Bearer {key}");
+    let mut response = match body {
+        None => agent().get(&url).header("Authorization", &authorization).call(),
+        Some(body) => agent()
+            .post(&url)
+            .header("Authorization", &authorization)
+            .header("Content-Type", "application/json")
+            .send(body.to_string().as_bytes()),
+    }
+    .unwrap_or_else(|e| panic!("{path}: {e}"));
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().unwrap();
+    (status, serde_json::from_str(&text).unwrap_or_else(|_| json!({ "text": text })))
+}
+
+/// An answer without what differs between deployments by design: session
+/// uids (they carry the project id) and revisions (a counter on one side, a
+/// version on the other).
+fn without_identities(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "session_uid" | "revision" | "next_cursor"))
+                .map(|(k, v)| (k.clone(), without_identities(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(without_identities).collect()),
+        other => other.clone(),
+    }
+}
+
+/// Every page of `GET /v1/sessions?<query>`, following the cursors.
+fn all_sessions(port: u16, key: &str, query: &str) -> Vec<Value> {
+    let mut sessions = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let (status, page) = read(port, key, &format!("/v1/sessions?{query}&limit=97&cursor={cursor}"), None);
+        assert_eq!(status, 200, "{page}");
+        sessions.extend(page["sessions"].as_array().unwrap().iter().map(without_identities));
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = next.to_string(),
+            None => return sessions,
+        }
+    }
+}
+
+/// The query node answers every read the dashboard makes as the single
+/// binary does, for the same events.
+fn compare_reads(single: (u16, &str), query: (u16, &str)) {
+    let (status, range) = read(single.0, single.1, "/v1/stats/range", None);
+    assert_eq!(status, 200, "{range}");
+    let (from, to) = (range["first_date"].as_str().unwrap(), range["last_date"].as_str().unwrap());
+    let simple = [
+        "/v1/stats/range".to_string(),
+        format!("/v1/stats/daily?from={from}&to={to}"),
+        "/v1/stats/daily".to_string(),
+        format!("/v1/stats/summary?from={from}&to={to}"),
+        format!("/v1/stats/length-distribution?from={from}&to={to}"),
+        format!("/v1/stats/length-distribution?from={from}&to={to}&bounds_ms=1500,60000,600001"),
+        "/v1/users/user-3".to_string(),
+        "/v1/users/amplitude-user-1".to_string(),
+    ];
+    for path in &simple {
+        let (single_status, expected) = read(single.0, single.1, path, None);
+        let (query_status, actual) = read(query.0, query.1, path, None);
+        assert_eq!(
+            (single_status, without_identities(&expected)),
+            (query_status, without_identities(&actual)),
+            "{path}"
+        );
+    }
+    let (_, summary) = read(query.0, query.1, &format!("/v1/stats/summary?from={from}&to={to}"), None);
+    assert!(
+        summary["sessions"].as_u64().unwrap() > 400 && summary["median_length_ms"].as_i64().unwrap() > 0,
+        "{summary}"
+    );
+    for path in ["/v1/users/nobody", "/v1/sessions/00000000-0000-7000-8000-000000000000"] {
+        assert_eq!(read(query.0, query.1, path, None).0, 404, "{path}");
+    }
+    let cohort = json!({"from": from, "to": to, "min_sessions": 2, "min_length_ms": 60000});
+    assert_eq!(
+        read(single.0, single.1, "/v1/cohorts/preview", Some(&cohort)),
+        read(query.0, query.1, "/v1/cohorts/preview", Some(&cohort)),
+        "cohort"
+    );
+    for filter in [
+        format!("from={from}&to={to}"),
+        format!("from={from}&to={to}&order=desc&min_length_ms=60000&max_length_ms=3600000"),
+        format!("from={from}&to={to}&event_type=click"),
+        "user_id=user-7".to_string(),
+    ] {
+        let expected = all_sessions(single.0, single.1, &filter);
+        assert!(!expected.is_empty(), "{filter}: no sessions to compare");
+        assert_eq!(expected, all_sessions(query.0, query.1, &filter), "GET /v1/sessions?{filter}");
+    }
+    // One session's detail: its events, on both sides.
+    let (_, page) = read(query.0, query.1, "/v1/sessions?user_id=user-5&limit=1", None);
+    let uid = page["sessions"][0]["session_uid"].as_str().unwrap();
+    let (status, detail) = read(query.0, query.1, &format!("/v1/sessions/{uid}"), None);
+    assert_eq!(status, 200, "{detail}");
+    let (_, page) = read(single.0, single.1, "/v1/sessions?user_id=user-5&limit=1", None);
+    let single_uid = page["sessions"][0]["session_uid"].as_str().unwrap();
+    let (_, single_detail) = read(single.0, single.1, &format!("/v1/sessions/{single_uid}"), None);
+    assert_eq!(without_identities(&detail["session"]), without_identities(&single_detail["session"]));
+    assert_eq!(detail["events"], single_detail["events"]);
+    assert!(!detail["events"].as_array().unwrap().is_empty());
+    // What a query node does not serve yet says so.
+    for path in ["/v1/changes", "/v1/timeout-preview", "/v1/export/events", "/v1/export/sessions"] {
+        let (status, answer) = read(query.0, query.1, path, None);
+        assert_eq!(status, 501, "{path}: {answer}");
+        assert_eq!(answer["error"]["code"], "not_served_here", "{path}: {answer}");
+    }
+    // Reads need the read key, and ingestion is not served here.
+    assert_eq!(read(query.0, "sk_write_nope", "/v1/stats/summary", None).0, 401);
+    let (status, _) = read(query.0, query.1, "/v1/events", Some(&json!({"events": []})));
+    assert_eq!(status, 404);
+}
+
 fn cluster_file(dir: &Path, nats: &[String], shards: &[String]) -> String {
     let path = dir.join("cluster.toml");
     std::fs::write(
@@ -257,6 +378,7 @@ fn the_cluster_finds_the_single_binarys_sessions_through_worker_and_nats_failure
     .unwrap();
     assert_eq!(created["settings"]["timeout_ms"], 1_200_000, "{created}");
     let cluster_key = created["write_key"].as_str().unwrap().to_string();
+    let cluster_read_key = created["read_key"].as_str().unwrap().to_string();
     let cluster_project = created["project_id"].as_str().unwrap().to_string();
 
     let single_data = dir.path().join("single");
@@ -285,8 +407,12 @@ fn the_cluster_finds_the_single_binarys_sessions_through_worker_and_nats_failure
         Node::start(&["--role", "ingest", "--cluster", &config, "--listen", &format!("127.0.0.1:{ingest_port}")]);
     let mut worker_1 = Node::start(&["--role", "worker", "--cluster", &config, "--worker-id", "w1"]);
     let mut worker_2 = Node::start(&["--role", "worker", "--cluster", &config, "--worker-id", "w2"]);
+    let query_port = free_port();
+    let mut query =
+        Node::start(&["--role", "query", "--cluster", &config, "--listen", &format!("127.0.0.1:{query_port}")]);
     wait_ready(single_port);
     wait_ready(ingest_port);
+    wait_ready(query_port);
 
     let mut rng = Rng(7);
     let mut events = generate(42, 400);
@@ -379,5 +505,21 @@ fn the_cluster_finds_the_single_binarys_sessions_through_worker_and_nats_failure
     let stats: Value =
         serde_json::from_str(&run(&["cluster", "stats", "--cluster", &config, &cluster_project])).unwrap();
     assert_eq!(stats["events"].as_u64(), Some(event_total), "every event stored exactly once: {stats}");
-    assert!(ingest.running() && worker_1.running() && worker_2.running(), "every node rode out the failures");
+    // The query node's answers: the board, session lists, users, cohorts. A
+    // session may conclude on one side a moment before the other: a few tries.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let compared = std::panic::catch_unwind(|| {
+            compare_reads((single_port, &single_read_key), (query_port, &cluster_read_key))
+        });
+        match compared {
+            Ok(()) => break,
+            Err(failure) if Instant::now() >= deadline => std::panic::resume_unwind(failure),
+            Err(_) => std::thread::sleep(Duration::from_secs(1)),
+        }
+    }
+    assert!(
+        ingest.running() && worker_1.running() && worker_2.running() && query.running(),
+        "every node rode out the failures"
+    );
 }

@@ -1,0 +1,495 @@
+//! Reads behind a cluster's query role (`serve --role query`): the query
+//! API's figures computed where the data is. Every shard aggregates its own
+//! users; a user lives on one shard, so per-shard counts, sums and even
+//! distinct-user counts add up exactly, and percentiles are taken from the
+//! merged per-second length counts, as the single binary's board index does
+//! (same nearest-rank rule, same whole-second truncation). The answers equal
+//! the single binary's for the same sessions; `tests/cluster` checks that.
+//!
+//! Like the rest of this module, only SQL that 18.16 and current releases
+//! both run: 18.16 lambdas cannot read a row's other columns, so "a session
+//! holding an event of type T" is an `ARRAY JOIN` of each user's event times.
+
+use ::clickhouse::Row;
+use futures_util::future::try_join_all;
+use serde::Deserialize;
+use sessionizer_engine::UserKey;
+use sessionizer_store::{
+    BoardFigures, CohortFilter, DayFigures, SESSIONS_PER_USER_BUCKETS, SessionFilter, StoredEvent, StoredSession,
+};
+
+use super::{
+    ClickHouseStore, CountRow, EVENTS_TABLE, EventRow, SESSIONS_TABLE, SessionRow, columns, quote, user_columns,
+    user_key_of,
+};
+use crate::ClusterError;
+
+const DAY_MS: i64 = 86_400_000;
+
+/// The sessions a figure covers: a project's current sessions starting on
+/// days `from_day..=to_day` (days since 1970-01-01 in `time_zone`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DayWindow<'a> {
+    pub project: i64,
+    /// An IANA zone name (checked when the project's settings were set).
+    pub time_zone: &'a str,
+    pub from_day: i32,
+    pub to_day: i32,
+}
+
+#[derive(Debug, Deserialize, Row)]
+struct DayRow {
+    day: i32,
+    sessions: u64,
+    total_length_ms: i64,
+    users: u64,
+}
+
+#[derive(Debug, Deserialize, Row)]
+struct SecondsRow {
+    seconds: i64,
+    sessions: u64,
+    single_event: u64,
+}
+
+#[derive(Debug, Deserialize, Row)]
+struct BelowRow {
+    below: Vec<u64>,
+}
+
+#[derive(Debug, Deserialize, Row)]
+struct PerUserRow {
+    sessions: u64,
+    users: u64,
+}
+
+#[derive(Debug, Deserialize, Row)]
+struct UserRow {
+    user_kind: u8,
+    user_key: String,
+}
+
+#[derive(Debug, Deserialize, Row)]
+struct RangeRow {
+    first: i64,
+    last: i64,
+    sessions: u64,
+}
+
+impl ClickHouseStore {
+    /// `session_id, length_ms, event_count, concluded, user_kind, user_key,
+    /// day` of the window's current sessions. A session's start is a function
+    /// of its key (a session that starts earlier is another session, and the
+    /// old one is superseded), so the inner filter on it (a day either side,
+    /// whatever the zone's offset) runs before `FINAL`, the exact day filter
+    /// after it.
+    fn sql_window_sessions(&self, window: &DayWindow<'_>) -> String {
+        let zone = quote(window.time_zone);
+        let (from_ms, to_ms) = ((i64::from(window.from_day) - 1) * DAY_MS, (i64::from(window.to_day) + 2) * DAY_MS);
+        format!(
+            "SELECT session_id, length_ms, event_count, concluded, user_kind, user_key, \
+             toInt32(toDate(toDateTime(intDiv(start_ms, 1000)), {zone})) AS day FROM (\
+             SELECT session_id, start_ms, end_ms - start_ms AS length_ms, event_count, concluded, user_kind, user_key, \
+             superseded FROM {} FINAL WHERE project = {} AND start_ms >= {from_ms} AND start_ms < {to_ms}\
+             ) WHERE superseded = 0 AND day >= {} AND day <= {}",
+            self.table(SESSIONS_TABLE),
+            window.project,
+            window.from_day,
+            window.to_day,
+        )
+    }
+
+    fn sql_figures_by_day(&self, window: &DayWindow<'_>) -> String {
+        format!(
+            "SELECT day, toUInt64(count()) AS sessions, toInt64(sum(length_ms)) AS total_length_ms, \
+             toUInt64(uniqExact(user_kind, user_key)) AS users FROM ({}) GROUP BY day ORDER BY day",
+            self.sql_window_sessions(window)
+        )
+    }
+
+    fn sql_figures_by_second(&self, window: &DayWindow<'_>) -> String {
+        format!(
+            "SELECT toInt64(intDiv(greatest(length_ms, 0), 1000)) AS seconds, toUInt64(count()) AS sessions, \
+             toUInt64(countIf(event_count = 1)) AS single_event FROM ({}) GROUP BY seconds ORDER BY seconds",
+            self.sql_window_sessions(window)
+        )
+    }
+
+    /// Sessions shorter than each bound (not empty: `[]` has no element type on 18.16).
+    fn sql_figures_below(&self, window: &DayWindow<'_>, bounds_ms: &[i64]) -> String {
+        let counts: Vec<String> =
+            bounds_ms.iter().map(|bound| format!("toUInt64(countIf(length_ms < {bound}))")).collect();
+        format!("SELECT [{}] AS below FROM ({})", counts.join(", "), self.sql_window_sessions(window))
+    }
+
+    fn sql_figures_per_user(&self, window: &DayWindow<'_>) -> String {
+        format!(
+            "SELECT sessions, toUInt64(count()) AS users FROM (\
+             SELECT toUInt64(count()) AS sessions FROM ({}) GROUP BY user_kind, user_key\
+             ) GROUP BY sessions ORDER BY sessions",
+            self.sql_window_sessions(window)
+        )
+    }
+
+    fn sql_open_sessions(&self, project: i64) -> String {
+        format!(
+            "SELECT toUInt64(count()) AS n FROM (SELECT concluded, superseded FROM {} FINAL WHERE project = {project}) \
+             WHERE superseded = 0 AND concluded = 0",
+            self.table(SESSIONS_TABLE)
+        )
+    }
+
+    fn sql_cohort(&self, window: &DayWindow<'_>, filter: &CohortFilter) -> String {
+        let max = filter.max_length_ms.map_or(String::new(), |max| format!(" AND length_ms <= {max}"));
+        format!(
+            "SELECT user_kind, user_key FROM ({}) WHERE length_ms >= {}{max} \
+             GROUP BY user_kind, user_key HAVING count() >= {} ORDER BY user_kind, user_key",
+            self.sql_window_sessions(window),
+            filter.min_length_ms,
+            filter.min_sessions.max(1),
+        )
+    }
+
+    fn sql_start_range(&self, project: i64) -> String {
+        format!(
+            "SELECT toInt64(min(start_ms)) AS first, toInt64(max(start_ms)) AS last, toUInt64(count()) AS sessions \
+             FROM (SELECT start_ms, superseded FROM {} FINAL WHERE project = {project}) WHERE superseded = 0",
+            self.table(SESSIONS_TABLE)
+        )
+    }
+
+    /// A page of `GET /v1/sessions` on one shard (see [`SessionFilter`]).
+    fn sql_sessions_page(&self, project: i64, filter: &SessionFilter, limit: usize) -> String {
+        // The start is a function of the key (see `sql_window_sessions`).
+        let mut key_filter = format!("project = {project}");
+        if filter.from_ms != i64::MIN {
+            key_filter.push_str(&format!(" AND start_ms >= {}", filter.from_ms));
+        }
+        if filter.to_ms != i64::MAX {
+            key_filter.push_str(&format!(" AND start_ms < {}", filter.to_ms));
+        }
+        if let Some(user) = &filter.user {
+            key_filter.push_str(&format!(" AND {}", Self::user_filter(project, user)));
+        }
+        let mut current = String::from("superseded = 0");
+        if let Some(min) = filter.min_length_ms {
+            current.push_str(&format!(" AND end_ms - start_ms >= {min}"));
+        }
+        if let Some(max) = filter.max_length_ms {
+            current.push_str(&format!(" AND end_ms - start_ms <= {max}"));
+        }
+        let (beyond, direction) = if filter.newest_first { ("<", "DESC") } else { (">", "ASC") };
+        if let Some(cursor) = &filter.after {
+            let (kind, key) = user_columns(&cursor.user);
+            current.push_str(&format!(
+                " AND (start_ms {beyond} {start} OR (start_ms = {start} AND (user_kind {beyond} {kind} \
+                 OR (user_kind = {kind} AND user_key {beyond} {key}))))",
+                start = cursor.start_ms,
+                key = quote(&key),
+            ));
+        }
+        if let Some(event_type) = &filter.event_type {
+            // The sessions holding an event of the type: each user's event
+            // times of that type, unrolled against the user's sessions.
+            current.push_str(&format!(
+                " AND (user_kind, user_key, session_id) IN (\
+                 SELECT user_kind, user_key, session_id FROM (\
+                 SELECT user_kind, user_key, session_id, start_ms, last_event_ms, times FROM (\
+                 SELECT user_kind, user_key, session_id, start_ms, last_event_ms, superseded FROM {sessions} FINAL \
+                 WHERE {key_filter}) AS user_sessions ANY INNER JOIN (\
+                 SELECT user_kind, user_key, groupArray(time_ms) AS times FROM {events} FINAL \
+                 WHERE project = {project} AND event_type = {event_type} AND time_ms >= {from} \
+                 GROUP BY user_kind, user_key) AS user_times USING (user_kind, user_key) WHERE superseded = 0\
+                 ) ARRAY JOIN times AS event_time WHERE event_time >= start_ms AND event_time <= last_event_ms)",
+                sessions = self.table(SESSIONS_TABLE),
+                events = self.table(EVENTS_TABLE),
+                event_type = quote(event_type),
+                from = filter.from_ms.max(i64::MIN + 1),
+            ));
+        }
+        let columns = columns::<SessionRow>();
+        format!(
+            "SELECT {columns} FROM (SELECT {columns} FROM {} FINAL WHERE {key_filter}) WHERE {current} \
+             ORDER BY start_ms {direction}, user_kind {direction}, user_key {direction} LIMIT {limit}",
+            self.table(SESSIONS_TABLE)
+        )
+    }
+
+    fn sql_session_by_uid(&self, project: i64, session_uid: &str) -> String {
+        // The uid is a function of the key (project, user, start), so every
+        // version of a session carries it: filtering before `FINAL` is safe.
+        self.sql_current_sessions(
+            &format!("project = {project} AND session_uid = {}", quote(session_uid)),
+            "start_ms, session_id",
+        )
+    }
+
+    fn sql_session_events(
+        &self,
+        project: i64,
+        partition: u32,
+        session: &StoredSession,
+        excluded_event_types: &[&str],
+        limit: usize,
+    ) -> String {
+        let excluded = if excluded_event_types.is_empty() {
+            String::new()
+        } else {
+            let types: Vec<String> = excluded_event_types.iter().map(|t| quote(t)).collect();
+            format!(" AND event_type NOT IN ({})", types.join(", "))
+        };
+        format!(
+            "SELECT {} FROM {} FINAL WHERE partition = {partition} AND {} AND time_ms >= {} AND time_ms <= {}{excluded} \
+             ORDER BY time_ms, seq LIMIT {limit}",
+            columns::<EventRow>(),
+            self.table(EVENTS_TABLE),
+            Self::user_filter(project, &session.user),
+            session.start_ms,
+            session.last_event_ms,
+        )
+    }
+
+    /// Runs `sql` on every shard at once.
+    async fn fetch_everywhere<T>(&self, operation: &str, sql: &str) -> Result<Vec<Vec<T>>, ClusterError>
+    where
+        T: ::clickhouse::RowOwned + ::clickhouse::RowRead,
+    {
+        try_join_all(self.shards.iter().map(|shard| shard.fetch_all::<T>(operation, sql))).await
+    }
+
+    /// Every board figure of the window, with the length distribution over
+    /// `bounds_ms` (increasing, positive), as the single binary's board index
+    /// computes them.
+    pub async fn board_figures(&self, window: &DayWindow<'_>, bounds_ms: &[i64]) -> Result<BoardFigures, ClusterError> {
+        let day_count = (window.to_day - window.from_day + 1).max(0) as usize;
+        let (by_day_sql, by_second_sql, per_user_sql, open_sql) = (
+            self.sql_figures_by_day(window),
+            self.sql_figures_by_second(window),
+            self.sql_figures_per_user(window),
+            self.sql_open_sessions(window.project),
+        );
+        let (by_day, by_second, per_user, open) = tokio::try_join!(
+            self.fetch_everywhere::<DayRow>("reading sessions per day", &by_day_sql),
+            self.fetch_everywhere::<SecondsRow>("reading session lengths", &by_second_sql),
+            self.fetch_everywhere::<PerUserRow>("reading sessions per user", &per_user_sql),
+            self.fetch_everywhere::<CountRow>("counting open sessions", &open_sql),
+        )?;
+        let below = if bounds_ms.is_empty() {
+            Vec::new()
+        } else {
+            self.fetch_everywhere::<BelowRow>(
+                "reading the length distribution",
+                &self.sql_figures_below(window, bounds_ms),
+            )
+            .await?
+            .into_iter()
+            .flatten()
+            .collect()
+        };
+        let mut days = vec![DayFigures::default(); day_count];
+        let mut total_length_ms = 0i64;
+        for row in by_day.into_iter().flatten() {
+            let Some(day) = usize::try_from(row.day - window.from_day).ok().and_then(|i| days.get_mut(i)) else {
+                continue;
+            };
+            day.sessions += row.sessions;
+            day.total_length_ms += row.total_length_ms;
+            day.users += row.users;
+            total_length_ms += row.total_length_ms;
+        }
+        // Per-second counts of all shards, merged in order of length.
+        let mut seconds: Vec<(i64, u64)> = Vec::new();
+        let mut single_event_sessions = 0;
+        for row in by_second.into_iter().flatten() {
+            seconds.push((row.seconds, row.sessions));
+            single_event_sessions += row.single_event;
+        }
+        seconds.sort_unstable();
+        let sessions: u64 = seconds.iter().map(|&(_, n)| n).sum();
+        let mut sessions_per_user = [0u64; SESSIONS_PER_USER_BUCKETS.len()];
+        let mut users = 0;
+        for row in per_user.into_iter().flatten() {
+            let bucket =
+                SESSIONS_PER_USER_BUCKETS.iter().position(|&(_, low, high)| (low..=high).contains(&row.sessions));
+            if let Some(bucket) = bucket {
+                sessions_per_user[bucket] += row.users;
+                users += row.users;
+            }
+        }
+        let mut length_buckets = vec![0u64; bounds_ms.len() + 1];
+        let mut below_all = vec![0u64; bounds_ms.len()];
+        for row in below {
+            for (total, shard) in below_all.iter_mut().zip(row.below) {
+                *total += shard;
+            }
+        }
+        let mut below_previous = 0;
+        for (bucket, &below) in length_buckets.iter_mut().zip(&below_all) {
+            *bucket = below - below_previous;
+            below_previous = below;
+        }
+        length_buckets[bounds_ms.len()] = sessions - below_previous;
+        Ok(BoardFigures {
+            from_day: window.from_day,
+            days,
+            length_buckets,
+            sessions,
+            users,
+            total_length_ms,
+            median_length_ms: nearest_rank(&seconds, sessions, 50),
+            p90_length_ms: nearest_rank(&seconds, sessions, 90),
+            sessions_per_user,
+            single_event_sessions,
+            open_sessions: open.into_iter().flatten().map(|row| row.n).sum(),
+        })
+    }
+
+    /// Users with at least `min_sessions` sessions in the window whose length
+    /// is within the filter's bounds, sorted (the board index's order).
+    pub async fn cohort(&self, window: &DayWindow<'_>, filter: &CohortFilter) -> Result<Vec<UserKey>, ClusterError> {
+        let rows = self.fetch_everywhere::<UserRow>("reading a cohort", &self.sql_cohort(window, filter)).await?;
+        let mut users: Vec<UserKey> =
+            rows.into_iter().flatten().map(|row| user_key_of(row.user_kind, &row.user_key)).collect();
+        users.sort();
+        Ok(users)
+    }
+
+    /// The first and last session start of a project, if it has sessions.
+    pub async fn session_start_range(&self, project: i64) -> Result<Option<(i64, i64)>, ClusterError> {
+        let rows =
+            self.fetch_everywhere::<RangeRow>("reading the session range", &self.sql_start_range(project)).await?;
+        Ok(rows.into_iter().flatten().filter(|row| row.sessions > 0).fold(None, |range, row| match range {
+            None => Some((row.first, row.last)),
+            Some((first, last)) => Some((first.min(row.first), last.max(row.last))),
+        }))
+    }
+
+    /// A page of sessions matching `filter`, in start order then user (as the
+    /// single binary's `GET /v1/sessions`): each shard's first `limit`, merged.
+    pub async fn sessions_page(
+        &self,
+        project: i64,
+        filter: &SessionFilter,
+        limit: usize,
+    ) -> Result<Vec<StoredSession>, ClusterError> {
+        let sql = self.sql_sessions_page(project, filter, limit);
+        let rows = self.fetch_everywhere::<SessionRow>("reading a page of sessions", &sql).await?;
+        let mut sessions: Vec<StoredSession> = rows.into_iter().flatten().map(|row| row.to_stored()).collect();
+        sessions.sort_by(|a, b| {
+            let order = (a.start_ms, &a.user).cmp(&(b.start_ms, &b.user));
+            if filter.newest_first { order.reverse() } else { order }
+        });
+        sessions.truncate(limit);
+        Ok(sessions)
+    }
+
+    /// The current session with this uid (hyphenated), if there is one.
+    pub async fn session_by_uid(&self, project: i64, session_uid: &str) -> Result<Option<StoredSession>, ClusterError> {
+        let sql = self.sql_session_by_uid(project, session_uid);
+        let rows = self.fetch_everywhere::<SessionRow>("reading a session", &sql).await?;
+        Ok(rows.into_iter().flatten().next().map(|row| row.to_stored()))
+    }
+
+    /// The stored events within a session's span (first to last event) but
+    /// those of excluded types, at most `limit`, in time order.
+    pub async fn session_events(
+        &self,
+        project: i64,
+        partition: u32,
+        session: &StoredSession,
+        excluded_event_types: &[&str],
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, ClusterError> {
+        let sql = self.sql_session_events(project, partition, session, excluded_event_types, limit);
+        let rows: Vec<EventRow> = self.shard(partition).fetch_all("reading a session's events", &sql).await?;
+        Ok(rows.iter().map(EventRow::to_stored).collect())
+    }
+
+    /// The read statements of the query role on the dialect check's sample
+    /// data (see [`ClickHouseStore::dialect_checks`]), with their answers.
+    pub(super) fn read_dialect_checks(
+        &self,
+        project: i64,
+        t0: i64,
+        hostile: &UserKey,
+        check: impl Fn(String, Option<super::Expectation>) -> super::DialectCheck,
+    ) -> Vec<super::DialectCheck> {
+        use super::Expectation;
+        let day = t0.div_euclid(DAY_MS) as i32;
+        let window = DayWindow { project, time_zone: "Asia/Tokyo", from_day: day, to_day: day + 1 };
+        let all = SessionFilter { from_ms: i64::MIN, to_ms: i64::MAX, ..SessionFilter::default() };
+        let (t0_text, t2_text) = (t0.to_string(), (t0 + 90_000_000).to_string());
+        let cohort =
+            CohortFilter { from_day: day, to_day: day + 1, min_sessions: 1, min_length_ms: 0, max_length_ms: None };
+        vec![
+            // The hostile user's session 1 on 2024-01-31 (Tokyo), the device's session 5 on 2024-02-01.
+            check(self.sql_figures_by_day(&window), Some(Expectation::new("day", &["19753", "19754"]))),
+            check(self.sql_figures_by_second(&window), Some(Expectation::new("sessions", &["2"]))),
+            check(self.sql_figures_below(&window, &[60_000, 60_001]), Some(Expectation::new("below", &["[0,2]"]))),
+            check(self.sql_figures_per_user(&window), Some(Expectation::new("users", &["2"]))),
+            check(self.sql_open_sessions(project), Some(Expectation::new("n", &["1"]))),
+            check(self.sql_cohort(&window, &cohort), Some(Expectation::new("user_kind", &["0", "1"]))),
+            check(self.sql_start_range(project), Some(Expectation::new("last", &[&t2_text]))),
+            check(self.sql_sessions_page(project, &all, 10), Some(Expectation::new("start_ms", &[&t0_text, &t2_text]))),
+            check(
+                self.sql_sessions_page(project, &SessionFilter { newest_first: true, ..all.clone() }, 1),
+                Some(Expectation::new("session_id", &["5"])),
+            ),
+            check(
+                self.sql_sessions_page(
+                    project,
+                    &SessionFilter { event_type: Some("click".into()), min_length_ms: Some(1), ..all.clone() },
+                    10,
+                ),
+                Some(Expectation::new("session_id", &["1"])),
+            ),
+            check(
+                self.sql_sessions_page(
+                    project,
+                    &SessionFilter {
+                        after: Some(sessionizer_store::SessionCursor { start_ms: t0, user: hostile.clone() }),
+                        ..all.clone()
+                    },
+                    10,
+                ),
+                Some(Expectation::new("session_id", &["5"])),
+            ),
+            check(
+                self.sql_session_by_uid(project, "12345678-9abc-def0-1234-56789abcdef5"),
+                Some(Expectation::new("session_id", &["5"])),
+            ),
+        ]
+    }
+}
+
+/// The nearest-rank `percent` percentile of per-second length counts (sorted
+/// by length), in ms: the rule of the single binary's board index.
+fn nearest_rank(seconds: &[(i64, u64)], count: u64, percent: u64) -> Option<i64> {
+    if count == 0 {
+        return None;
+    }
+    let rank = (percent * count).div_ceil(100).max(1);
+    let mut seen = 0u64;
+    for &(length_seconds, n) in seconds {
+        seen += n;
+        if seen >= rank {
+            return Some(length_seconds * 1_000);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_follows_the_board_rule() {
+        let seconds = [(1, 2), (5, 1), (90, 1)];
+        assert_eq!(nearest_rank(&seconds, 4, 50), Some(1_000));
+        assert_eq!(nearest_rank(&seconds, 4, 90), Some(90_000));
+        assert_eq!(nearest_rank(&seconds, 4, 75), Some(5_000));
+        assert_eq!(nearest_rank(&[], 0, 50), None);
+        assert_eq!(nearest_rank(&[(7, 1)], 1, 1), Some(7_000));
+    }
+}
