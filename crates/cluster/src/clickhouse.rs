@@ -49,7 +49,7 @@ use uuid::Uuid;
 use crate::ClusterError;
 
 mod reads;
-pub use reads::DayWindow;
+pub use reads::{DayWindow, EXPORT_PAGE_ROWS, EventSession};
 
 /// The table of events on every shard.
 pub const EVENTS_TABLE: &str = "events_local";

@@ -439,3 +439,143 @@ async fn dialect_statements_run_here_and_export() {
         std::fs::write(&path, store.dialect_check_json()).expect("write the dialect statements");
     }
 }
+
+/// The query role's reads on both shards against the single binary's rules:
+/// the board index's figures and cohorts for the same sessions, and exports
+/// and session pages walked in small steps across shards.
+#[tokio::test]
+async fn query_reads_equal_the_board_index_and_page_across_shards() {
+    use sessionizer_cluster::clickhouse::DayWindow;
+    use sessionizer_store::{Board, BoardSession, CohortFilter, SessionCursor, SessionFilter};
+    let store = store("t_reads").await;
+    let project = 21;
+    let zone = "America/New_York";
+    // 12 users over partitions 0..4 (both shards), 1 to 4 sessions each, on
+    // days around T0, with lengths from 0 to hours; two events per session.
+    let mut events = Vec::new();
+    let mut sessions = Vec::new();
+    for n in 0..12u32 {
+        let partition = n % 4;
+        let key = if n % 5 == 0 { device(&format!("d{n}")) } else { user(&format!("u{n}")) };
+        for s in 0..=(n % 4) {
+            let start = T0 + i64::from(s) * DAY / 3 + i64::from(n) * 7_919_000;
+            let length = i64::from(n * s) * 431_000 + i64::from(s) * 1_500;
+            let mut stored = session(&key, start, start, start + length);
+            stored.event_count = 2;
+            stored.concluded = s < 2;
+            stored.session_uid = Uuid::from_u128(u128::from(n) << 32 | u128::from(s));
+            let id = |i: u32| format!("e{n}-{s}-{i}");
+            events.push(EventRow::new(
+                project,
+                partition,
+                u64::from(n * 100 + s * 10),
+                &id(0),
+                &new_event(&key, "open", start, &id(0)),
+            ));
+            events.push(EventRow::new(
+                project,
+                partition,
+                u64::from(n * 100 + s * 10 + 1),
+                &id(1),
+                &new_event(&key, "click", start + length, &id(1)),
+            ));
+            // Excluded, within the session: in no session.
+            events.push(EventRow::new(
+                project,
+                partition,
+                u64::from(n * 100 + s * 10 + 2),
+                &id(2),
+                &new_event(&key, "Notification Sent", start, &id(2)),
+            ));
+            sessions.push((partition, stored));
+        }
+    }
+    store.insert_events_routed(&events).await.unwrap();
+    let rows: Vec<SessionRow> = sessions.iter().map(|(p, s)| SessionRow::new(project, *p, s, false, 5, T0)).collect();
+    store.insert_sessions_routed(&rows).await.unwrap();
+
+    // The board index over the same sessions.
+    let mut board = Board::default();
+    board.set_project_time_zone(project, zone);
+    for (_, s) in &sessions {
+        board.load(&BoardSession {
+            project,
+            user: s.user.clone(),
+            session_id: s.session_id,
+            length_ms: s.length_ms(),
+            event_count: s.event_count,
+            concluded: s.concluded,
+        });
+    }
+    // T0 is 19:00 on 2024-03-09 in New York (whose clocks go forward that night).
+    let day0 = (T0 / DAY) as i32 - 1;
+    for (from_day, to_day) in [(day0 - 1, day0 + 2), (day0, day0), (day0 + 1, day0 + 30)] {
+        let window = DayWindow { project, time_zone: zone, from_day, to_day };
+        for bounds in [&[][..], &[1_000, 60_000, 3_600_000][..], &[1_500, 431_001][..]] {
+            let figures = store.board_figures(&window, bounds).await.unwrap();
+            assert_eq!(
+                figures,
+                board.figures(project, from_day, to_day, bounds),
+                "days {from_day}..={to_day} {bounds:?}"
+            );
+        }
+        for (min_sessions, min_length_ms, max_length_ms) in [(1, 0, None), (2, 1_000, Some(2_000_000))] {
+            let filter = CohortFilter { from_day, to_day, min_sessions, min_length_ms, max_length_ms };
+            let expected: Vec<UserKey> = board.cohort(project, &filter).into_iter().cloned().collect();
+            assert_eq!(store.cohort(&window, &filter).await.unwrap(), expected);
+        }
+    }
+    let all = board.figures(project, day0 - 1, day0 + 2, &[]);
+    assert_eq!(all.sessions, sessions.len() as u64);
+    assert!(all.median_length_ms.is_some() && all.users == 12, "{all:?}");
+
+    // Session pages of 5, across shards, in (start, user) order, both ways.
+    let mut expected: Vec<StoredSession> = sessions.iter().map(|(_, s)| as_read(s, 5)).collect();
+    expected.sort_by(|a, b| (a.start_ms, &a.user).cmp(&(b.start_ms, &b.user)));
+    for newest_first in [false, true] {
+        let mut filter = SessionFilter { from_ms: i64::MIN, to_ms: i64::MAX, newest_first, ..SessionFilter::default() };
+        let mut walked = Vec::new();
+        loop {
+            let page = store.sessions_page(project, &filter, 5).await.unwrap();
+            walked.extend(page.iter().cloned());
+            match page.last() {
+                Some(last) if page.len() == 5 => {
+                    filter.after = Some(SessionCursor { start_ms: last.start_ms, user: last.user.clone() })
+                }
+                _ => break,
+            }
+        }
+        let mut want = expected.clone();
+        if newest_first {
+            want.reverse();
+        }
+        assert_eq!(walked, want, "newest first: {newest_first}");
+    }
+
+    // The events export in steps of 4: time order, each with its session (none when excluded).
+    let mut exported = Vec::new();
+    let mut after = None;
+    loop {
+        let excluded = |event_type: &str| event_type == "Notification Sent";
+        let page = store.events_with_sessions(project, (T0 - DAY, T0 + 10 * DAY), after, 4, &excluded).await.unwrap();
+        assert!(page.len() <= 4);
+        exported.extend(page.iter().cloned());
+        match page.last() {
+            Some((last, _)) if page.len() == 4 => after = Some((last.time_ms, last.seq)),
+            _ => break,
+        }
+    }
+    assert_eq!(exported.len(), events.len());
+    assert!(exported.windows(2).all(|w| (w[0].0.time_ms, w[0].0.seq) < (w[1].0.time_ms, w[1].0.seq)));
+    for (row, session) in &exported {
+        let owner = sessions.iter().map(|(_, s)| s).find(|s| {
+            s.user == row.to_stored().event.user_key() && s.start_ms <= row.time_ms && row.time_ms <= s.last_event_ms
+        });
+        let want = match row.event_type.as_str() {
+            "Notification Sent" => None,
+            _ => owner.map(|s| (s.session_id, s.session_uid)),
+        };
+        assert_eq!(*session, want, "{row:?}");
+        assert!(row.event_type == "Notification Sent" || session.is_some());
+    }
+}

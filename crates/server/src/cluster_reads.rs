@@ -12,13 +12,21 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use sessionizer_cluster::clickhouse::{ClickHouseStore, DayWindow};
+use axum::body::Bytes;
+use futures_util::Stream;
+use sessionizer_cluster::clickhouse::{ClickHouseStore, DayWindow, EXPORT_PAGE_ROWS};
 use sessionizer_cluster::{Catalog, ClusterError};
 use sessionizer_engine::UserKey;
-use sessionizer_store::{BoardFigures, CohortFilter, Project, SessionFilter, StoredEvent, StoredSession};
+use sessionizer_formats::{FileFormat, session_writer_to, stored_event_writer_to};
+use sessionizer_store::{
+    BoardFigures, CohortFilter, Project, SessionCursor, SessionFilter, StoredEvent, StoredSession,
+};
+use tokio::sync::Semaphore;
 
 use crate::auth::Keys;
 use crate::error::ApiError;
+use crate::limits::MAX_CONCURRENT_READS;
+use crate::reads::{export_stream, write_exported_event, write_stored_session};
 
 /// How often the catalog (projects, settings, keys) is read again.
 const CATALOG_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
@@ -29,6 +37,8 @@ pub(crate) struct ClusterReads {
     store: ClickHouseStore,
     partitions: u32,
     projects: RwLock<HashMap<i64, Project>>,
+    /// One per export in progress, until its last byte (as the embedded store's readers).
+    export_permits: Arc<Semaphore>,
 }
 
 /// A cluster error as an answer: storage unreachable is 503 (logged once, with
@@ -42,7 +52,12 @@ fn answer(error: ClusterError) -> ApiError {
 
 impl ClusterReads {
     pub(crate) fn new(store: ClickHouseStore, partitions: u32, projects: Vec<Project>) -> ClusterReads {
-        let reads = ClusterReads { store, partitions, projects: RwLock::default() };
+        let reads = ClusterReads {
+            store,
+            partitions,
+            projects: RwLock::default(),
+            export_permits: Arc::new(Semaphore::new(MAX_CONCURRENT_READS)),
+        };
         reads.replace_projects(projects);
         reads
     }
@@ -110,6 +125,77 @@ impl ClusterReads {
     ) -> Result<Vec<StoredEvent>, ApiError> {
         let partition = sessionizer_cluster::partition_of(project, &session.user, self.partitions);
         self.store.session_events(project, partition, session, excluded_event_types, limit).await.map_err(answer)
+    }
+}
+
+impl ClusterReads {
+    async fn export_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        self.export_permits.clone().acquire_owned().await.map_err(|_| ApiError::Unavailable("shutting down".into()))
+    }
+
+    /// Streams the events of `[from_ms, to_ms)` with their sessions, in time
+    /// order, [`EXPORT_PAGE_ROWS`] per shard at a time.
+    pub(crate) async fn export_events(
+        self: &Arc<Self>,
+        project: i64,
+        (from_ms, to_ms): (i64, i64),
+        format: FileFormat,
+    ) -> Result<impl Stream<Item = Result<Bytes, std::io::Error>> + use<>, ApiError> {
+        let project = self.project(project)?;
+        let (_, classifier) = project.settings.compile()?;
+        let permit = self.export_permit().await?;
+        let reads = self.clone();
+        let runtime = tokio::runtime::Handle::current();
+        Ok(export_stream(permit, move |out| {
+            let mut sink = stored_event_writer_to(format, out).map_err(|e| e.to_string())?;
+            let excluded =
+                |event_type: &str| classifier.classify(event_type, false) == sessionizer_engine::EventClass::Excluded;
+            let mut after = None;
+            loop {
+                let step =
+                    reads.store.events_with_sessions(project.id, (from_ms, to_ms), after, EXPORT_PAGE_ROWS, &excluded);
+                let page = runtime.block_on(step).map_err(|e| e.to_string())?;
+                for (row, session) in &page {
+                    write_exported_event(sink.as_mut(), &row.to_stored().event, *session).map_err(|e| e.to_string())?;
+                }
+                match page.last() {
+                    Some((last, _)) if page.len() == EXPORT_PAGE_ROWS => after = Some((last.time_ms, last.seq)),
+                    _ => break,
+                }
+            }
+            sink.finish().map_err(|e| e.to_string())
+        }))
+    }
+
+    /// Streams the sessions starting in `[from_ms, to_ms)`, by start (then user).
+    pub(crate) async fn export_sessions(
+        self: &Arc<Self>,
+        project: i64,
+        (from_ms, to_ms): (i64, i64),
+        format: FileFormat,
+    ) -> Result<impl Stream<Item = Result<Bytes, std::io::Error>> + use<>, ApiError> {
+        let project = self.project(project)?;
+        let permit = self.export_permit().await?;
+        let reads = self.clone();
+        let runtime = tokio::runtime::Handle::current();
+        Ok(export_stream(permit, move |out| {
+            let mut sink = session_writer_to(format, out).map_err(|e| e.to_string())?;
+            let mut filter = SessionFilter { from_ms, to_ms, ..SessionFilter::default() };
+            loop {
+                let step = reads.store.sessions_page(project.id, &filter, EXPORT_PAGE_ROWS);
+                let page = runtime.block_on(step).map_err(|e| e.to_string())?;
+                for session in &page {
+                    write_stored_session(sink.as_mut(), session).map_err(|e| e.to_string())?;
+                }
+                match page.last() {
+                    Some(last) if page.len() == EXPORT_PAGE_ROWS => {
+                        filter.after = Some(SessionCursor { start_ms: last.start_ms, user: last.user.clone() });
+                    }
+                    _ => break,
+                }
+            }
+            sink.finish().map_err(|e| e.to_string())
+        }))
     }
 }
 

@@ -581,10 +581,20 @@ async fn export(
     exported: Exported,
 ) -> Result<Response, ApiError> {
     let project = state.authorize_read(headers)?;
-    state.embedded_only("an export")?;
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let (from_ms, to_ms) = export_range(&query)?;
     let (format, content_type) = query::export_format(query.format.as_deref())?;
+    #[cfg(feature = "cluster")]
+    if let ReadSource::Cluster(cluster) = &state.source {
+        return Ok(match exported {
+            Exported::Events => {
+                query::export_body(content_type, cluster.export_events(project, (from_ms, to_ms), format).await?)
+            }
+            Exported::Sessions => {
+                query::export_body(content_type, cluster.export_sessions(project, (from_ms, to_ms), format).await?)
+            }
+        });
+    }
     let response = match exported {
         Exported::Events => {
             query::export_body(content_type, state.readers.export_events(project, from_ms, to_ms, format).await?)

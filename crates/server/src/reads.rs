@@ -78,27 +78,10 @@ impl Readers {
             let (_, classifier) = project.settings.compile().map_err(|e| e.to_string())?;
             let classify = |event_type: &str, passive: bool| classifier.classify(event_type, passive);
             let mut sink = stored_event_writer_to(format, out).map_err(|e| e.to_string())?;
-            let mut uid_buffer = uuid::Uuid::encode_buffer();
             store
                 .export_events(project.id, from_ms, to_ms, &classify, &mut |stored, session| {
-                    let event = &stored.event;
-                    let row = StoredEventRow {
-                        event: EventRow {
-                            user_id: event.user_id.as_deref(),
-                            device_id: event.device_id.as_deref(),
-                            event_type: &event.event_type,
-                            time_ms: event.time_ms,
-                            insert_id: event.insert_id.as_deref(),
-                            page: event.page.as_deref(),
-                            passive: event.passive,
-                            session_id: session.map(|(id, _)| id),
-                            session_uid: session.map(|(_, uid)| &*uid.hyphenated().encode_lower(&mut uid_buffer)),
-                        },
-                        platform: event.platform.as_deref(),
-                        client_session_id: event.client_session_id.as_deref(),
-                        properties: event.properties.as_deref(),
-                    };
-                    sink.write(&row).map_err(|e| StoreError::Sqlite(format!("export stopped: {e}")))
+                    write_exported_event(sink.as_mut(), &stored.event, session)
+                        .map_err(|e| StoreError::Sqlite(format!("export stopped: {e}")))
                 })
                 .map_err(|e| e.to_string())?;
             sink.finish().map_err(|e| e.to_string())
@@ -136,26 +119,66 @@ impl Readers {
     {
         let permit =
             self.permits.clone().acquire_owned().await.map_err(|_| ApiError::Unavailable("shutting down".into()))?;
-        let (sender, receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(EXPORT_QUEUE_CHUNKS);
         let readers = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            let errors = sender.clone();
-            let result = readers.take().map_err(|e| e.to_string()).and_then(|store| {
-                let out = ChannelWriter { sender, buffer: Vec::with_capacity(EXPORT_CHUNK_BYTES) };
-                let written = write(&store, Box::new(out));
-                readers.give_back(store);
-                written
-            });
-            if let Err(error) = result {
-                tracing::warn!(%error, "export failed part way");
-                drop(errors.blocking_send(Err(std::io::Error::other(error))));
-            }
-        });
-        Ok(futures_util::stream::unfold(receiver, |mut receiver| async move {
-            receiver.recv().await.map(|item| (item, receiver))
+        Ok(export_stream(permit, move |out| {
+            let store = readers.take().map_err(|e| e.to_string())?;
+            let written = write(&store, out);
+            readers.give_back(store);
+            written
         }))
     }
+}
+
+/// Runs `write` on a blocking thread with a writer into the response body,
+/// which is the stream returned; `permit` is held until the last byte. An
+/// error part way ends the body with an error (the client sees a cut
+/// transfer, not a short file that looks whole).
+pub(crate) fn export_stream<W>(
+    permit: tokio::sync::OwnedSemaphorePermit,
+    write: W,
+) -> impl Stream<Item = ExportChunk> + use<W>
+where
+    W: FnOnce(Box<dyn Write + Send>) -> Result<(), String> + Send + 'static,
+{
+    let (sender, receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(EXPORT_QUEUE_CHUNKS);
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let errors = sender.clone();
+        let out = ChannelWriter { sender, buffer: Vec::with_capacity(EXPORT_CHUNK_BYTES) };
+        if let Err(error) = write(Box::new(out)) {
+            tracing::warn!(%error, "export failed part way");
+            drop(errors.blocking_send(Err(std::io::Error::other(error))));
+        }
+    });
+    futures_util::stream::unfold(
+        receiver,
+        |mut receiver| async move { receiver.recv().await.map(|item| (item, receiver)) },
+    )
+}
+
+/// One exported event as an output row.
+pub(crate) fn write_exported_event(
+    sink: &mut dyn sessionizer_formats::StoredEventSink,
+    event: &sessionizer_store::NewEvent,
+    session: Option<(i64, uuid::Uuid)>,
+) -> Result<(), sessionizer_formats::WriteError> {
+    let mut uid_buffer = uuid::Uuid::encode_buffer();
+    sink.write(&StoredEventRow {
+        event: EventRow {
+            user_id: event.user_id.as_deref(),
+            device_id: event.device_id.as_deref(),
+            event_type: &event.event_type,
+            time_ms: event.time_ms,
+            insert_id: event.insert_id.as_deref(),
+            page: event.page.as_deref(),
+            passive: event.passive,
+            session_id: session.map(|(id, _)| id),
+            session_uid: session.map(|(_, uid)| &*uid.hyphenated().encode_lower(&mut uid_buffer)),
+        },
+        platform: event.platform.as_deref(),
+        client_session_id: event.client_session_id.as_deref(),
+        properties: event.properties.as_deref(),
+    })
 }
 
 /// A session as the API shows it (the CLI's session fields, plus state).

@@ -28,7 +28,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use sessionizer_engine::{ChangeKind, Event, EventClass, EventClassifier, SessionChange, SessionRecord, UserKey};
 use uuid::Uuid;
 
-pub use board::{Board, BoardFigures, CohortFilter, DayFigures, SESSIONS_PER_USER_BUCKETS};
+pub use board::{Board, BoardFigures, BoardSession, CohortFilter, DayFigures, SESSIONS_PER_USER_BUCKETS};
 pub use check::{CheckReport, MAX_CHECK_PROBLEMS, check_data_dir};
 pub use keys::{KeyHash, KeyRole, MAX_KEY_BYTES, constant_time_eq, generate as generate_key, hash_key, random_hex};
 pub use queries::{ChangeRecord, SessionCursor, SessionFilter};

@@ -327,8 +327,26 @@ fn compare_reads(single: (u16, &str), query: (u16, &str)) {
     assert_eq!(without_identities(&detail["session"]), without_identities(&single_detail["session"]));
     assert_eq!(detail["events"], single_detail["events"]);
     assert!(!detail["events"].as_array().unwrap().is_empty());
+    // Exports: sessions, and every event with its session (uids aside), in pages of the query node.
+    let ndjson_rows = |port: u16, key: &str, path: &str| -> Vec<Value> {
+        let (status, body) = read(port, key, path, None);
+        assert_eq!(status, 200, "{path}: {body}");
+        let text = body["text"].as_str().unwrap_or_else(|| panic!("{path}: not NDJSON: {body}")).to_string();
+        let mut rows: Vec<Value> =
+            text.lines().map(|line| without_identities(&serde_json::from_str(line).unwrap())).collect();
+        rows.sort_by_key(|row| row.to_string());
+        rows
+    };
+    for path in ["/v1/export/sessions?format=ndjson", "/v1/export/events?format=ndjson"] {
+        let expected = ndjson_rows(single.0, single.1, path);
+        assert!(expected.len() > 400, "{path}: {} rows", expected.len());
+        assert_eq!(expected, ndjson_rows(query.0, query.1, path), "{path}");
+    }
+    let (status, csv) = read(query.0, query.1, "/v1/export/events?format=csv", None);
+    assert_eq!(status, 200);
+    assert!(csv["text"].as_str().unwrap().starts_with("user_id,"), "{csv}");
     // What a query node does not serve yet says so.
-    for path in ["/v1/changes", "/v1/timeout-preview", "/v1/export/events", "/v1/export/sessions"] {
+    for path in ["/v1/changes", "/v1/timeout-preview"] {
         let (status, answer) = read(query.0, query.1, path, None);
         assert_eq!(status, 501, "{path}: {answer}");
         assert_eq!(answer["error"]["code"], "not_served_here", "{path}: {answer}");

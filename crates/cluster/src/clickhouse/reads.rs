@@ -26,6 +26,13 @@ use crate::ClusterError;
 
 const DAY_MS: i64 = 86_400_000;
 
+/// Rows an export reads per step from each shard (bounds the memory of an
+/// export, whatever its length: a step's rows and their users' sessions).
+pub const EXPORT_PAGE_ROWS: usize = 10_000;
+
+/// An exported event's session: its id and uid.
+pub type EventSession = Option<(i64, uuid::Uuid)>;
+
 /// The sessions a figure covers: a project's current sessions starting on
 /// days `from_day..=to_day` (days since 1970-01-01 in `time_zone`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,6 +256,37 @@ impl ClickHouseStore {
         )
     }
 
+    /// Events of `[from_ms, to_ms)` after `after` (time, stream sequence), in that order.
+    fn sql_events_page(
+        &self,
+        project: i64,
+        (from_ms, to_ms): (i64, i64),
+        after: Option<(i64, u64)>,
+        limit: usize,
+    ) -> String {
+        let after = after.map_or(String::new(), |(time, seq)| {
+            format!(" AND (time_ms > {time} OR (time_ms = {time} AND seq > {seq}))")
+        });
+        format!(
+            "SELECT {} FROM {} FINAL WHERE project = {project} AND time_ms >= {from_ms} AND time_ms < {to_ms}{after} \
+             ORDER BY time_ms, seq LIMIT {limit}",
+            columns::<EventRow>(),
+            self.table(EVENTS_TABLE)
+        )
+    }
+
+    /// Current sessions of the users in `in_list` (`(user_kind, user_key)`
+    /// tuples) that start before `to_ms` and last until `from_ms` or later.
+    fn sql_sessions_overlapping(&self, project: i64, in_list: &str, (from_ms, to_ms): (i64, i64)) -> String {
+        let columns = columns::<SessionRow>();
+        format!(
+            "SELECT {columns} FROM (SELECT {columns} FROM {} FINAL \
+             WHERE project = {project} AND (user_kind, user_key) IN ({in_list}) AND start_ms < {to_ms}) \
+             WHERE superseded = 0 AND last_event_ms >= {from_ms} ORDER BY user_kind, user_key, start_ms",
+            self.table(SESSIONS_TABLE)
+        )
+    }
+
     /// Runs `sql` on every shard at once.
     async fn fetch_everywhere<T>(&self, operation: &str, sql: &str) -> Result<Vec<Vec<T>>, ClusterError>
     where
@@ -405,6 +443,65 @@ impl ClickHouseStore {
         Ok(rows.iter().map(EventRow::to_stored).collect())
     }
 
+    /// One step of an events export: the events of `[from_ms, to_ms)` after
+    /// `after` (time, stream sequence), at most `limit`, in time order across
+    /// shards, each with its session (none for an excluded event or one in no
+    /// session), found as the single binary finds it: the user's session with
+    /// the latest start at or before the event, if the event is not after its
+    /// last event. Fewer than `limit` events end the export; the last event's
+    /// (time, sequence) is the next `after`.
+    pub async fn events_with_sessions(
+        &self,
+        project: i64,
+        range: (i64, i64),
+        after: Option<(i64, u64)>,
+        limit: usize,
+        excluded: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<Vec<(EventRow, EventSession)>, ClusterError> {
+        let sql = self.sql_events_page(project, range, after, limit);
+        let mut events: Vec<EventRow> =
+            self.fetch_everywhere::<EventRow>("reading a page of events", &sql).await?.into_iter().flatten().collect();
+        events.sort_by_key(|row| (row.time_ms, row.seq));
+        events.truncate(limit);
+        let Some(first_ms) = events.first().map(|row| row.time_ms) else { return Ok(Vec::new()) };
+        let last_ms = events.last().map_or(first_ms, |row| row.time_ms);
+        let mut users: Vec<(u8, &str)> = events.iter().map(|row| (row.user_kind, row.user_key.as_str())).collect();
+        users.sort_unstable();
+        users.dedup();
+        let mut sessions: std::collections::HashMap<(u8, String), Vec<SessionRow>> = std::collections::HashMap::new();
+        let literals = users.iter().map(|(kind, key)| format!("({kind}, {})", quote(key)));
+        for list in super::in_lists(literals) {
+            let sql = self.sql_sessions_overlapping(project, &list, (first_ms, last_ms.saturating_add(1)));
+            let rows = self.fetch_everywhere::<SessionRow>("reading the sessions of exported events", &sql).await?;
+            for row in rows.into_iter().flatten() {
+                sessions.entry((row.user_kind, row.user_key.clone())).or_default().push(row);
+            }
+        }
+        for list in sessions.values_mut() {
+            list.sort_by_key(|row| row.start_ms);
+        }
+        Ok(events
+            .into_iter()
+            .map(|row| {
+                let session = if excluded(&row.event_type) {
+                    None
+                } else {
+                    sessions.get(&(row.user_kind, row.user_key.clone())).and_then(|list| {
+                        let at_or_before = list.partition_point(|s| s.start_ms <= row.time_ms);
+                        let session = list.get(at_or_before.checked_sub(1)?)?;
+                        (row.time_ms <= session.last_event_ms).then(|| {
+                            (
+                                session.session_id,
+                                uuid::Uuid::parse_str(&session.session_uid).unwrap_or(uuid::Uuid::nil()),
+                            )
+                        })
+                    })
+                };
+                (row, session)
+            })
+            .collect())
+    }
+
     /// The read statements of the query role on the dialect check's sample
     /// data (see [`ClickHouseStore::dialect_checks`]), with their answers.
     pub(super) fn read_dialect_checks(
@@ -457,6 +554,22 @@ impl ClickHouseStore {
             check(
                 self.sql_session_by_uid(project, "12345678-9abc-def0-1234-56789abcdef5"),
                 Some(Expectation::new("session_id", &["5"])),
+            ),
+            check(
+                self.sql_events_page(project, (t0, t0 + 100_000_000), None, 10),
+                Some(Expectation::new("time_ms", &[&t0_text, &(t0 + 60_000).to_string(), &t2_text])),
+            ),
+            check(
+                self.sql_events_page(project, (t0, t0 + 100_000_000), Some((t0 + 60_000, 2)), 10),
+                Some(Expectation::new("seq", &["3"])),
+            ),
+            check(
+                self.sql_sessions_overlapping(
+                    project,
+                    &format!("({}, {}), (1, 'dev-1')", super::USER_KIND_USER, quote(hostile.id())),
+                    (t0 + 60_000, t0 + 60_001),
+                ),
+                Some(Expectation::new("session_id", &["1"])),
             ),
         ]
     }
