@@ -529,6 +529,18 @@ async fn query_reads_equal_the_board_index_and_page_across_shards() {
     assert_eq!(all.sessions, sessions.len() as u64);
     assert!(all.median_length_ms.is_some() && all.users == 12, "{all:?}");
 
+    // The timeout preview's sample: hash order, within the budget, a prefix of the whole order.
+    let window = DayWindow { project, time_zone: zone, from_day: day0 - 1, to_day: day0 + 2 };
+    let (total, everyone) = store.sample_users(&window, 1_000).await.unwrap();
+    assert_eq!((total, everyone.len()), (12, 12));
+    let (_, few) = store.sample_users(&window, 5).await.unwrap();
+    assert!(!few.is_empty() && few.iter().map(|(_, events)| events).sum::<u64>() <= 5, "{few:?}");
+    assert_eq!(few[..], everyone[..few.len()]);
+    let few_users: Vec<UserKey> = few.iter().map(|(user, _)| user.clone()).collect();
+    let their_events = store.events_of_users(project, &few_users, (T0 - DAY, T0 + 10 * DAY)).await.unwrap();
+    let expected_events = events.iter().filter(|row| few_users.contains(&row.to_stored().event.user_key())).count();
+    assert_eq!(their_events.len(), expected_events);
+
     // Session pages of 5, across shards, in (start, user) order, both ways.
     let mut expected: Vec<StoredSession> = sessions.iter().map(|(_, s)| as_read(s, 5)).collect();
     expected.sort_by(|a, b| (a.start_ms, &a.user).cmp(&(b.start_ms, &b.user)));

@@ -93,6 +93,33 @@ impl ClusterReads {
         self.store.cohort(&window, filter).await.map_err(answer)
     }
 
+    /// The users of a project's sessions in the range, and a hash-ordered
+    /// sample of them whose sessions there hold at most `max_events` events.
+    pub(crate) async fn sample_users(
+        &self,
+        project: &Project,
+        range: &crate::query::DayRange,
+        max_events: usize,
+    ) -> Result<(u64, Vec<UserKey>), ApiError> {
+        let window = DayWindow {
+            project: project.id,
+            time_zone: &project.settings.time_zone,
+            from_day: range.from_day,
+            to_day: range.to_day,
+        };
+        let (total, sampled) = self.store.sample_users(&window, max_events).await.map_err(answer)?;
+        Ok((total, sampled.into_iter().map(|(user, _)| user).collect()))
+    }
+
+    pub(crate) async fn events_of_users(
+        &self,
+        project: i64,
+        users: &[UserKey],
+        range: (i64, i64),
+    ) -> Result<Vec<StoredEvent>, ApiError> {
+        self.store.events_of_users(project, users, range).await.map_err(answer)
+    }
+
     pub(crate) async fn session_start_range(&self, project: i64) -> Result<Option<(i64, i64)>, ApiError> {
         self.store.session_start_range(project).await.map_err(answer)
     }

@@ -825,9 +825,21 @@ async fn timeout_preview(
     query: Result<Query<PreviewQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let project = state.authorize_read(&headers)?;
-    state.embedded_only("the timeout preview")?;
     let Query(query) = query.map_err(bad_query)?;
     let timeouts = parse_timeouts(query.timeouts.as_deref())?;
+    #[cfg(feature = "cluster")]
+    if let ReadSource::Cluster(cluster) = &state.source {
+        let project = cluster.project(project)?;
+        let range = day_range(query.from.as_deref(), query.to.as_deref(), &time_zone_of(&project), now_ms())?;
+        let (total_users, sampled) = cluster.sample_users(&project, &range, MAX_PREVIEW_EVENTS).await?;
+        let events = cluster.events_of_users(project.id, &sampled, (range.from_ms, range.to_ms)).await?;
+        let body = tokio::task::spawn_blocking(move || {
+            preview_json(&project, &range, &timeouts, (total_users, sampled.len() as u64), &events)
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("the preview task failed: {e}")))??;
+        return Ok(json_response(body));
+    }
     let board = state.board.clone();
     let body = state
         .readers
@@ -842,7 +854,7 @@ async fn timeout_preview(
                     .map(|(user, events)| (user.clone(), events))
                     .collect::<Vec<_>>()
             })?;
-            let total_users = users.len();
+            let total_users = users.len() as u64;
             users.sort_by_key(|(user, _)| (sessionizer_engine::client_session_key(user.id()), user.clone()));
             let mut budget = 0u64;
             let sampled: Vec<&UserKey> = users
@@ -853,39 +865,51 @@ async fn timeout_preview(
                 })
                 .map(|(user, _)| user)
                 .collect();
-            let sample_fraction = if total_users == 0 { 1.0 } else { sampled.len() as f64 / total_users as f64 };
             let events = store.events_of_users(project.id, &sampled, range.from_ms, range.to_ms)?;
-            let (rules, classifier) = project.settings.compile()?;
-            let gap_histogram = gap_histogram(&events, &classifier);
-            let mut per_timeout = Vec::new();
-            for &timeout_ms in &timeouts {
-                let settings = sessionizer_store::ProjectSettings { timeout_ms, ..project.settings.clone() };
-                let (candidate, _) = settings.compile()?;
-                let sessions = sessionize_stored(&project.public_id, &events, &candidate, &classifier, i64::MAX);
-                let mut lengths: Vec<i64> = sessions.iter().map(|s| s.length_ms()).collect();
-                let estimated =
-                    if sample_fraction > 0.0 { (sessions.len() as f64 / sample_fraction).round() as u64 } else { 0 };
-                per_timeout.push(json!({
-                    "timeout_ms": timeout_ms,
-                    "current": timeout_ms == rules.timeout_ms(),
-                    "sessions": sessions.len(),
-                    "estimated_sessions": estimated,
-                    "median_length_ms": median(&mut lengths),
-                }));
-            }
-            Ok(json!({
-                "from": range.from.to_string(),
-                "to": range.to.to_string(),
-                "users": total_users,
-                "sampled_users": sampled.len(),
-                "sample_fraction": sample_fraction,
-                "events": events.len(),
-                "gap_histogram": gap_histogram,
-                "timeouts": per_timeout,
-            }))
+            preview_json(&project, &range, &timeouts, (total_users, sampled.len() as u64), &events)
         })
         .await?;
     Ok(json_response(body))
+}
+
+/// The timeout preview's answer from the sampled users' events: the gaps
+/// between active events, and the sessions each candidate timeout would give.
+fn preview_json(
+    project: &Project,
+    range: &DayRange,
+    timeouts: &[i64],
+    (total_users, sampled_users): (u64, u64),
+    events: &[sessionizer_store::StoredEvent],
+) -> Result<Value, ApiError> {
+    let sample_fraction = if total_users == 0 { 1.0 } else { sampled_users as f64 / total_users as f64 };
+    let (rules, classifier) = project.settings.compile()?;
+    let gap_histogram = gap_histogram(events, &classifier);
+    let mut per_timeout = Vec::new();
+    for &timeout_ms in timeouts {
+        let settings = sessionizer_store::ProjectSettings { timeout_ms, ..project.settings.clone() };
+        let (candidate, _) = settings.compile()?;
+        let sessions = sessionize_stored(&project.public_id, events, &candidate, &classifier, i64::MAX);
+        let mut lengths: Vec<i64> = sessions.iter().map(|s| s.length_ms()).collect();
+        let estimated =
+            if sample_fraction > 0.0 { (sessions.len() as f64 / sample_fraction).round() as u64 } else { 0 };
+        per_timeout.push(json!({
+            "timeout_ms": timeout_ms,
+            "current": timeout_ms == rules.timeout_ms(),
+            "sessions": sessions.len(),
+            "estimated_sessions": estimated,
+            "median_length_ms": median(&mut lengths),
+        }));
+    }
+    Ok(json!({
+        "from": range.from.to_string(),
+        "to": range.to.to_string(),
+        "users": total_users,
+        "sampled_users": sampled_users,
+        "sample_fraction": sample_fraction,
+        "events": events.len(),
+        "gap_histogram": gap_histogram,
+        "timeouts": per_timeout,
+    }))
 }
 
 /// Gaps between each user's consecutive active events (excluded and passive

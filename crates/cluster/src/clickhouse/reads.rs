@@ -77,6 +77,14 @@ struct UserRow {
 }
 
 #[derive(Debug, Deserialize, Row)]
+struct SampledUserRow {
+    user_kind: u8,
+    user_key: String,
+    events: u64,
+    hash: u64,
+}
+
+#[derive(Debug, Deserialize, Row)]
 struct RangeRow {
     first: i64,
     last: i64,
@@ -284,6 +292,30 @@ impl ClickHouseStore {
              WHERE project = {project} AND (user_kind, user_key) IN ({in_list}) AND start_ms < {to_ms}) \
              WHERE superseded = 0 AND last_event_ms >= {from_ms} ORDER BY user_kind, user_key, start_ms",
             self.table(SESSIONS_TABLE)
+        )
+    }
+
+    /// The window's users with the events of their sessions there, in the
+    /// order of a hash of their key, at most `limit`.
+    fn sql_users_by_hash(&self, window: &DayWindow<'_>, limit: usize) -> String {
+        format!(
+            "SELECT user_kind, user_key, toUInt64(sum(event_count)) AS events, cityHash64(user_key) AS hash \
+             FROM ({}) GROUP BY user_kind, user_key HAVING events > 0 ORDER BY hash, user_kind, user_key LIMIT {limit}",
+            self.sql_window_sessions(window)
+        )
+    }
+
+    fn sql_window_users(&self, window: &DayWindow<'_>) -> String {
+        format!("SELECT toUInt64(uniqExact(user_kind, user_key)) AS n FROM ({})", self.sql_window_sessions(window))
+    }
+
+    /// Events of `[from_ms, to_ms)` of the users in `in_list` (`(user_kind, user_key)` tuples).
+    fn sql_events_of_users(&self, project: i64, in_list: &str, (from_ms, to_ms): (i64, i64)) -> String {
+        format!(
+            "SELECT {} FROM {} FINAL WHERE project = {project} AND (user_kind, user_key) IN ({in_list}) \
+             AND time_ms >= {from_ms} AND time_ms < {to_ms} ORDER BY user_kind, user_key, time_ms, seq",
+            columns::<EventRow>(),
+            self.table(EVENTS_TABLE)
         )
     }
 
@@ -502,6 +534,56 @@ impl ClickHouseStore {
             .collect())
     }
 
+    /// A deterministic sample of the window's users for the timeout preview:
+    /// the number of users in the window, and users in the order of a hash of
+    /// their key (`cityHash64`, which every ClickHouse has) with the events of
+    /// their sessions in the window, as many as keep the sum within
+    /// `max_events`. Each shard sends at most `max_events` users (every user
+    /// has an event), so the transfer is bounded whatever the project's size.
+    pub async fn sample_users(
+        &self,
+        window: &DayWindow<'_>,
+        max_events: usize,
+    ) -> Result<(u64, Vec<(UserKey, u64)>), ClusterError> {
+        let (users_sql, count_sql) = (self.sql_users_by_hash(window, max_events), self.sql_window_users(window));
+        let (users, counts) = tokio::try_join!(
+            self.fetch_everywhere::<SampledUserRow>("sampling users", &users_sql),
+            self.fetch_everywhere::<CountRow>("counting users", &count_sql),
+        )?;
+        let mut users: Vec<SampledUserRow> = users.into_iter().flatten().collect();
+        users.sort_by(|a, b| (a.hash, a.user_kind, &a.user_key).cmp(&(b.hash, b.user_kind, &b.user_key)));
+        let mut budget = 0u64;
+        let sampled = users
+            .into_iter()
+            .take_while(|row| {
+                budget += row.events;
+                budget <= max_events as u64
+            })
+            .map(|row| (user_key_of(row.user_kind, &row.user_key), row.events))
+            .collect();
+        Ok((counts.into_iter().flatten().map(|row| row.n).sum(), sampled))
+    }
+
+    /// The events of `[from_ms, to_ms)` of these users, each user's in time order.
+    pub async fn events_of_users(
+        &self,
+        project: i64,
+        users: &[UserKey],
+        range: (i64, i64),
+    ) -> Result<Vec<StoredEvent>, ClusterError> {
+        let mut events = Vec::new();
+        let literals = users.iter().map(|user| {
+            let (kind, key) = user_columns(user);
+            format!("({kind}, {})", quote(&key))
+        });
+        for list in super::in_lists(literals) {
+            let sql = self.sql_events_of_users(project, &list, range);
+            let rows = self.fetch_everywhere::<EventRow>("reading users' events", &sql).await?;
+            events.extend(rows.into_iter().flatten().map(|row| row.to_stored()));
+        }
+        Ok(events)
+    }
+
     /// The read statements of the query role on the dialect check's sample
     /// data (see [`ClickHouseStore::dialect_checks`]), with their answers.
     pub(super) fn read_dialect_checks(
@@ -554,6 +636,12 @@ impl ClickHouseStore {
             check(
                 self.sql_session_by_uid(project, "12345678-9abc-def0-1234-56789abcdef5"),
                 Some(Expectation::new("session_id", &["5"])),
+            ),
+            check(self.sql_users_by_hash(&window, 1), Some(Expectation::new("events", &["2"]))),
+            check(self.sql_window_users(&window), Some(Expectation::new("n", &["2"]))),
+            check(
+                self.sql_events_of_users(project, &format!("(1, 'dev-1'), (0, {})", quote(hostile.id())), (t0, t0 + 1)),
+                Some(Expectation::new("event_type", &["open"])),
             ),
             check(
                 self.sql_events_page(project, (t0, t0 + 100_000_000), None, 10),
