@@ -42,10 +42,27 @@ enum ClusterCommand {
         #[arg(long)]
         name: String,
         /// Session settings as a JSON file: the `settings` object that `project show`
-        /// prints (missing keys take their defaults). A cluster project's settings are
-        /// chosen at creation [default: the defaults, a 30-minute timeout].
+        /// prints (missing keys take their defaults) [default: the defaults, a
+        /// 30-minute timeout]. `cluster set-settings` changes them later.
         #[arg(long, value_name = "FILE")]
         settings: Option<PathBuf>,
+    },
+    /// Change a project's session settings. The workers then re-sessionize the
+    /// project's whole history, partition by partition; prints the new settings
+    /// and their revision as JSON.
+    SetSettings {
+        #[command(flatten)]
+        cluster: ClusterFileArg,
+        /// Project id or name.
+        project: String,
+        /// A JSON object with the settings to change (keys of the `settings`
+        /// object that `cluster projects` prints); the others stay as they are.
+        #[arg(long, value_name = "FILE")]
+        settings: PathBuf,
+        /// Wait until every partition's sessions follow the new settings,
+        /// reporting progress on stderr; at most this long (e.g. 10m) [default: no wait].
+        #[arg(long, value_name = "DURATION", value_parser = parse_wait)]
+        wait: Option<std::time::Duration>,
     },
     /// List the catalog's projects as JSON lines (without keys).
     Projects {
@@ -162,6 +179,28 @@ pub(crate) fn run(args: ClusterArgs) -> anyhow::Result<()> {
             value["read_key"] = json!(created.read_key);
             print(value)
         }
+        ClusterCommand::SetSettings { cluster, project, settings, wait } => {
+            let config = load_config(&cluster.file)?;
+            let partitions = config.partitions;
+            let changes = read_settings_object(&settings)?;
+            let runtime = runtime()?;
+            let (catalog, updated) = runtime
+                .block_on(async {
+                    let catalog = Cluster::connect(config).await?.catalog().await?;
+                    let current = catalog.project(&project).await?;
+                    let merged = merge_settings(&current.settings, changes, &settings)?;
+                    let updated = catalog.set_settings(current.id, merged).await?;
+                    Ok::<_, ClusterError>((catalog, updated))
+                })
+                .map_err(cluster_failure)?;
+            let mut value = project_json(&updated.project());
+            value["settings_revision"] = json!(updated.settings_revision);
+            if let Some(wait) = wait {
+                runtime.block_on(wait_for_settings(&catalog, &updated, partitions, wait))?;
+                value["applied_partitions"] = json!(partitions);
+            }
+            print(value)
+        }
         ClusterCommand::Projects { cluster } => {
             let config = load_config(&cluster.file)?;
             let projects = runtime()?
@@ -170,7 +209,9 @@ pub(crate) fn run(args: ClusterArgs) -> anyhow::Result<()> {
                 }))
                 .map_err(cluster_failure)?;
             for project in projects {
-                print(project_json(&project.project()))?;
+                let mut value = project_json(&project.project());
+                value["settings_revision"] = json!(project.settings_revision);
+                print(value)?;
             }
             Ok(())
         }
@@ -213,8 +254,22 @@ pub(crate) fn run(args: ClusterArgs) -> anyhow::Result<()> {
 /// Largest settings file read.
 const MAX_SETTINGS_BYTES: u64 = 64 * 1024;
 
-fn read_settings(path: &Path) -> Result<ProjectSettings, Exit> {
-    let usage = |message: String| Exit::new(Failure::Usage, anyhow::anyhow!(message));
+/// The longest `--wait` of `cluster set-settings`.
+const MAX_SETTINGS_WAIT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+fn parse_wait(text: &str) -> Result<std::time::Duration, String> {
+    let ms = crate::duration::parse_duration_ms(text)?;
+    if ms <= 0 || ms as u128 > MAX_SETTINGS_WAIT.as_millis() {
+        return Err(format!("between 1 ms and {} h", MAX_SETTINGS_WAIT.as_secs() / 3600));
+    }
+    Ok(std::time::Duration::from_millis(ms.unsigned_abs()))
+}
+
+fn usage(message: String) -> Exit {
+    Exit::new(Failure::Usage, anyhow::anyhow!(message))
+}
+
+fn read_settings_text(path: &Path) -> Result<String, Exit> {
     let size = std::fs::metadata(path).map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?.len();
     if size > MAX_SETTINGS_BYTES {
         return Err(usage(format!(
@@ -222,11 +277,78 @@ fn read_settings(path: &Path) -> Result<ProjectSettings, Exit> {
             path.display()
         )));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?;
-    let settings: ProjectSettings =
-        serde_json::from_str(&text).map_err(|e| usage(format!("invalid settings in {}: {e}", path.display())))?;
+    std::fs::read_to_string(path).map_err(|e| usage(format!("cannot read {}: {e}", path.display())))
+}
+
+fn read_settings(path: &Path) -> Result<ProjectSettings, Exit> {
+    let settings: ProjectSettings = serde_json::from_str(&read_settings_text(path)?)
+        .map_err(|e| usage(format!("invalid settings in {}: {e}", path.display())))?;
     settings.compile().map_err(|e| usage(format!("invalid settings in {}: {e}", path.display())))?;
     Ok(settings)
+}
+
+/// A settings file of `cluster set-settings`: a JSON object of the keys to change.
+fn read_settings_object(path: &Path) -> Result<serde_json::Map<String, serde_json::Value>, Exit> {
+    match serde_json::from_str(&read_settings_text(path)?) {
+        Ok(serde_json::Value::Object(changes)) => Ok(changes),
+        Ok(_) => Err(usage(format!("{}: expected a JSON object of settings to change", path.display()))),
+        Err(e) => Err(usage(format!("invalid JSON in {}: {e}", path.display()))),
+    }
+}
+
+/// `current` with the keys of `changes` replaced, checked.
+fn merge_settings(
+    current: &ProjectSettings,
+    changes: serde_json::Map<String, serde_json::Value>,
+    path: &Path,
+) -> Result<ProjectSettings, ClusterError> {
+    let invalid =
+        |e: &dyn std::fmt::Display| ClusterError::Catalog(format!("invalid settings in {}: {e}", path.display()));
+    let mut merged = serde_json::to_value(current).map_err(|e| invalid(&e))?;
+    for (key, value) in changes {
+        merged[key] = value;
+    }
+    let settings: ProjectSettings = serde_json::from_value(merged).map_err(|e| invalid(&e))?;
+    settings.compile().map_err(|e| invalid(&e))?;
+    Ok(settings)
+}
+
+/// Waits until every partition applied the project's settings revision,
+/// printing progress on stderr when it changes.
+async fn wait_for_settings(
+    catalog: &sessionizer_cluster::Catalog,
+    project: &sessionizer_cluster::CatalogProject,
+    partitions: u32,
+    wait: std::time::Duration,
+) -> Result<(), Exit> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut reported = None;
+    loop {
+        let applied = retrying(|| catalog.applied_partitions(project.id, project.settings_revision, partitions))
+            .await
+            .map_err(cluster_failure)?;
+        if reported != Some(applied) {
+            eprintln!(
+                "settings revision {}: applied on {applied} of {partitions} partitions",
+                project.settings_revision
+            );
+            reported = Some(applied);
+        }
+        if applied == partitions {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Exit::new(
+                Failure::Unavailable,
+                anyhow::anyhow!(
+                    "the settings are stored, but after {} s only {applied} of {partitions} partitions follow them \
+                     (are workers running?); the rest follow once workers reach them",
+                    wait.as_secs()
+                ),
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }
 
 fn write_sessions(sessions: &[sessionizer_store::StoredSession], output: Option<&Path>) -> anyhow::Result<()> {

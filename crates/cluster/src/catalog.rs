@@ -15,6 +15,9 @@ use crate::{ClusterError, nats_error};
 pub(crate) const CATALOG_BUCKET: &str = "sessionizer_catalog";
 const NEXT_ID_KEY: &str = "next_project_id";
 const PROJECT_KEY_PREFIX: &str = "project.";
+/// `applied.<project>.<partition>`: the settings revision a partition's stored
+/// sessions of a project were last computed with (absent: revision 0).
+const APPLIED_KEY_PREFIX: &str = "applied.";
 /// Attempts at a compare-and-set before giving up (another node kept winning,
 /// or a cluster just started kept timing out), one per [`CAS_PAUSE`] at most.
 const MAX_CAS_ATTEMPTS: usize = 50;
@@ -31,6 +34,10 @@ pub struct CatalogProject {
     pub name: String,
     pub created_ms: i64,
     pub settings: ProjectSettings,
+    /// Bumped by every change of `settings`; workers re-sessionize the
+    /// project's history in each partition whose applied revision is lower.
+    #[serde(default)]
+    pub settings_revision: u64,
     pub keys: Vec<CatalogKey>,
 }
 
@@ -82,9 +89,8 @@ impl Catalog {
         Catalog { kv }
     }
 
-    /// Creates a project with these settings (checked first) and a write and a read key.
-    /// Settings are chosen at creation: changing them would mean re-sessionizing
-    /// the project's history in ClickHouse, which the cluster does not do yet.
+    /// Creates a project with these settings (checked first) and a write and a
+    /// read key. [`Catalog::set_settings`] changes the settings later.
     pub async fn create_project(
         &self,
         name: &str,
@@ -107,6 +113,7 @@ impl Catalog {
             name: name.to_string(),
             created_ms: now_ms,
             settings,
+            settings_revision: 0,
             keys: vec![
                 CatalogKey { hash_hex: hex(&hash_key(&write_key)), role: "write".into(), revoked: false },
                 CatalogKey { hash_hex: hex(&hash_key(&read_key)), role: "read".into(), revoked: false },
@@ -115,6 +122,62 @@ impl Catalog {
         let value = serde_json::to_vec(&entry).expect("serializes");
         self.kv.create(format!("{PROJECT_KEY_PREFIX}{id}"), Bytes::from(value)).await.map_err(nats_error)?;
         Ok(NewProject { project: entry.project(), write_key, read_key })
+    }
+
+    /// Replaces a project's settings (checked first) and bumps its settings
+    /// revision, by compare-and-set. Workers then re-sessionize the project's
+    /// history, partition by partition ([`Catalog::applied_partitions`] tells
+    /// how far they are).
+    pub async fn set_settings(&self, id: i64, settings: ProjectSettings) -> Result<CatalogProject, ClusterError> {
+        settings.compile()?;
+        let key = format!("{PROJECT_KEY_PREFIX}{id}");
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let Some(entry) = self.kv.entry(key.as_str()).await.map_err(nats_error)? else {
+                return Err(ClusterError::Catalog(format!("no project with id {id} in the cluster's catalog")));
+            };
+            let mut project: CatalogProject = serde_json::from_slice(&entry.value)
+                .map_err(|e| ClusterError::Catalog(format!("catalog entry {key} is malformed: {e}")))?;
+            project.settings = settings.clone();
+            project.settings_revision += 1;
+            let value = Bytes::from(serde_json::to_vec(&project).expect("serializes"));
+            if self.kv.update(key.as_str(), value, entry.revision).await.is_ok() {
+                return Ok(project);
+            }
+            tokio::time::sleep(CAS_PAUSE).await;
+        }
+        Err(ClusterError::Catalog(
+            "could not update the project (contention, or the catalog did not answer); try again".into(),
+        ))
+    }
+
+    /// The settings revision a partition's sessions of a project were computed with.
+    pub async fn applied_revision(&self, project: i64, partition: u32) -> Result<u64, ClusterError> {
+        let key = format!("{APPLIED_KEY_PREFIX}{project}.{partition}");
+        match self.kv.get(key.as_str()).await.map_err(nats_error)? {
+            None => Ok(0),
+            Some(value) => std::str::from_utf8(&value)
+                .ok()
+                .and_then(|t| t.parse().ok())
+                .ok_or_else(|| ClusterError::Catalog(format!("catalog entry {key} is malformed"))),
+        }
+    }
+
+    /// Records that a partition's sessions of a project follow settings `revision`.
+    pub async fn set_applied_revision(&self, project: i64, partition: u32, revision: u64) -> Result<(), ClusterError> {
+        let key = format!("{APPLIED_KEY_PREFIX}{project}.{partition}");
+        self.kv.put(key, Bytes::from(revision.to_string())).await.map_err(nats_error)?;
+        Ok(())
+    }
+
+    /// How many of the `partitions` have applied at least `revision` of a project's settings.
+    pub async fn applied_partitions(&self, project: i64, revision: u64, partitions: u32) -> Result<u32, ClusterError> {
+        let mut applied = 0;
+        for partition in 0..partitions {
+            if self.applied_revision(project, partition).await? >= revision {
+                applied += 1;
+            }
+        }
+        Ok(applied)
     }
 
     /// A fresh project id: a counter advanced by compare-and-set, so two nodes never hand out the same id.

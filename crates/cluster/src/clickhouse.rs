@@ -400,6 +400,13 @@ struct CountRow {
     n: u64,
 }
 
+/// One user key.
+#[derive(Debug, Deserialize, Row)]
+struct UserRow {
+    user_kind: u8,
+    user_key: String,
+}
+
 /// A single event key.
 #[derive(Debug, Deserialize, Row)]
 struct EventKeyRow {
@@ -678,6 +685,35 @@ impl ClickHouseStore {
         )
     }
 
+    /// A page of the users with events of a project in a partition, after `after`, in key order.
+    fn sql_partition_users(&self, partition: u32, project: i64, after: Option<(u8, &str)>, limit: usize) -> String {
+        let after = after.map_or(String::new(), |(kind, key)| {
+            format!(" AND (user_kind > {kind} OR (user_kind = {kind} AND user_key > {}))", quote(key))
+        });
+        format!(
+            "SELECT DISTINCT user_kind, user_key FROM {} WHERE partition = {partition} AND project = {project}{after} \
+             ORDER BY user_kind, user_key LIMIT {limit}",
+            self.table(EVENTS_TABLE)
+        )
+    }
+
+    /// All events of the users in `in_list` (`(user_kind, user_key)` tuples), each user's in time order.
+    fn sql_partition_users_events(&self, partition: u32, project: i64, in_list: &str) -> String {
+        format!(
+            "SELECT {} FROM {} FINAL WHERE partition = {partition} AND project = {project} \
+             AND (user_kind, user_key) IN ({in_list}) ORDER BY user_kind, user_key, time_ms, seq",
+            columns::<EventRow>(),
+            self.table(EVENTS_TABLE)
+        )
+    }
+
+    fn sql_partition_users_sessions(&self, partition: u32, project: i64, in_list: &str) -> String {
+        self.sql_current_sessions(
+            &format!("partition = {partition} AND project = {project} AND (user_kind, user_key) IN ({in_list})"),
+            "user_kind, user_key, start_ms",
+        )
+    }
+
     fn sql_project_event_count(&self, project: i64) -> String {
         format!("SELECT count() AS n FROM {} FINAL WHERE project = {project}", self.table(EVENTS_TABLE))
     }
@@ -886,6 +922,48 @@ impl ClickHouseStore {
         Ok(rows.iter().map(SessionRow::to_stored).collect())
     }
 
+    /// A page of the users of a project in a partition (those with stored
+    /// events), after `after`, in key order, at most `limit`.
+    pub async fn partition_users(
+        &self,
+        partition: u32,
+        project: i64,
+        after: Option<&UserKey>,
+        limit: usize,
+    ) -> Result<Vec<UserKey>, ClusterError> {
+        let after = after.map(user_columns);
+        let sql =
+            self.sql_partition_users(partition, project, after.as_ref().map(|(k, key)| (*k, key.as_str())), limit);
+        let rows: Vec<UserRow> = self.shard(partition).fetch_all("listing a partition's users", &sql).await?;
+        Ok(rows.iter().map(|row| user_key_of(row.user_kind, &row.user_key)).collect())
+    }
+
+    /// Every stored event and current session of these users of a project in a partition.
+    pub async fn users_history(
+        &self,
+        partition: u32,
+        project: i64,
+        users: &[UserKey],
+    ) -> Result<(Vec<StoredEvent>, Vec<StoredSession>), ClusterError> {
+        let literals = users.iter().map(|user| {
+            let (kind, key) = user_columns(user);
+            format!("({kind}, {})", quote(&key))
+        });
+        let (mut events, mut sessions) = (Vec::new(), Vec::new());
+        let shard = self.shard(partition);
+        for list in in_lists(literals) {
+            let rows: Vec<EventRow> = shard
+                .fetch_all("reading users' events", &self.sql_partition_users_events(partition, project, &list))
+                .await?;
+            events.extend(rows.iter().map(EventRow::to_stored));
+            let rows: Vec<SessionRow> = shard
+                .fetch_all("reading users' sessions", &self.sql_partition_users_sessions(partition, project, &list))
+                .await?;
+            sessions.extend(rows.iter().map(SessionRow::to_stored));
+        }
+        Ok((events, sessions))
+    }
+
     /// Deduplicated event count of a project over all shards.
     pub async fn project_event_count(&self, project: i64) -> Result<u64, ClusterError> {
         let sql = self.sql_project_event_count(project);
@@ -1023,6 +1101,26 @@ impl ClickHouseStore {
             check(
                 self.sql_existing_event_keys(PROJECT, PARTITION, "'k1', 'k3', 'nope'"),
                 Some(Expectation::new("event_key", &["k1", "k3"])),
+            ),
+            check(
+                self.sql_partition_users(PARTITION, PROJECT, None, 10),
+                Some(Expectation::new("user_kind", &["0", "1"])),
+            ),
+            check(
+                self.sql_partition_users(PARTITION, PROJECT, Some((hostile_kind, &hostile_key)), 10),
+                Some(Expectation::new("user_key", &["dev-1"])),
+            ),
+            check(
+                self.sql_partition_users_events(
+                    PARTITION,
+                    PROJECT,
+                    &format!("({hostile_kind}, {})", quote(&hostile_key)),
+                ),
+                Some(Expectation::new("seq", &["1", "2"])),
+            ),
+            check(
+                self.sql_partition_users_sessions(PARTITION, PROJECT, "(1, 'dev-1'), (0, 'nobody')"),
+                Some(Expectation::new("session_id", &["5"])),
             ),
         ];
         checks.extend(self.read_dialect_checks(PROJECT, t0, &hostile, check));

@@ -56,6 +56,9 @@ const FLUSH_EVENTS: usize = 20_000;
 const STUCK_AFTER: Duration = Duration::from_secs(150);
 /// Longest wait for a fetch's answer (see [`fetch`]).
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Users re-sessionized per step when a project's settings change (bounds
+/// the memory of a step: these users' events and sessions).
+const RESESSIONIZE_PAGE_USERS: usize = 1_000;
 /// Pause when no owned partition had anything to do.
 const IDLE_PAUSE: Duration = Duration::from_millis(20);
 
@@ -89,6 +92,9 @@ struct ProjectEngine {
 struct Partition {
     consumer: PullConsumer,
     engines: HashMap<i64, ProjectEngine>,
+    /// Per project with changed settings: the settings revision this
+    /// partition's stored sessions follow (absent: 0, the creation's).
+    applied: HashMap<i64, u64>,
 }
 
 /// One worker process.
@@ -251,10 +257,38 @@ impl Worker {
             let tick = last_tick.elapsed() >= TICK;
             if tick {
                 last_tick = tokio::time::Instant::now();
-                // New projects (a project's settings are fixed at creation).
+                // New projects, and changed settings.
                 match catalog.projects().await {
                     Ok(list) => projects = list.into_iter().map(|p| (p.id, p)).collect(),
                     Err(error) => tracing::warn!(%error, "cannot re-read the catalog"),
+                }
+                let stale: Vec<(u32, i64)> = partitions
+                    .iter()
+                    .flat_map(|(&p, partition)| {
+                        projects
+                            .values()
+                            .filter(|project| {
+                                project.settings_revision > partition.applied.get(&project.id).copied().unwrap_or(0)
+                            })
+                            .map(move |project| (p, project.id))
+                    })
+                    .collect();
+                if !stale.is_empty() {
+                    // What is pending was sessionized with the old settings: store it
+                    // first, so the re-sessionizing sees it.
+                    self.flush_or_reset(&mut pending, &mut partitions, &mut version).await;
+                    for (p, project) in stale {
+                        let Some(entry) = projects.get(&project) else { continue };
+                        match self.apply_settings(p, entry, &catalog, &mut version, &heartbeat).await {
+                            // The engines still follow the old settings: rebuilt at the next turn.
+                            Ok(()) => drop(partitions.remove(&p)),
+                            Err(error) => {
+                                tracing::error!(partition = p, project, %error, "cannot apply changed settings; retrying");
+                                tokio::time::sleep(FAILURE_PAUSE).await;
+                            }
+                        }
+                    }
+                    continue;
                 }
                 let now = now_ms();
                 for (&p, partition) in &mut partitions {
@@ -357,6 +391,63 @@ impl Worker {
             slot.insert(ProjectEngine { project: entry.clone(), rules, classifier, engine });
         }
         Ok(engines.get_mut(&project))
+    }
+
+    /// Re-sessionizes a project's whole stored history in one partition with
+    /// its current settings (as the single binary does when settings change),
+    /// user by user in pages, writing the sessions that differ and superseding
+    /// those that no longer exist; then records the settings revision as
+    /// applied. Idempotent: an interrupted run is done again by whoever holds
+    /// the partition next.
+    async fn apply_settings(
+        &self,
+        p: u32,
+        project: &CatalogProject,
+        catalog: &crate::Catalog,
+        version: &mut u64,
+        heartbeat: &Heartbeat,
+    ) -> Result<(), ClusterError> {
+        let (rules, classifier) = project.settings.compile()?;
+        let mut after: Option<UserKey> = None;
+        let (mut users_done, mut written) = (0usize, 0usize);
+        loop {
+            // Long work is progress: the leases stay.
+            heartbeat.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
+            let users = self.store.partition_users(p, project.id, after.as_ref(), RESESSIONIZE_PAGE_USERS).await?;
+            let Some(last) = users.last().cloned() else { break };
+            let (events, stored) = self.store.users_history(p, project.id, &users).await?;
+            let now = now_ms();
+            let fresh = sessionize_stored(&project.public_id, &events, &rules, &classifier, now);
+            let mut old: HashMap<(UserKey, i64), StoredSession> =
+                stored.into_iter().map(|s| ((s.user.clone(), s.session_id), s)).collect();
+            let mut rows = Vec::new();
+            for session in &fresh {
+                match old.remove(&(session.user.clone(), session.session_id)) {
+                    Some(previous) if previous.same_state(session) => {}
+                    _ => rows.push(SessionRow::new(project.id, p, session, false, next_version(version), now)),
+                }
+            }
+            for gone in old.values() {
+                rows.push(SessionRow::new(project.id, p, gone, true, next_version(version), now));
+            }
+            self.store.insert_sessions(p, &rows).await?;
+            users_done += users.len();
+            written += rows.len();
+            if users.len() < RESESSIONIZE_PAGE_USERS {
+                break;
+            }
+            after = Some(last);
+        }
+        catalog.set_applied_revision(project.id, p, project.settings_revision).await?;
+        tracing::info!(
+            partition = p,
+            project = %project.public_id,
+            revision = project.settings_revision,
+            users = users_done,
+            session_rows = written,
+            "changed settings applied"
+        );
+        Ok(())
     }
 
     /// Binds the partition's consumer and rebuilds its engines from the events
@@ -464,8 +555,12 @@ impl Worker {
             rows.push(SessionRow::new(project, p, &gone, true, next_version(version), now));
         }
         self.store.insert_sessions(p, &rows).await?;
+        let mut applied = HashMap::new();
+        for project in projects.values().filter(|project| project.settings_revision > 0) {
+            applied.insert(project.id, catalog.applied_revision(project.id, p).await?);
+        }
         tracing::info!(partition = p, replay_from_ms = from, replayed, "partition state rebuilt");
-        Ok(Partition { consumer, engines })
+        Ok(Partition { consumer, engines, applied })
     }
 
     /// Sessionizes one partition's fetched messages into `pending` (rows to

@@ -357,6 +357,39 @@ fn compare_reads(single: (u16, &str), query: (u16, &str)) {
     assert_eq!(status, 404);
 }
 
+/// The single binary's sessions (from its export), once the cluster's
+/// workers hold the same (waited for: they catch up, or re-sessionize).
+fn same_sessions(single_port: u16, single_read_key: &str, config: &str, project: &str) -> Vec<BTreeMap<String, Value>> {
+    let single = || {
+        let response = agent()
+            .get(&format!("http://127.0.0.1:{single_port}/v1/export/sessions?format=ndjson"))
+            .header("Authorization", &format!("Bearer {single_read_key}"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        comparable(&response)
+    };
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let (mut expected, mut actual) = (Vec::new(), Vec::new());
+    while Instant::now() < deadline {
+        expected = single();
+        actual = comparable(&run(&["cluster", "sessions", "--cluster", config, project]));
+        if actual == expected {
+            return expected;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let missing: Vec<_> = expected.iter().filter(|s| !actual.contains(s)).take(5).collect();
+    let extra: Vec<_> = actual.iter().filter(|s| !expected.contains(s)).take(5).collect();
+    panic!(
+        "the cluster's {} sessions differ from the single binary's {}\nmissing (first 5): {missing:#?}\nextra (first 5): {extra:#?}",
+        actual.len(),
+        expected.len()
+    );
+}
+
 fn cluster_file(dir: &Path, nats: &[String], shards: &[String]) -> String {
     let path = dir.join("cluster.toml");
     std::fs::write(
@@ -489,37 +522,8 @@ fn the_cluster_finds_the_single_binarys_sessions_through_worker_and_nats_failure
     assert_eq!(single_accepted, events.len() as u64);
     assert!(cluster_accepted <= events.len() as u64);
 
-    let expected = {
-        let response = agent()
-            .get(&format!("http://127.0.0.1:{single_port}/v1/export/sessions?format=ndjson"))
-            .header("Authorization", &format!("Bearer {single_read_key}"))
-            .call()
-            .unwrap()
-            .body_mut()
-            .read_to_string()
-            .unwrap();
-        comparable(&response)
-    };
+    let expected = same_sessions(single_port, &single_read_key, &config, &cluster_project);
     assert!(expected.len() > 400, "{} sessions", expected.len());
-    // The workers catch up: wait until ClickHouse holds the same sessions.
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let mut actual = Vec::new();
-    while Instant::now() < deadline {
-        actual = comparable(&run(&["cluster", "sessions", "--cluster", &config, &cluster_project]));
-        if actual == expected {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    if actual != expected {
-        let missing: Vec<_> = expected.iter().filter(|s| !actual.contains(s)).take(5).collect();
-        let extra: Vec<_> = actual.iter().filter(|s| !expected.contains(s)).take(5).collect();
-        panic!(
-            "the cluster's {} sessions differ from the single binary's {}\nmissing (first 5): {missing:#?}\nextra (first 5): {extra:#?}",
-            actual.len(),
-            expected.len()
-        );
-    }
     let stats: Value =
         serde_json::from_str(&run(&["cluster", "stats", "--cluster", &config, &cluster_project])).unwrap();
     assert_eq!(stats["events"].as_u64(), Some(event_total), "every event stored exactly once: {stats}");
@@ -540,4 +544,28 @@ fn the_cluster_finds_the_single_binarys_sessions_through_worker_and_nats_failure
         ingest.running() && worker_1.running() && worker_2.running() && query.running(),
         "every node rode out the failures"
     );
+
+    // A settings change: both deployments re-sessionize the whole history
+    // (events beyond the horizon included) under a 10-minute timeout.
+    run(&["project", "set", "--data", single_data.to_str().unwrap(), "web", "--timeout", "10m"]);
+    let changed = dir.path().join("changed.json");
+    std::fs::write(&changed, r#"{"timeout_ms": 600000}"#).unwrap();
+    let answer: Value = serde_json::from_str(&run(&[
+        "cluster",
+        "set-settings",
+        "--cluster",
+        &config,
+        &cluster_project,
+        "--settings",
+        changed.to_str().unwrap(),
+        "--wait",
+        "120s",
+    ]))
+    .unwrap();
+    assert_eq!(answer["settings"]["timeout_ms"], 600_000, "{answer}");
+    assert_eq!(answer["settings"]["passive_event_types"], json!(["poll"]), "other settings stay: {answer}");
+    assert_eq!((answer["settings_revision"].as_u64(), answer["applied_partitions"].as_u64()), (Some(1), Some(16)));
+    let resessionized = same_sessions(single_port, &single_read_key, &config, &cluster_project);
+    assert!(resessionized.len() > expected.len(), "{} sessions, {} before", resessionized.len(), expected.len());
+    assert!(worker_1.running() && worker_2.running());
 }

@@ -19,8 +19,8 @@ use sessionizer_store::{
 };
 
 use super::{
-    ClickHouseStore, CountRow, EVENTS_TABLE, EventRow, SESSIONS_TABLE, SessionRow, columns, quote, user_columns,
-    user_key_of,
+    ClickHouseStore, CountRow, EVENTS_TABLE, EventRow, SESSIONS_TABLE, SessionRow, UserRow, columns, quote,
+    user_columns, user_key_of,
 };
 use crate::ClusterError;
 
@@ -68,12 +68,6 @@ struct BelowRow {
 struct PerUserRow {
     sessions: u64,
     users: u64,
-}
-
-#[derive(Debug, Deserialize, Row)]
-struct UserRow {
-    user_kind: u8,
-    user_key: String,
 }
 
 #[derive(Debug, Deserialize, Row)]
