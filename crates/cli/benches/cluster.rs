@@ -16,7 +16,9 @@
 //! 2. *drain*: one worker started on that backlog: events/s until ClickHouse holds every event;
 //! 3. *steady, 1 worker*: loadgen again while that worker runs: acknowledged
 //!    events/s, latency, and how long the worker needs after the load stops;
-//! 4. *steady, 2 workers*: the same with a second worker.
+//! 4. *steady, 2 workers*: the same with a second worker;
+//! 5. *queries*: a query node (`serve --role query`) answers the dashboard's
+//!    reads over everything stored: the median of 7 timings of each route.
 //!
 //! Everything shares the machine's cores (NATS, ClickHouse, the nodes and the
 //! load generator), so the figures are a floor for a node on its own machine.
@@ -188,6 +190,48 @@ fn main() -> Result<()> {
     let lag_2 = wait_stored(config, &project, stored)?;
     let worker_rate_2 = accepted_2 as f64 / started.elapsed().as_secs_f64();
     drop((worker_0, worker_1));
+    // 5. The dashboard's reads on a query node, over everything stored.
+    let read_key = created["read_key"].as_str().context("read_key")?.to_string();
+    let query_port = free_port();
+    let _query =
+        Node::start(&["--role", "query", "--cluster", config, "--listen", &format!("127.0.0.1:{query_port}")])?;
+    let get = |path: &str| -> Result<Value> {
+        let mut response = ureq::get(&format!("http://127.0.0.1:{query_port}{path}"))
+            .header("Authorization", &format!("Bearer {read_key}"))
+            .call()?;
+        Ok(serde_json::from_str(&response.body_mut().read_to_string()?)?)
+    };
+    let ready = Instant::now() + Duration::from_secs(60);
+    while get("/v1/project").is_err() {
+        if Instant::now() > ready {
+            bail!("the query node did not start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let range = get("/v1/stats/range")?;
+    let days = format!(
+        "from={}&to={}",
+        range["first_date"].as_str().context("first_date")?,
+        range["last_date"].as_str().context("last_date")?
+    );
+    let mut queries = serde_json::Map::new();
+    for path in [
+        format!("/v1/stats/summary?{days}"),
+        format!("/v1/stats/daily?{days}"),
+        format!("/v1/stats/length-distribution?{days}"),
+        format!("/v1/sessions?{days}&limit=100"),
+        format!("/v1/sessions?{days}&limit=100&min_length_ms=60000&order=desc"),
+    ] {
+        let mut timings_ms: Vec<f64> = (0..7)
+            .map(|_| {
+                let started = Instant::now();
+                get(&path).map(|_| started.elapsed().as_secs_f64() * 1_000.0)
+            })
+            .collect::<Result<_>>()?;
+        timings_ms.sort_by(f64::total_cmp);
+        queries.insert(path, json!({"median_ms": timings_ms[3]}));
+    }
+    let sessions = get(&format!("/v1/stats/summary?{days}"))?["sessions"].clone();
     let report = json!({
         "nats_nodes": nats_nodes,
         "stream_replicas": nats_nodes,
@@ -198,6 +242,7 @@ fn main() -> Result<()> {
         "2_drain_one_worker": drain,
         "3_steady_one_worker": {"ingest": summary(&steady_1), "stored_events_per_s": worker_rate_1, "lag_after_load_s": lag_1},
         "4_steady_two_workers": {"ingest": summary(&steady_2), "stored_events_per_s": worker_rate_2, "lag_after_load_s": lag_2},
+        "5_query_node": {"events": stored, "sessions": sessions, "routes": queries},
     });
     println!("{report:#}");
     Ok(())

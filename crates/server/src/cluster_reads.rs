@@ -10,6 +10,7 @@
 //! events flow), where a single binary's query sees it at once.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, RwLock};
 
 use axum::body::Bytes;
@@ -37,8 +38,9 @@ pub(crate) struct ClusterReads {
     store: ClickHouseStore,
     partitions: u32,
     projects: RwLock<HashMap<i64, Project>>,
-    /// One per export in progress, until its last byte (as the embedded store's readers).
-    export_permits: Arc<Semaphore>,
+    /// One per read in progress, exports included until their last byte (as
+    /// the embedded store's readers): bounds the queries a node sends ClickHouse.
+    permits: Arc<Semaphore>,
 }
 
 /// A cluster error as an answer: storage unreachable is 503 (logged once, with
@@ -56,10 +58,16 @@ impl ClusterReads {
             store,
             partitions,
             projects: RwLock::default(),
-            export_permits: Arc::new(Semaphore::new(MAX_CONCURRENT_READS)),
+            permits: Arc::new(Semaphore::new(MAX_CONCURRENT_READS)),
         };
         reads.replace_projects(projects);
         reads
+    }
+
+    /// Runs one read within the bound on reads in progress.
+    async fn bounded<T>(&self, read: impl Future<Output = Result<T, ClusterError>>) -> Result<T, ApiError> {
+        let _permit = self.permits.acquire().await.map_err(|_| ApiError::Unavailable("shutting down".into()))?;
+        read.await.map_err(answer)
     }
 
     fn replace_projects(&self, projects: Vec<Project>) {
@@ -80,7 +88,7 @@ impl ClusterReads {
         bounds_ms: &[i64],
     ) -> Result<BoardFigures, ApiError> {
         let window = DayWindow { project: project.id, time_zone: &project.settings.time_zone, from_day, to_day };
-        self.store.board_figures(&window, bounds_ms).await.map_err(answer)
+        self.bounded(self.store.board_figures(&window, bounds_ms)).await
     }
 
     pub(crate) async fn cohort(&self, project: &Project, filter: &CohortFilter) -> Result<Vec<UserKey>, ApiError> {
@@ -90,7 +98,7 @@ impl ClusterReads {
             from_day: filter.from_day,
             to_day: filter.to_day,
         };
-        self.store.cohort(&window, filter).await.map_err(answer)
+        self.bounded(self.store.cohort(&window, filter)).await
     }
 
     /// The users of a project's sessions in the range, and a hash-ordered
@@ -107,7 +115,7 @@ impl ClusterReads {
             from_day: range.from_day,
             to_day: range.to_day,
         };
-        let (total, sampled) = self.store.sample_users(&window, max_events).await.map_err(answer)?;
+        let (total, sampled) = self.bounded(self.store.sample_users(&window, max_events)).await?;
         Ok((total, sampled.into_iter().map(|(user, _)| user).collect()))
     }
 
@@ -117,11 +125,11 @@ impl ClusterReads {
         users: &[UserKey],
         range: (i64, i64),
     ) -> Result<Vec<StoredEvent>, ApiError> {
-        self.store.events_of_users(project, users, range).await.map_err(answer)
+        self.bounded(self.store.events_of_users(project, users, range)).await
     }
 
     pub(crate) async fn session_start_range(&self, project: i64) -> Result<Option<(i64, i64)>, ApiError> {
-        self.store.session_start_range(project).await.map_err(answer)
+        self.bounded(self.store.session_start_range(project)).await
     }
 
     pub(crate) async fn sessions_page(
@@ -130,17 +138,17 @@ impl ClusterReads {
         filter: &SessionFilter,
         limit: usize,
     ) -> Result<Vec<StoredSession>, ApiError> {
-        self.store.sessions_page(project, filter, limit).await.map_err(answer)
+        self.bounded(self.store.sessions_page(project, filter, limit)).await
     }
 
     /// Every current session of one user, in start order (one shard).
     pub(crate) async fn sessions_of_user(&self, project: i64, user: &UserKey) -> Result<Vec<StoredSession>, ApiError> {
         let partition = sessionizer_cluster::partition_of(project, user, self.partitions);
-        self.store.sessions_of_user(project, partition, user).await.map_err(answer)
+        self.bounded(self.store.sessions_of_user(project, partition, user)).await
     }
 
     pub(crate) async fn session_by_uid(&self, project: i64, uid: &str) -> Result<Option<StoredSession>, ApiError> {
-        self.store.session_by_uid(project, uid).await.map_err(answer)
+        self.bounded(self.store.session_by_uid(project, uid)).await
     }
 
     pub(crate) async fn session_events(
@@ -151,13 +159,13 @@ impl ClusterReads {
         limit: usize,
     ) -> Result<Vec<StoredEvent>, ApiError> {
         let partition = sessionizer_cluster::partition_of(project, &session.user, self.partitions);
-        self.store.session_events(project, partition, session, excluded_event_types, limit).await.map_err(answer)
+        self.bounded(self.store.session_events(project, partition, session, excluded_event_types, limit)).await
     }
 }
 
 impl ClusterReads {
     async fn export_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
-        self.export_permits.clone().acquire_owned().await.map_err(|_| ApiError::Unavailable("shutting down".into()))
+        self.permits.clone().acquire_owned().await.map_err(|_| ApiError::Unavailable("shutting down".into()))
     }
 
     /// Streams the events of `[from_ms, to_ms)` with their sessions, in time

@@ -351,6 +351,24 @@ fn compare_reads(single: (u16, &str), query: (u16, &str)) {
     let (status, answer) = read(query.0, query.1, "/v1/changes", None);
     assert_eq!(status, 501, "{answer}");
     assert_eq!(answer["error"]["code"], "not_served_here", "{answer}");
+    // The dashboard: its page, a sign-in with the read key, and a read with the cookie.
+    let (status, page) = read(query.0, "", "/dashboard/", None);
+    assert_eq!(status, 200);
+    assert!(page["text"].as_str().unwrap().contains("<html"), "{page}");
+    let signed_in = agent()
+        .post(&format!("http://127.0.0.1:{}/dashboard/sign-in", query.0))
+        .header("Content-Type", "application/json")
+        .send(json!({"read_key": query.1}).to_string().as_bytes())
+        .unwrap();
+    assert_eq!(signed_in.status(), 204);
+    let cookie =
+        signed_in.headers().get("set-cookie").unwrap().to_str().unwrap().split(';').next().unwrap().to_string();
+    let with_cookie = agent()
+        .get(&format!("http://127.0.0.1:{}/v1/stats/summary?from={from}&to={to}", query.0))
+        .header("Cookie", &cookie)
+        .call()
+        .unwrap();
+    assert_eq!(with_cookie.status(), 200);
     // Reads need the read key, and ingestion is not served here.
     assert_eq!(read(query.0, "sk_write_nope", "/v1/stats/summary", None).0, 401);
     let (status, _) = read(query.0, query.1, "/v1/events", Some(&json!({"events": []})));
