@@ -49,7 +49,13 @@ use uuid::Uuid;
 use crate::ClusterError;
 
 mod reads;
-pub use reads::{DayWindow, EXPORT_PAGE_ROWS, EventSession};
+pub use reads::{DayWindow, EXPORT_PAGE_ROWS, EventSession, FeedChange, FeedCursor};
+
+/// Every session version ever written, in order: the change feed (an
+/// append-only copy of `sessions_local`'s inserts, kept by [`VERSIONS_VIEW`]).
+pub const VERSIONS_TABLE: &str = "session_versions_local";
+/// The materialized view that copies each insert into `sessions_local` to [`VERSIONS_TABLE`].
+pub const VERSIONS_VIEW: &str = "session_versions_mv";
 
 /// The table of events on every shard.
 pub const EVENTS_TABLE: &str = "events_local";
@@ -597,6 +603,31 @@ impl ClickHouseStore {
         )
     }
 
+    /// The change feed's table: the columns of `sessions_local`, append-only,
+    /// ordered for reading a project's partitions by version.
+    fn sql_create_versions(&self) -> String {
+        let create_sessions = self.sql_create_sessions();
+        let columns_start = create_sessions.find('(').expect("a column list");
+        let columns_end = create_sessions.find(") ENGINE").expect("a column list");
+        format!(
+            "CREATE TABLE IF NOT EXISTS {} {} ENGINE = MergeTree \
+             PARTITION BY toYYYYMM(toDateTime(intDiv(changed_ms, 1000), 'UTC')) \
+             ORDER BY (project, partition, version)",
+            self.table(VERSIONS_TABLE),
+            &create_sessions[columns_start..=columns_end],
+        )
+    }
+
+    fn sql_create_versions_view(&self) -> String {
+        format!(
+            "CREATE MATERIALIZED VIEW IF NOT EXISTS {} TO {} AS SELECT {} FROM {}",
+            self.table(VERSIONS_VIEW),
+            self.table(VERSIONS_TABLE),
+            columns::<SessionRow>(),
+            self.table(SESSIONS_TABLE)
+        )
+    }
+
     /// `project = .. AND user_kind = .. AND user_key = ..` of one user.
     fn user_filter(project: i64, user: &UserKey) -> String {
         let (kind, key) = user_columns(user);
@@ -723,7 +754,13 @@ impl ClickHouseStore {
     /// `CREATE DATABASE` / tables `IF NOT EXISTS` on every shard (idempotent;
     /// an existing table is left as it is, whatever its columns).
     pub async fn init_schema(&self) -> Result<(), ClusterError> {
-        let statements = [self.sql_create_database(), self.sql_create_events(), self.sql_create_sessions()];
+        let statements = [
+            self.sql_create_database(),
+            self.sql_create_events(),
+            self.sql_create_sessions(),
+            self.sql_create_versions(),
+            self.sql_create_versions_view(),
+        ];
         try_join_all(self.shards.iter().map(|shard| async {
             for sql in &statements {
                 shard.execute("creating the schema", sql).await?;
@@ -1059,10 +1096,14 @@ impl ClickHouseStore {
             check(self.sql_create_database(), None),
             check(self.sql_create_events(), None),
             check(self.sql_create_sessions(), None),
+            check(self.sql_create_versions(), None),
+            check(self.sql_create_versions_view(), None),
             // Idempotent DDL.
             check(self.sql_create_database(), None),
             check(self.sql_create_events(), None),
             check(self.sql_create_sessions(), None),
+            check(self.sql_create_versions(), None),
+            check(self.sql_create_versions_view(), None),
             check(self.sql_insert_values(EVENTS_TABLE, &events.iter().map(event_values).collect::<Vec<_>>()), None),
             check(
                 self.sql_insert_values(SESSIONS_TABLE, &sessions.iter().map(session_values).collect::<Vec<_>>()),
@@ -1319,6 +1360,7 @@ mod tests {
         for (ddl, names) in [
             (store.sql_create_events(), EventRow::COLUMN_NAMES),
             (store.sql_create_sessions(), SessionRow::COLUMN_NAMES),
+            (store.sql_create_versions(), SessionRow::COLUMN_NAMES),
         ] {
             let body = &ddl[ddl.find('(').unwrap() + 1..ddl.find(") ENGINE").unwrap()];
             let declared: Vec<&str> = body.split(", ").map(|c| c.split(' ').next().unwrap()).collect();

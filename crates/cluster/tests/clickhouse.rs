@@ -95,7 +95,12 @@ async fn schema_init_is_idempotent_on_every_shard() {
         let tables = server
             .query("SELECT name FROM system.tables WHERE database = 't_schema' ORDER BY name")
             .expect("system.tables");
-        assert_eq!(tables, "events_local\nsessions_local\n", "on {}", server.url());
+        assert_eq!(
+            tables,
+            "events_local\nsession_versions_local\nsession_versions_mv\nsessions_local\n",
+            "on {}",
+            server.url()
+        );
     }
     assert_eq!(store.project_event_count(1).await.unwrap(), 0);
     assert!(store.project_sessions(1).await.unwrap().is_empty());

@@ -15,12 +15,12 @@ use std::sync::{Arc, RwLock};
 
 use axum::body::Bytes;
 use futures_util::Stream;
-use sessionizer_cluster::clickhouse::{ClickHouseStore, DayWindow, EXPORT_PAGE_ROWS};
+use sessionizer_cluster::clickhouse::{ClickHouseStore, DayWindow, EXPORT_PAGE_ROWS, FeedChange, FeedCursor};
 use sessionizer_cluster::{Catalog, ClusterError};
 use sessionizer_engine::UserKey;
 use sessionizer_formats::{FileFormat, session_writer_to, stored_event_writer_to};
 use sessionizer_store::{
-    BoardFigures, CohortFilter, Project, SessionCursor, SessionFilter, StoredEvent, StoredSession,
+    BoardFigures, ChangeRecord, CohortFilter, Project, SessionCursor, SessionFilter, StoredEvent, StoredSession,
 };
 use tokio::sync::Semaphore;
 
@@ -41,6 +41,70 @@ pub(crate) struct ClusterReads {
     /// One per read in progress, exports included until their last byte (as
     /// the embedded store's readers): bounds the queries a node sends ClickHouse.
     permits: Arc<Semaphore>,
+}
+
+/// Pages of the change feed read at most per request while they hold only
+/// replayed versions (no change), before answering with none and the cursor moved on.
+const MAX_FEED_PAGES_PER_REQUEST: usize = 10;
+/// Longest feed cursor accepted (one entry per partition, at most 1,024 partitions).
+const MAX_FEED_CURSOR_BYTES: usize = 32 * 1024;
+/// The version of the cursor format, its prefix.
+const FEED_CURSOR_PREFIX: &str = "v1.";
+
+/// The cursor of a cluster's change feed, as text: `v1.` and, per partition
+/// read, `partition-version`, joined by `_`. Empty (or `0`, the start of the
+/// single binary's feed) is the start.
+pub(crate) fn decode_feed_cursor(text: &str) -> Result<FeedCursor, ApiError> {
+    let bad = || ApiError::BadRequest(format!("cursor {:?} is not one this server gave out", truncated(text)));
+    if text.is_empty() || text == "0" {
+        return Ok(FeedCursor::new());
+    }
+    if text.len() > MAX_FEED_CURSOR_BYTES {
+        return Err(bad());
+    }
+    let entries = text.strip_prefix(FEED_CURSOR_PREFIX).ok_or_else(bad)?;
+    let mut cursor = FeedCursor::new();
+    for entry in entries.split('_').filter(|e| !e.is_empty()) {
+        let (partition, version) = entry.split_once('-').ok_or_else(bad)?;
+        let partition: u32 = partition.parse().map_err(|_| bad())?;
+        let version: u64 = version.parse().map_err(|_| bad())?;
+        if cursor.insert(partition, version).is_some() {
+            return Err(bad());
+        }
+    }
+    Ok(cursor)
+}
+
+fn truncated(text: &str) -> String {
+    text.chars().take(64).collect()
+}
+
+pub(crate) fn encode_feed_cursor(cursor: &FeedCursor) -> String {
+    let entries: Vec<String> = cursor.iter().map(|(p, v)| format!("{p}-{v}")).collect();
+    format!("{FEED_CURSOR_PREFIX}{}", entries.join("_"))
+}
+
+/// A feed change as the single binary's change record: `seq` is the version
+/// (microseconds of the writing worker's clock, increasing within a
+/// partition), `raised_at_ms` the time it was written; a cluster does not know
+/// which session took a superseded one's events.
+fn change_record(change: &FeedChange) -> ChangeRecord {
+    let session = &change.session;
+    ChangeRecord {
+        seq: i64::try_from(change.version).unwrap_or(i64::MAX),
+        kind: change.kind.to_string(),
+        user: session.user.clone(),
+        session_id: session.session_id,
+        session_uid: session.session_uid.to_string(),
+        start_ms: session.start_ms,
+        end_ms: session.end_ms,
+        last_event_ms: session.last_event_ms,
+        event_count: session.event_count,
+        end_reason: session.end_reason.clone(),
+        concluded: session.concluded,
+        superseded_by: None,
+        raised_at_ms: change.changed_ms,
+    }
 }
 
 /// A cluster error as an answer: storage unreachable is 503 (logged once, with
@@ -147,6 +211,35 @@ impl ClusterReads {
         self.bounded(self.store.sessions_of_user(project, partition, user)).await
     }
 
+    /// A page of the change feed after `cursor`, and the cursor after it.
+    pub(crate) async fn changes_page(
+        &self,
+        project: i64,
+        mut cursor: FeedCursor,
+        limit: usize,
+    ) -> Result<(Vec<ChangeRecord>, FeedCursor), ApiError> {
+        for _ in 0..MAX_FEED_PAGES_PER_REQUEST {
+            let (changes, next) = self.bounded(self.store.changes_page(project, &cursor, limit)).await?;
+            let moved = next != cursor;
+            cursor = next;
+            if !changes.is_empty() || !moved {
+                return Ok((changes.iter().map(change_record).collect(), cursor));
+            }
+        }
+        Ok((Vec::new(), cursor))
+    }
+
+    /// The changes of one session, oldest first.
+    pub(crate) async fn session_changes(
+        &self,
+        project: i64,
+        uid: &str,
+        limit: usize,
+    ) -> Result<Vec<ChangeRecord>, ApiError> {
+        let changes = self.bounded(self.store.session_changes(project, uid, limit)).await?;
+        Ok(changes.iter().map(change_record).collect())
+    }
+
     pub(crate) async fn session_by_uid(&self, project: i64, uid: &str) -> Result<Option<StoredSession>, ApiError> {
         self.bounded(self.store.session_by_uid(project, uid)).await
     }
@@ -245,5 +338,25 @@ pub(crate) async fn refresh_from_catalog(keys: Arc<Keys>, reads: Arc<ClusterRead
             }
             Err(error) => tracing::warn!(%error, "cannot refresh the catalog"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feed_cursors_round_trip_and_refuse_what_was_not_given_out() {
+        let cursor = FeedCursor::from([(0, 17), (63, 1_732_000_000_000_123)]);
+        let text = encode_feed_cursor(&cursor);
+        assert_eq!(text, "v1.0-17_63-1732000000000123");
+        assert_eq!(decode_feed_cursor(&text).unwrap(), cursor);
+        assert_eq!(decode_feed_cursor("").unwrap(), FeedCursor::new());
+        assert_eq!(decode_feed_cursor("0").unwrap(), FeedCursor::new());
+        assert_eq!(decode_feed_cursor(&encode_feed_cursor(&FeedCursor::new())).unwrap(), FeedCursor::new());
+        for bad in ["12", "v2.1-2", "v1.1-2_1-3", "v1.x-2", "v1.1-", "v1.1-2-3", "v1.-1-2"] {
+            assert!(decode_feed_cursor(bad).is_err(), "{bad}");
+        }
+        assert!(decode_feed_cursor(&format!("v1.{}", "1-2_".repeat(10_000))).is_err());
     }
 }

@@ -56,9 +56,6 @@ pub enum ApiError {
     /// A cluster's storage (ClickHouse) did not answer a read; the detail is logged, once.
     #[error("the cluster's storage did not answer: retry shortly")]
     StorageUnavailable(String),
-    /// A route this node does not serve (a cluster's query node lacks a few of the single binary's).
-    #[error("{0}")]
-    NotServedHere(String),
     #[error("the disk is full: nothing of this request was stored")]
     DiskFull,
     #[error("stored data is damaged: this request cannot be answered (the operator can run `sessionizer check`)")]
@@ -89,7 +86,6 @@ impl ApiError {
             ApiError::Busy | ApiError::Unavailable(_) | ApiError::Loading(_) | ApiError::StorageUnavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ApiError::NotServedHere(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::DiskFull => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) | ApiError::StorageCorrupt(_) | ApiError::WriteOutcomeUnknown => {
@@ -115,7 +111,6 @@ impl ApiError {
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Loading(_) => "loading",
             ApiError::StorageUnavailable(_) => "storage_unavailable",
-            ApiError::NotServedHere(_) => "not_served_here",
             ApiError::DiskFull => "disk_full",
             ApiError::StorageCorrupt(_) => "storage_corrupt",
             ApiError::WriteOutcomeUnknown => "write_outcome_unknown",

@@ -162,18 +162,6 @@ pub(crate) enum Sink {
 }
 
 impl AppState {
-    /// `Err` on a node that reads from a cluster: for the few routes only the
-    /// embedded store can answer (`what` names them in the answer).
-    pub(crate) fn embedded_only(&self, what: &str) -> Result<(), ApiError> {
-        match self.source {
-            ReadSource::Embedded => Ok(()),
-            #[cfg(feature = "cluster")]
-            ReadSource::Cluster(_) => Err(ApiError::NotServedHere(format!(
-                "{what} is not served by a cluster's query node yet (docs/scale-out.md lists what is)"
-            ))),
-        }
-    }
-
     /// The project a read request may read (header or dashboard cookie), within the key's rate limit.
     pub(crate) fn authorize_read(&self, headers: &HeaderMap) -> Result<i64, ApiError> {
         let project = self.keys.authorize(headers, KeyRole::Read)?;

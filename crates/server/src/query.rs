@@ -485,7 +485,7 @@ async fn list_sessions(
     Ok(json_response(json!({"sessions": list, "next_cursor": next_cursor})))
 }
 
-fn change_json(change: &ChangeRecord) -> Value {
+pub(crate) fn change_json(change: &ChangeRecord) -> Value {
     json!({
         "seq": change.seq,
         "kind": change.kind,
@@ -523,8 +523,8 @@ async fn session_detail(
         let (_, classifier) = project.settings.compile()?;
         let excluded: Vec<&str> = classifier.excluded_event_types().collect();
         let events = cluster.session_events(project.id, &session, &excluded, MAX_SESSION_EVENTS_SHOWN + 1).await?;
-        // A cluster keeps each session's current version only: no revision history.
-        return Ok(json_response(session_detail_json(&session, &events, &[])));
+        let history = cluster.session_changes(project.id, &uid, MAX_CHANGES_PER_PAGE).await?;
+        return Ok(json_response(session_detail_json(&session, &events, &history)));
     }
     let body = state
         .readers
@@ -756,8 +756,20 @@ async fn changes(
     query: Result<Query<ChangesQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let project = state.authorize_read(&headers)?;
-    state.embedded_only("the change feed")?;
     let Query(query) = query.map_err(bad_query)?;
+    let limit = query.limit.unwrap_or(MAX_CHANGES_PER_PAGE);
+    if limit == 0 || limit > MAX_CHANGES_PER_PAGE {
+        return Err(ApiError::BadRequest(format!("limit: between 1 and {MAX_CHANGES_PER_PAGE}")));
+    }
+    #[cfg(feature = "cluster")]
+    if let ReadSource::Cluster(cluster) = &state.source {
+        let cursor = crate::cluster_reads::decode_feed_cursor(query.cursor.as_deref().unwrap_or(""))?;
+        let (changes, next) = cluster.changes_page(project, cursor, limit).await?;
+        return Ok(json_response(json!({
+            "changes": changes.iter().map(change_json).collect::<Vec<_>>(),
+            "next_cursor": crate::cluster_reads::encode_feed_cursor(&next),
+        })));
+    }
     let after: i64 = match query.cursor.as_deref().filter(|c| !c.is_empty()) {
         None => 0,
         Some(text) => text
@@ -766,10 +778,6 @@ async fn changes(
             .filter(|&seq: &i64| seq >= 0)
             .ok_or_else(|| ApiError::BadRequest(format!("cursor {text:?} is not one this server gave out")))?,
     };
-    let limit = query.limit.unwrap_or(MAX_CHANGES_PER_PAGE);
-    if limit == 0 || limit > MAX_CHANGES_PER_PAGE {
-        return Err(ApiError::BadRequest(format!("limit: between 1 and {MAX_CHANGES_PER_PAGE}")));
-    }
     let body = state
         .readers
         .run(move |store| {

@@ -348,9 +348,51 @@ fn compare_reads(single: (u16, &str), query: (u16, &str)) {
     assert_eq!(status, 200);
     assert!(csv["text"].as_str().unwrap().starts_with("user_id,"), "{csv}");
     // What a query node does not serve yet says so.
-    let (status, answer) = read(query.0, query.1, "/v1/changes", None);
-    assert_eq!(status, 501, "{answer}");
-    assert_eq!(answer["error"]["code"], "not_served_here", "{answer}");
+    // The change feed, walked in pages, replays into exactly the current sessions.
+    let mut replayed: BTreeMap<String, Value> = BTreeMap::new();
+    let (mut cursor, mut pages) = (String::new(), 0);
+    loop {
+        let (status, page) = read(query.0, query.1, &format!("/v1/changes?limit=200&cursor={cursor}"), None);
+        assert_eq!(status, 200, "{page}");
+        let changes = page["changes"].as_array().unwrap();
+        for change in changes {
+            let uid = change["session_uid"].as_str().unwrap().to_string();
+            match change["kind"].as_str().unwrap() {
+                "superseded" => drop(replayed.remove(&uid)),
+                "started" | "amended" | "concluded" => drop(replayed.insert(uid, change.clone())),
+                other => panic!("unknown kind {other}"),
+            }
+        }
+        let next = page["next_cursor"].as_str().unwrap().to_string();
+        if changes.is_empty() && next == cursor {
+            break;
+        }
+        cursor = next;
+        pages += 1;
+        assert!(pages < 1_000, "the feed does not end");
+    }
+    let feed_state: Vec<Value> = replayed
+        .values()
+        .map(|c| json!([c["session_uid"], c["start_ms"], c["end_ms"], c["event_count"], c["end_reason"]]))
+        .collect();
+    let (_, exported) = read(query.0, query.1, "/v1/export/sessions?format=ndjson", None);
+    let mut current: Vec<Value> = exported["text"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let s: Value = serde_json::from_str(line).unwrap();
+            let reason = if s["end_reason"] == "" { Value::Null } else { s["end_reason"].clone() };
+            json!([s["session_uid"], s["start_ms"], s["end_ms"], s["event_count"], reason])
+        })
+        .collect();
+    current.sort_by_key(|v| v[0].as_str().unwrap().to_string());
+    assert!(pages > 1 && current.len() > 400);
+    assert_eq!(feed_state, current, "the change feed replays into the current sessions");
+    // A session's detail lists its revisions.
+    let revisions = detail["revisions"].as_array().unwrap();
+    assert!(!revisions.is_empty() && revisions.iter().all(|r| r["session_uid"] == uid), "{detail}");
+    assert_ne!(revisions.last().unwrap()["kind"], "superseded");
     // The dashboard: its page, a sign-in with the read key, and a read with the cookie.
     let (status, page) = read(query.0, "", "/dashboard/", None);
     assert_eq!(status, 200);

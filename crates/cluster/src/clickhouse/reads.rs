@@ -10,6 +10,8 @@
 //! both run: 18.16 lambdas cannot read a row's other columns, so "a session
 //! holding an event of type T" is an `ARRAY JOIN` of each user's event times.
 
+use std::collections::HashMap;
+
 use ::clickhouse::Row;
 use futures_util::future::try_join_all;
 use serde::Deserialize;
@@ -19,8 +21,8 @@ use sessionizer_store::{
 };
 
 use super::{
-    ClickHouseStore, CountRow, EVENTS_TABLE, EventRow, SESSIONS_TABLE, SessionRow, UserRow, columns, quote,
-    user_columns, user_key_of,
+    ClickHouseStore, CountRow, EVENTS_TABLE, EventRow, SESSIONS_TABLE, SessionRow, UserRow, VERSIONS_TABLE, columns,
+    quote, user_columns, user_key_of,
 };
 use crate::ClusterError;
 
@@ -29,6 +31,62 @@ const DAY_MS: i64 = 86_400_000;
 /// Rows an export reads per step from each shard (bounds the memory of an
 /// export, whatever its length: a step's rows and their users' sessions).
 pub const EXPORT_PAGE_ROWS: usize = 10_000;
+
+/// A position in a project's change feed: per partition, the last version read.
+pub type FeedCursor = std::collections::BTreeMap<u32, u64>;
+
+/// One change of the feed: a session version, with what it changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedChange {
+    pub partition: u32,
+    pub version: u64,
+    /// `started`, `amended`, `concluded` or `superseded`.
+    pub kind: &'static str,
+    /// The session's state after the change (its last state, for `superseded`).
+    pub session: StoredSession,
+    /// When the worker wrote it (epoch ms).
+    pub changed_ms: i64,
+}
+
+/// A session version's identity: (partition, user kind, user key, session id).
+type VersionKey = (u32, u8, String, i64);
+
+fn version_key(row: &SessionRow) -> VersionKey {
+    (row.partition, row.user_kind, row.user_key.clone(), row.session_id)
+}
+
+/// The changes of `rows` (in version order), each against the version before
+/// it (`previous` holds the one before the first of each session, if any). A
+/// version that changes nothing (written again by a replay) is no change.
+fn feed_changes(rows: Vec<SessionRow>, mut previous: HashMap<VersionKey, SessionRow>) -> Vec<FeedChange> {
+    let mut changes = Vec::new();
+    for row in rows {
+        let key = version_key(&row);
+        let before = previous.get(&key);
+        let session = row.to_stored();
+        let kind = match before {
+            _ if row.superseded != 0 => "superseded",
+            None => "started",
+            Some(before) if before.superseded != 0 => "started",
+            Some(before) if row.concluded != 0 && before.concluded == 0 => "concluded",
+            Some(_) => "amended",
+        };
+        let unchanged = before.is_some_and(|before| {
+            before.superseded == row.superseded && (row.superseded != 0 || before.to_stored().same_state(&session))
+        });
+        if !unchanged {
+            changes.push(FeedChange {
+                partition: row.partition,
+                version: row.version,
+                kind,
+                session,
+                changed_ms: row.changed_ms,
+            });
+        }
+        previous.insert(key, row);
+    }
+    changes
+}
 
 /// An exported event's session: its id and uid.
 pub type EventSession = Option<(i64, uuid::Uuid)>;
@@ -313,6 +371,45 @@ impl ClickHouseStore {
         )
     }
 
+    /// The first `limit` session versions of a project after `cursor`, in version order.
+    fn sql_feed_page(&self, project: i64, cursor: &FeedCursor, limit: usize) -> String {
+        let mut after: Vec<String> =
+            cursor.iter().map(|(p, v)| format!("(partition = {p} AND version > {v})")).collect();
+        if !cursor.is_empty() {
+            let seen: Vec<String> = cursor.keys().map(u32::to_string).collect();
+            after.push(format!("partition NOT IN ({})", seen.join(", ")));
+        }
+        let after = if after.is_empty() { String::new() } else { format!(" AND ({})", after.join(" OR ")) };
+        format!(
+            "SELECT {} FROM {} WHERE project = {project}{after} ORDER BY version, partition LIMIT {limit}",
+            columns::<SessionRow>(),
+            self.table(VERSIONS_TABLE)
+        )
+    }
+
+    /// The latest version at or before the cursor of each session in `in_list`
+    /// (`(partition, user_kind, user_key, session_id)` tuples).
+    fn sql_feed_previous(&self, project: i64, in_list: &str, cursor: &FeedCursor) -> String {
+        let bounds: Vec<String> = cursor.iter().map(|(p, v)| format!("(partition = {p} AND version <= {v})")).collect();
+        format!(
+            "SELECT {} FROM {} WHERE project = {project} AND (partition, user_kind, user_key, session_id) IN ({in_list}) \
+             AND ({}) ORDER BY version DESC LIMIT 1 BY partition, user_kind, user_key, session_id",
+            columns::<SessionRow>(),
+            self.table(VERSIONS_TABLE),
+            if bounds.is_empty() { "0".to_string() } else { bounds.join(" OR ") },
+        )
+    }
+
+    /// Every version of one session, in order.
+    fn sql_session_versions(&self, project: i64, session_uid: &str, limit: usize) -> String {
+        format!(
+            "SELECT {} FROM {} WHERE project = {project} AND session_uid = {} ORDER BY version LIMIT {limit}",
+            columns::<SessionRow>(),
+            self.table(VERSIONS_TABLE),
+            quote(session_uid)
+        )
+    }
+
     /// Runs `sql` on every shard at once.
     async fn fetch_everywhere<T>(&self, operation: &str, sql: &str) -> Result<Vec<Vec<T>>, ClusterError>
     where
@@ -578,6 +675,62 @@ impl ClickHouseStore {
         Ok(events)
     }
 
+    /// A page of a project's change feed after `cursor`: each session version
+    /// the workers wrote, in version order within each partition, with the
+    /// kind of change it made (a version that changed nothing, written again
+    /// by a replay, is left out). Returns the changes and the cursor after the
+    /// `limit` versions read (which moves on even when they were all replays).
+    pub async fn changes_page(
+        &self,
+        project: i64,
+        cursor: &FeedCursor,
+        limit: usize,
+    ) -> Result<(Vec<FeedChange>, FeedCursor), ClusterError> {
+        let sql = self.sql_feed_page(project, cursor, limit);
+        let mut rows: Vec<SessionRow> =
+            self.fetch_everywhere::<SessionRow>("reading the change feed", &sql).await?.into_iter().flatten().collect();
+        rows.sort_by_key(|row| (row.version, row.partition));
+        rows.truncate(limit);
+        let mut next = cursor.clone();
+        for row in &rows {
+            next.insert(row.partition, row.version);
+        }
+        let mut keys: Vec<VersionKey> = rows.iter().map(version_key).collect();
+        keys.sort();
+        keys.dedup();
+        let literals = keys.iter().map(|(p, kind, key, id)| format!("({p}, {kind}, {}, {id})", quote(key)));
+        let mut previous = HashMap::new();
+        if !cursor.is_empty() {
+            for list in super::in_lists(literals) {
+                let sql = self.sql_feed_previous(project, &list, cursor);
+                for row in
+                    self.fetch_everywhere::<SessionRow>("reading earlier versions", &sql).await?.into_iter().flatten()
+                {
+                    previous.insert(version_key(&row), row);
+                }
+            }
+        }
+        Ok((feed_changes(rows, previous), next))
+    }
+
+    /// The changes of one session (by uid), at most `limit` versions read.
+    pub async fn session_changes(
+        &self,
+        project: i64,
+        session_uid: &str,
+        limit: usize,
+    ) -> Result<Vec<FeedChange>, ClusterError> {
+        let sql = self.sql_session_versions(project, session_uid, limit);
+        let mut rows: Vec<SessionRow> = self
+            .fetch_everywhere::<SessionRow>("reading a session's versions", &sql)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
+        rows.sort_by_key(|row| row.version);
+        Ok(feed_changes(rows, HashMap::new()))
+    }
+
     /// The read statements of the query role on the dialect check's sample
     /// data (see [`ClickHouseStore::dialect_checks`]), with their answers.
     pub(super) fn read_dialect_checks(
@@ -637,6 +790,27 @@ impl ClickHouseStore {
                 self.sql_events_of_users(project, &format!("(1, 'dev-1'), (0, {})", quote(hostile.id())), (t0, t0 + 1)),
                 Some(Expectation::new("event_type", &["open"])),
             ),
+            // The sample's versions 10, 11, 11 (a replay), 12, 13 and 14, all copied by the view.
+            check(
+                self.sql_feed_page(project, &FeedCursor::new(), 10),
+                Some(Expectation::new("version", &["10", "11", "11", "12", "13", "14"])),
+            ),
+            check(
+                self.sql_feed_page(project, &FeedCursor::from([(3, 12), (4, 99)]), 10),
+                Some(Expectation::new("version", &["13", "14"])),
+            ),
+            check(
+                self.sql_feed_previous(
+                    project,
+                    &format!("(3, 0, {}, 1), (3, 0, {}, 2)", quote(hostile.id()), quote(hostile.id())),
+                    &FeedCursor::from([(3, 12)]),
+                ),
+                Some(Expectation::new("version", &["12", "11"])),
+            ),
+            check(
+                self.sql_session_versions(project, "12345678-9abc-def0-1234-56789abcdef1", 10),
+                Some(Expectation::new("version", &["10", "11", "11"])),
+            ),
             check(
                 self.sql_events_page(project, (t0, t0 + 100_000_000), None, 10),
                 Some(Expectation::new("time_ms", &[&t0_text, &(t0 + 60_000).to_string(), &t2_text])),
@@ -677,6 +851,63 @@ fn nearest_rank(seconds: &[(i64, u64)], count: u64, percent: u64) -> Option<i64>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn version(session_id: i64, version: u64, concluded: bool, superseded: bool, event_count: u64) -> SessionRow {
+        let session = StoredSession {
+            user: UserKey::User("u".into()),
+            session_id,
+            session_uid: uuid::Uuid::nil(),
+            start_ms: session_id,
+            end_ms: session_id + 10,
+            last_event_ms: session_id + 10,
+            event_count,
+            active_ms: 10,
+            end_reason: concluded.then(|| "inactivity".to_string()),
+            concluded,
+            entry_event_type: "a".into(),
+            entry_page: None,
+            exit_event_type: "a".into(),
+            exit_page: None,
+            revision: 0,
+        };
+        SessionRow::new(1, 3, &session, superseded, version, 0)
+    }
+
+    #[test]
+    fn feed_kinds_follow_each_session_s_versions() {
+        let rows = vec![
+            version(100, 1, false, false, 1),
+            version(100, 2, false, false, 2),
+            // A replay of version 2's state: no change.
+            version(100, 3, false, false, 2),
+            version(100, 4, true, false, 2),
+            version(200, 5, false, false, 1),
+            version(200, 6, false, true, 1),
+            version(200, 7, false, true, 1),
+            // The same session again after it was superseded.
+            version(200, 8, false, false, 3),
+        ];
+        let kinds: Vec<(i64, u64, &str)> = feed_changes(rows.clone(), HashMap::new())
+            .iter()
+            .map(|c| (c.session.session_id, c.version, c.kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (100, 1, "started"),
+                (100, 2, "amended"),
+                (100, 4, "concluded"),
+                (200, 5, "started"),
+                (200, 6, "superseded"),
+                (200, 8, "started")
+            ]
+        );
+        // A page that starts later: the earlier versions come as `previous`.
+        let previous = HashMap::from([(version_key(&rows[1]), rows[1].clone())]);
+        let kinds: Vec<(u64, &str)> =
+            feed_changes(rows[2..4].to_vec(), previous).iter().map(|c| (c.version, c.kind)).collect();
+        assert_eq!(kinds, [(4, "concluded")]);
+    }
 
     #[test]
     fn nearest_rank_follows_the_board_rule() {
