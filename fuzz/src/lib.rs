@@ -41,6 +41,17 @@ mod ingest;
 #[rustfmt::skip]
 mod sdk;
 
+#[path = "../../crates/server/src/feed_cursor.rs"]
+#[allow(dead_code, unreachable_pub, clippy::all)]
+#[rustfmt::skip]
+mod feed_cursor;
+/// The cluster's configuration file (`--cluster FILE`), compiled here as it is:
+/// the `sessionizer-cluster` crate itself brings NATS and ClickHouse clients.
+#[path = "../../crates/cluster/src/config.rs"]
+#[allow(dead_code, unreachable_pub, clippy::all)]
+#[rustfmt::skip]
+mod cluster_config;
+
 /// What `crates/server/src/error.rs` gives `ingest.rs` and `sdk.rs`: the server's public types.
 mod error {
     pub(crate) use sessionizer_server::{ApiError, EventProblem};
@@ -76,6 +87,8 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("ndjson_reader", ndjson_reader),
     ("csv_reader", csv_reader),
     ("config", config),
+    ("cluster_config", cluster_config),
+    ("feed_cursor", feed_cursor),
 ];
 
 /// A small deterministic choice from the input itself (its length), so a
@@ -402,4 +415,54 @@ pub fn config(data: &[u8]) {
     }
     // Any TOML document, as a table: the parser under the struct.
     let _ = toml::from_str::<toml::Table>(text).map_err(|e| e.to_string());
+}
+
+/// `--cluster FILE` (every cluster node and `sessionizer cluster`): TOML into
+/// the configuration, then its checks. Anything accepted is within its bounds.
+pub fn cluster_config(data: &[u8]) {
+    use cluster_config::{ClusterConfig, MAX_CONFIG_BYTES, MAX_PARTITIONS, MAX_SHARDS, MAX_STREAM_REPLICAS};
+    if data.len() > MAX_INPUT_BYTES.min(MAX_CONFIG_BYTES as usize) {
+        return;
+    }
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    match ClusterConfig::parse(text) {
+        Ok(config) => {
+            assert!(
+                (1..=MAX_PARTITIONS).contains(&config.partitions),
+                "cluster_config: {} partitions",
+                config.partitions
+            );
+            assert!((1..=MAX_SHARDS).contains(&config.clickhouse_shards.len()), "cluster_config: shards");
+            assert!((1..=MAX_STREAM_REPLICAS).contains(&config.stream_replicas), "cluster_config: replicas");
+            assert!(!config.nats_urls.is_empty(), "cluster_config: no NATS URL accepted");
+            assert_eq!(
+                config.validate().map_err(|e| e.to_string()),
+                Ok(()),
+                "cluster_config: parse accepted, validate refuses"
+            );
+        }
+        Err(error) => assert!(!error.to_string().is_empty(), "cluster_config: an error without a message"),
+    }
+}
+
+/// A query node's change-feed cursor (`GET /v1/changes?cursor=`): a 400 or a
+/// cursor within its bounds that encodes back to text that decodes to itself.
+pub fn feed_cursor(data: &[u8]) {
+    if data.len() > MAX_INPUT_BYTES {
+        return;
+    }
+    let text = String::from_utf8_lossy(data);
+    match feed_cursor::decode_feed_cursor(&text) {
+        Ok(cursor) => {
+            assert!(
+                cursor.len() <= feed_cursor::MAX_FEED_CURSOR_PARTITIONS,
+                "feed_cursor: {} partitions",
+                cursor.len()
+            );
+            let encoded = feed_cursor::encode_feed_cursor(&cursor);
+            assert!(encoded.len() <= feed_cursor::MAX_FEED_CURSOR_BYTES.max(text.len()), "feed_cursor: grew");
+            assert_eq!(feed_cursor::decode_feed_cursor(&encoded).ok(), Some(cursor), "feed_cursor: no round trip");
+        }
+        Err(error) => check_client_error("feed_cursor", &error),
+    }
 }

@@ -194,7 +194,7 @@ fn every_target_has_a_test_and_a_fuzz_target() {
         assert!(root.join("fuzz_targets").join(format!("{name}.rs")).is_file(), "fuzz_targets/{name}.rs");
         assert!(root.join("corpus").join(name).is_dir(), "corpus/{name}");
     }
-    assert_eq!(TARGETS.len(), 8);
+    assert_eq!(TARGETS.len(), 10);
 }
 
 #[test]
@@ -235,4 +235,14 @@ fn csv_reader() {
 #[test]
 fn config() {
     smoke("config");
+}
+
+#[test]
+fn cluster_config() {
+    smoke("cluster_config");
+}
+
+#[test]
+fn feed_cursor() {
+    smoke("feed_cursor");
 }

@@ -21,6 +21,8 @@ mod cluster_reads;
 mod cors;
 mod dashboard;
 mod error;
+#[cfg(feature = "cluster")]
+mod feed_cursor;
 mod ingest;
 pub mod limits;
 mod metrics;
