@@ -41,6 +41,10 @@ mod ingest;
 #[rustfmt::skip]
 mod sdk;
 
+#[path = "../../crates/server/src/session_cursor.rs"]
+#[allow(dead_code, unreachable_pub, clippy::all)]
+#[rustfmt::skip]
+mod session_cursor;
 #[path = "../../crates/server/src/feed_cursor.rs"]
 #[allow(dead_code, unreachable_pub, clippy::all)]
 #[rustfmt::skip]
@@ -89,6 +93,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("config", config),
     ("cluster_config", cluster_config),
     ("feed_cursor", feed_cursor),
+    ("session_cursor", session_cursor),
 ];
 
 /// A small deterministic choice from the input itself (its length), so a
@@ -464,5 +469,29 @@ pub fn feed_cursor(data: &[u8]) {
             assert_eq!(feed_cursor::decode_feed_cursor(&encoded).ok(), Some(cursor), "feed_cursor: no round trip");
         }
         Err(error) => check_client_error("feed_cursor", &error),
+    }
+}
+
+/// A session list's cursor (`GET /v1/sessions?cursor=`): a 400, or a cursor
+/// whose id is within `MAX_ID_BYTES` and that encodes back to itself.
+pub fn session_cursor(data: &[u8]) {
+    if data.len() > MAX_INPUT_BYTES {
+        return;
+    }
+    let text = String::from_utf8_lossy(data);
+    match session_cursor::decode_session_cursor(&text) {
+        Ok(cursor) => {
+            assert!(
+                !cursor.user.id().is_empty() && cursor.user.id().len() <= MAX_ID_BYTES,
+                "session_cursor: id bounds"
+            );
+            let encoded = session_cursor::encode_session_cursor(cursor.start_ms, &cursor.user);
+            assert_eq!(
+                session_cursor::decode_session_cursor(&encoded).ok(),
+                Some(cursor),
+                "session_cursor: no round trip"
+            );
+        }
+        Err(error) => check_client_error("session_cursor", &error),
     }
 }

@@ -194,7 +194,7 @@ fn every_target_has_a_test_and_a_fuzz_target() {
         assert!(root.join("fuzz_targets").join(format!("{name}.rs")).is_file(), "fuzz_targets/{name}.rs");
         assert!(root.join("corpus").join(name).is_dir(), "corpus/{name}");
     }
-    assert_eq!(TARGETS.len(), 10);
+    assert_eq!(TARGETS.len(), 11);
 }
 
 #[test]
@@ -245,4 +245,9 @@ fn cluster_config() {
 #[test]
 fn feed_cursor() {
     smoke("feed_cursor");
+}
+
+#[test]
+fn session_cursor() {
+    smoke("session_cursor");
 }

@@ -31,6 +31,7 @@ pub mod rate_limit;
 mod reads;
 mod sdk;
 mod sdk_routes;
+mod session_cursor;
 mod writer;
 
 use std::future::Future;

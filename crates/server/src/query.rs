@@ -6,7 +6,6 @@
 //! inclusive, and a session counts on the day it starts.
 
 use std::str::FromStr;
-use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
@@ -15,16 +14,13 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
 use sessionizer_engine::UserKey;
 use sessionizer_store::{
-    ChangeRecord, CohortFilter, Project, SESSIONS_PER_USER_BUCKETS, SessionCursor, SessionFilter, Store,
-    sessionize_stored,
+    ChangeRecord, CohortFilter, Project, SESSIONS_PER_USER_BUCKETS, SessionFilter, Store, sessionize_stored,
 };
 
 use crate::error::ApiError;
@@ -34,6 +30,7 @@ use crate::limits::{
     RECENT_SESSIONS_SHOWN,
 };
 use crate::reads::session_json;
+use crate::session_cursor::{decode_session_cursor, encode_session_cursor};
 use crate::{AppState, ReadSource};
 
 /// Default bounds of the length distribution: 10 s, 30 s, 1, 2, 5, 10, 30 min, 1 h, 2 h.
@@ -393,26 +390,6 @@ struct SessionsQuery {
     cursor: Option<String>,
 }
 
-fn encode_cursor(session: &sessionizer_store::StoredSession) -> String {
-    let kind = if session.user.user_id().is_some() { 'u' } else { 'd' };
-    format!("{}.{kind}.{}", session.start_ms, URL_SAFE_NO_PAD.encode(session.user.id()))
-}
-
-fn decode_cursor(text: &str) -> Result<SessionCursor, ApiError> {
-    let bad = || ApiError::BadRequest(format!("cursor {text:?} is not one this server gave out"));
-    let mut parts = text.splitn(3, '.');
-    let start_ms: i64 = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
-    let kind = parts.next().ok_or_else(bad)?;
-    let id = parts.next().and_then(|p| URL_SAFE_NO_PAD.decode(p).ok()).and_then(|b| String::from_utf8(b).ok());
-    let id: Arc<str> = id.ok_or_else(bad)?.into();
-    let user = match kind {
-        "u" => UserKey::User(id),
-        "d" => UserKey::Device(id),
-        _ => return Err(bad()),
-    };
-    Ok(SessionCursor { start_ms, user })
-}
-
 async fn list_sessions(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -441,7 +418,7 @@ async fn list_sessions(
     {
         return Err(ApiError::BadRequest(format!("min_length_ms ({min}) is above max_length_ms ({max})")));
     }
-    let cursor = query.cursor.as_deref().filter(|c| !c.is_empty()).map(decode_cursor).transpose()?;
+    let cursor = query.cursor.as_deref().filter(|c| !c.is_empty()).map(decode_session_cursor).transpose()?;
     let filter_of = move |project: &Project| -> Result<SessionFilter, ApiError> {
         // A user's history: all of it unless a range is asked for.
         let whole_history = user.is_some() && query.from.is_none() && query.to.is_none();
@@ -480,7 +457,7 @@ async fn list_sessions(
     };
     let more = sessions.len() > limit;
     sessions.truncate(limit);
-    let next_cursor = if more { sessions.last().map(encode_cursor) } else { None };
+    let next_cursor = if more { sessions.last().map(|s| encode_session_cursor(s.start_ms, &s.user)) } else { None };
     let list: Vec<Value> = sessions.iter().map(session_json).collect();
     Ok(json_response(json!({"sessions": list, "next_cursor": next_cursor})))
 }
