@@ -125,7 +125,7 @@ impl Catalog {
     }
 
     /// Replaces a project's settings (checked first) and bumps its settings
-    /// revision, by compare-and-set. Workers then re-sessionize the project's
+    /// revision, by compare-and-set; settings equal to the current ones change nothing. Workers then re-sessionize the project's
     /// history, partition by partition ([`Catalog::applied_partitions`] tells
     /// how far they are).
     pub async fn set_settings(&self, id: i64, settings: ProjectSettings) -> Result<CatalogProject, ClusterError> {
@@ -137,6 +137,10 @@ impl Catalog {
             };
             let mut project: CatalogProject = serde_json::from_slice(&entry.value)
                 .map_err(|e| ClusterError::Catalog(format!("catalog entry {key} is malformed: {e}")))?;
+            if project.settings == settings {
+                // Nothing changes: no re-sessionizing.
+                return Ok(project);
+            }
             project.settings = settings.clone();
             project.settings_revision += 1;
             let value = Bytes::from(serde_json::to_vec(&project).expect("serializes"));

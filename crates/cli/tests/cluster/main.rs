@@ -610,22 +610,27 @@ fn the_cluster_finds_the_single_binarys_sessions_through_worker_and_nats_failure
     run(&["project", "set", "--data", single_data.to_str().unwrap(), "web", "--timeout", "10m"]);
     let changed = dir.path().join("changed.json");
     std::fs::write(&changed, r#"{"timeout_ms": 600000}"#).unwrap();
-    let answer: Value = serde_json::from_str(&run(&[
-        "cluster",
-        "set-settings",
-        "--cluster",
-        &config,
-        &cluster_project,
-        "--settings",
-        changed.to_str().unwrap(),
-        "--wait",
-        "120s",
-    ]))
-    .unwrap();
+    let set_settings = || -> Value {
+        serde_json::from_str(&run(&[
+            "cluster",
+            "set-settings",
+            "--cluster",
+            &config,
+            &cluster_project,
+            "--settings",
+            changed.to_str().unwrap(),
+            "--wait",
+            "120s",
+        ]))
+        .unwrap()
+    };
+    let answer = set_settings();
     assert_eq!(answer["settings"]["timeout_ms"], 600_000, "{answer}");
     assert_eq!(answer["settings"]["passive_event_types"], json!(["poll"]), "other settings stay: {answer}");
     assert_eq!((answer["settings_revision"].as_u64(), answer["applied_partitions"].as_u64()), (Some(1), Some(16)));
     let resessionized = same_sessions(single_port, &single_read_key, &config, &cluster_project);
     assert!(resessionized.len() > expected.len(), "{} sessions, {} before", resessionized.len(), expected.len());
+    // The same settings again change nothing: no new revision to apply.
+    assert_eq!(set_settings()["settings_revision"], 1);
     assert!(worker_1.running() && worker_2.running());
 }
