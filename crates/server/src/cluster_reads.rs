@@ -47,6 +47,7 @@ pub(crate) struct ClusterReads {
 /// Pages of the change feed read at most per request while they hold only
 /// replayed versions (no change), before answering with none and the cursor moved on.
 const MAX_FEED_PAGES_PER_REQUEST: usize = 10;
+
 /// A feed change as the single binary's change record: `seq` is the version
 /// (microseconds of the writing worker's clock, increasing within a
 /// partition), `raised_at_ms` the time it was written; a cluster does not know
