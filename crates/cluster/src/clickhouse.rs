@@ -49,7 +49,7 @@ use uuid::Uuid;
 use crate::ClusterError;
 
 mod reads;
-pub use reads::{DayWindow, EXPORT_PAGE_ROWS, EventSession, FeedChange, FeedCursor};
+pub use reads::{DayWindow, EXPORT_PAGE_ROWS, EventSession, FeedChange, FeedCursor, FigureParts};
 
 /// Every session version ever written, in order: the change feed (an
 /// append-only copy of `sessions_local`'s inserts, kept by [`VERSIONS_VIEW`]).

@@ -450,7 +450,7 @@ async fn dialect_statements_run_here_and_export() {
 /// and session pages walked in small steps across shards.
 #[tokio::test]
 async fn query_reads_equal_the_board_index_and_page_across_shards() {
-    use sessionizer_cluster::clickhouse::DayWindow;
+    use sessionizer_cluster::clickhouse::{DayWindow, FigureParts};
     use sessionizer_store::{Board, BoardSession, CohortFilter, SessionCursor, SessionFilter};
     let store = store("t_reads").await;
     let project = 21;
@@ -517,11 +517,17 @@ async fn query_reads_equal_the_board_index_and_page_across_shards() {
     for (from_day, to_day) in [(day0 - 1, day0 + 2), (day0, day0), (day0 + 1, day0 + 30)] {
         let window = DayWindow { project, time_zone: zone, from_day, to_day };
         for bounds in [&[][..], &[1_000, 60_000, 3_600_000][..], &[1_500, 431_001][..]] {
-            let figures = store.board_figures(&window, bounds).await.unwrap();
+            let expected = board.figures(project, from_day, to_day, bounds);
+            let figures = store.board_figures(&window, bounds, FigureParts::ALL).await.unwrap();
+            assert_eq!(figures, expected, "days {from_day}..={to_day} {bounds:?}");
+            // What each route asks for alone is the same.
+            let days = FigureParts { days: true, lengths: false, users: false };
+            assert_eq!(store.board_figures(&window, bounds, days).await.unwrap().days, expected.days);
+            let lengths = FigureParts { days: false, lengths: true, users: false };
+            let alone = store.board_figures(&window, bounds, lengths).await.unwrap();
             assert_eq!(
-                figures,
-                board.figures(project, from_day, to_day, bounds),
-                "days {from_day}..={to_day} {bounds:?}"
+                (alone.length_buckets, alone.sessions, alone.median_length_ms, alone.p90_length_ms),
+                (expected.length_buckets.clone(), expected.sessions, expected.median_length_ms, expected.p90_length_ms)
             );
         }
         for (min_sessions, min_length_ms, max_length_ms) in [(1, 0, None), (2, 1_000, Some(2_000_000))] {

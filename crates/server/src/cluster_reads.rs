@@ -15,6 +15,7 @@ use std::sync::{Arc, RwLock};
 
 use axum::body::Bytes;
 use futures_util::Stream;
+pub(crate) use sessionizer_cluster::clickhouse::FigureParts;
 use sessionizer_cluster::clickhouse::{ClickHouseStore, DayWindow, EXPORT_PAGE_ROWS, FeedChange, FeedCursor};
 use sessionizer_cluster::{Catalog, ClusterError};
 use sessionizer_engine::UserKey;
@@ -109,14 +110,16 @@ impl ClusterReads {
         projects.get(&id).cloned().ok_or_else(|| ApiError::NotFound("the key's project no longer exists".into()))
     }
 
+    /// The board's figures that a route needs (`parts`; the rest stay zero).
     pub(crate) async fn figures(
         &self,
         project: &Project,
         (from_day, to_day): (i32, i32),
         bounds_ms: &[i64],
+        parts: FigureParts,
     ) -> Result<BoardFigures, ApiError> {
         let window = DayWindow { project: project.id, time_zone: &project.settings.time_zone, from_day, to_day };
-        self.bounded(self.store.board_figures(&window, bounds_ms)).await
+        self.bounded(self.store.board_figures(&window, bounds_ms, parts)).await
     }
 
     pub(crate) async fn cohort(&self, project: &Project, filter: &CohortFilter) -> Result<Vec<UserKey>, ApiError> {

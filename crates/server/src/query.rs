@@ -237,19 +237,32 @@ async fn stats_range(State(state): State<AppState>, headers: HeaderMap) -> Resul
 
 /// The board's figures for the request's day range, shaped by `answer`: the
 /// one path of the three statistics routes.
+/// Which of the board's figures a statistics route shows: the embedded board
+/// index computes them all in one pass; a query node asks ClickHouse for these only.
+#[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+struct Needs {
+    days: bool,
+    lengths: bool,
+    users: bool,
+}
+
 async fn board_figures(
     state: &AppState,
     headers: &HeaderMap,
     (from, to): (Option<String>, Option<String>),
-    bounds_ms: Vec<i64>,
+    (bounds_ms, needs): (Vec<i64>, Needs),
     answer: impl FnOnce(&Project, &DayRange, &sessionizer_store::BoardFigures, &[i64]) -> Value + Send + 'static,
 ) -> Result<Response, ApiError> {
     let project = state.authorize_read(headers)?;
+    #[cfg(not(feature = "cluster"))]
+    let _ = needs;
     #[cfg(feature = "cluster")]
     if let ReadSource::Cluster(cluster) = &state.source {
         let project = cluster.project(project)?;
         let range = day_range(from.as_deref(), to.as_deref(), &time_zone_of(&project), now_ms())?;
-        let figures = cluster.figures(&project, (range.from_day, range.to_day), &bounds_ms).await?;
+        let parts = crate::cluster_reads::FigureParts { days: needs.days, lengths: needs.lengths, users: needs.users };
+        let figures = cluster.figures(&project, (range.from_day, range.to_day), &bounds_ms, parts).await?;
         return Ok(json_response(answer(&project, &range, &figures, &bounds_ms)));
     }
     let board = state.board.clone();
@@ -271,7 +284,8 @@ async fn stats_daily(
     query: Result<Query<RangeQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(bad_query)?;
-    board_figures(&state, &headers, (query.from, query.to), Vec::new(), |project, range, figures, _| {
+    let needs = Needs { days: true, lengths: false, users: false };
+    board_figures(&state, &headers, (query.from, query.to), (Vec::new(), needs), |project, range, figures, _| {
         let days: Vec<Value> = figures
             .days
             .iter()
@@ -330,7 +344,8 @@ async fn stats_length_distribution(
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(bad_query)?;
     let bounds = parse_bounds(query.bounds_ms.as_deref())?;
-    board_figures(&state, &headers, (query.from, query.to), bounds, |_, range, figures, bounds| {
+    let needs = Needs { days: false, lengths: true, users: false };
+    board_figures(&state, &headers, (query.from, query.to), (bounds, needs), |_, range, figures, bounds| {
         let buckets: Vec<Value> = figures
             .length_buckets
             .iter()
@@ -351,7 +366,8 @@ async fn stats_summary(
     query: Result<Query<RangeQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(bad_query)?;
-    board_figures(&state, &headers, (query.from, query.to), Vec::new(), |_, range, f, _| {
+    let needs = Needs { days: true, lengths: true, users: true };
+    board_figures(&state, &headers, (query.from, query.to), (Vec::new(), needs), |_, range, f, _| {
         let distribution: Vec<Value> = SESSIONS_PER_USER_BUCKETS
             .iter()
             .zip(f.sessions_per_user)

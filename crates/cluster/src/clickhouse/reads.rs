@@ -102,6 +102,22 @@ pub struct DayWindow<'a> {
     pub to_day: i32,
 }
 
+/// Which figures a route needs (each part is one query per shard; what is
+/// not asked for stays zero): `days` per-day counts, sums and users, and the
+/// range's total length; `lengths` the session count, percentiles, length
+/// buckets and single-event sessions; `users` distinct users, sessions per
+/// user and the project's open sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FigureParts {
+    pub days: bool,
+    pub lengths: bool,
+    pub users: bool,
+}
+
+impl FigureParts {
+    pub const ALL: FigureParts = FigureParts { days: true, lengths: true, users: true };
+}
+
 #[derive(Debug, Deserialize, Row)]
 struct DayRow {
     day: i32,
@@ -421,7 +437,12 @@ impl ClickHouseStore {
     /// Every board figure of the window, with the length distribution over
     /// `bounds_ms` (increasing, positive), as the single binary's board index
     /// computes them.
-    pub async fn board_figures(&self, window: &DayWindow<'_>, bounds_ms: &[i64]) -> Result<BoardFigures, ClusterError> {
+    pub async fn board_figures(
+        &self,
+        window: &DayWindow<'_>,
+        bounds_ms: &[i64],
+        parts: FigureParts,
+    ) -> Result<BoardFigures, ClusterError> {
         let day_count = (window.to_day - window.from_day + 1).max(0) as usize;
         let (by_day_sql, by_second_sql, per_user_sql, open_sql) = (
             self.sql_figures_by_day(window),
@@ -429,24 +450,42 @@ impl ClickHouseStore {
             self.sql_figures_per_user(window),
             self.sql_open_sessions(window.project),
         );
-        let (by_day, by_second, per_user, open) = tokio::try_join!(
-            self.fetch_everywhere::<DayRow>("reading sessions per day", &by_day_sql),
-            self.fetch_everywhere::<SecondsRow>("reading session lengths", &by_second_sql),
-            self.fetch_everywhere::<PerUserRow>("reading sessions per user", &per_user_sql),
-            self.fetch_everywhere::<CountRow>("counting open sessions", &open_sql),
+        // Bounds in whole seconds are answered from the per-second counts (as
+        // the board index does); others need a count of their own.
+        let whole_seconds = bounds_ms.iter().all(|&b| b > 0 && b % 1_000 == 0);
+        let below_sql = (parts.lengths && !whole_seconds).then(|| self.sql_figures_below(window, bounds_ms));
+        let (by_day, by_second, per_user, open, below) = tokio::try_join!(
+            async {
+                if !parts.days {
+                    return Ok(Vec::new());
+                }
+                self.fetch_everywhere::<DayRow>("reading sessions per day", &by_day_sql).await
+            },
+            async {
+                if !parts.lengths {
+                    return Ok(Vec::new());
+                }
+                self.fetch_everywhere::<SecondsRow>("reading session lengths", &by_second_sql).await
+            },
+            async {
+                if !parts.users {
+                    return Ok(Vec::new());
+                }
+                self.fetch_everywhere::<PerUserRow>("reading sessions per user", &per_user_sql).await
+            },
+            async {
+                if !parts.users {
+                    return Ok(Vec::new());
+                }
+                self.fetch_everywhere::<CountRow>("counting open sessions", &open_sql).await
+            },
+            async {
+                match &below_sql {
+                    None => Ok(Vec::new()),
+                    Some(sql) => self.fetch_everywhere::<BelowRow>("reading the length distribution", sql).await,
+                }
+            },
         )?;
-        let below = if bounds_ms.is_empty() {
-            Vec::new()
-        } else {
-            self.fetch_everywhere::<BelowRow>(
-                "reading the length distribution",
-                &self.sql_figures_below(window, bounds_ms),
-            )
-            .await?
-            .into_iter()
-            .flatten()
-            .collect()
-        };
         let mut days = vec![DayFigures::default(); day_count];
         let mut total_length_ms = 0i64;
         for row in by_day.into_iter().flatten() {
@@ -466,7 +505,11 @@ impl ClickHouseStore {
             single_event_sessions += row.single_event;
         }
         seconds.sort_unstable();
-        let sessions: u64 = seconds.iter().map(|&(_, n)| n).sum();
+        let sessions: u64 = if parts.lengths {
+            seconds.iter().map(|&(_, n)| n).sum()
+        } else {
+            days.iter().map(|day| day.sessions).sum()
+        };
         let mut sessions_per_user = [0u64; SESSIONS_PER_USER_BUCKETS.len()];
         let mut users = 0;
         for row in per_user.into_iter().flatten() {
@@ -479,9 +522,16 @@ impl ClickHouseStore {
         }
         let mut length_buckets = vec![0u64; bounds_ms.len() + 1];
         let mut below_all = vec![0u64; bounds_ms.len()];
-        for row in below {
-            for (total, shard) in below_all.iter_mut().zip(row.below) {
-                *total += shard;
+        if below_sql.is_some() {
+            for row in below.into_iter().flatten() {
+                for (total, shard) in below_all.iter_mut().zip(row.below) {
+                    *total += shard;
+                }
+            }
+        } else {
+            // Lengths under a bound of whole seconds are those under its seconds.
+            for (total, &bound) in below_all.iter_mut().zip(bounds_ms) {
+                *total = seconds.iter().take_while(|&&(s, _)| s < bound / 1_000).map(|&(_, n)| n).sum();
             }
         }
         let mut below_previous = 0;
