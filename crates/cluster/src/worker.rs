@@ -76,8 +76,37 @@ struct Lease {
     expires_ms: i64,
 }
 
-/// The leases this worker holds: partition → KV revision of its lease entry.
-type Held = Arc<Mutex<BTreeMap<u32, u64>>>;
+/// A lease this worker holds: the KV revision of its entry, and until when the
+/// worker may still write for the partition (a margin before the entry
+/// expires, after which another worker may take it).
+#[derive(Debug, Clone, Copy)]
+struct HeldLease {
+    revision: u64,
+    writable_until_ms: i64,
+}
+
+/// The leases this worker holds, by partition.
+type Held = Arc<Mutex<BTreeMap<u32, HeldLease>>>;
+
+/// The partitions this worker may write for now: held, and within the margin
+/// of their lease. A worker cut off from NATS stops writing for a partition
+/// before another can take it, so a stale flush never lands over the new
+/// owner's rows (only an insert already in flight at the deadline can, which
+/// takes milliseconds against a margin of a third of the lease).
+fn writable(held: &Held) -> std::collections::BTreeSet<u32> {
+    let now = now_ms();
+    held.lock()
+        .expect("lease lock")
+        .iter()
+        .filter(|(_, lease)| lease.writable_until_ms > now)
+        .map(|(&p, _)| p)
+        .collect()
+}
+
+/// The partition a stream message was published to (`sessionizer.events.<p>`).
+fn message_partition(message: &async_nats::jetstream::Message) -> Option<u32> {
+    message.subject.as_str().strip_prefix(EVENT_SUBJECT_PREFIX).and_then(|p| p.parse().ok())
+}
 /// When the processing loop last went round (epoch ms): leases are renewed only
 /// while it does, so a stuck worker lets its partitions go to the others.
 type Heartbeat = Arc<std::sync::atomic::AtomicI64>;
@@ -191,10 +220,11 @@ impl Worker {
         let mut pending = Pending::default();
         loop {
             heartbeat.store(now_ms(), std::sync::atomic::Ordering::Relaxed);
-            let wanted: Vec<u32> = held.lock().expect("lease lock").keys().copied().collect();
+            let wanted: Vec<u32> = writable(&held).into_iter().collect();
             if partitions.keys().any(|p| !wanted.contains(p)) {
-                // A lost partition's rows must not be written after its new owner took it.
-                self.flush_or_reset(&mut pending, &mut partitions, &mut version).await;
+                // A lost partition's rows must not be written after its new owner
+                // took it: `flush_or_reset` hands its messages back instead.
+                self.flush_or_reset(&mut pending, &mut partitions, &mut version, &held).await;
                 partitions.retain(|p, _| wanted.contains(p));
             }
             for p in wanted {
@@ -242,13 +272,13 @@ impl Worker {
                 {
                     // The engines may hold events that will not be written: rebuild from what is stored.
                     tracing::error!(partition = p, %error, "batch failed: rebuilding the state");
-                    self.flush_or_reset(&mut pending, &mut partitions, &mut version).await;
+                    self.flush_or_reset(&mut pending, &mut partitions, &mut version, &held).await;
                     partitions.remove(&p);
                     tokio::time::sleep(FAILURE_PAUSE).await;
                 }
             }
             if !unreachable.is_empty() {
-                self.flush_or_reset(&mut pending, &mut partitions, &mut version).await;
+                self.flush_or_reset(&mut pending, &mut partitions, &mut version, &held).await;
                 for p in &unreachable {
                     partitions.remove(p);
                 }
@@ -276,7 +306,7 @@ impl Worker {
                 if !stale.is_empty() {
                     // What is pending was sessionized with the old settings: store it
                     // first, so the re-sessionizing sees it.
-                    self.flush_or_reset(&mut pending, &mut partitions, &mut version).await;
+                    self.flush_or_reset(&mut pending, &mut partitions, &mut version, &held).await;
                     for (p, project) in stale {
                         let Some(entry) = projects.get(&project) else { continue };
                         match self.apply_settings(p, entry, &catalog, &mut version, &heartbeat).await {
@@ -302,7 +332,7 @@ impl Worker {
                 || pending.events.len() >= FLUSH_EVENTS
                 || pending.since.is_some_and(|t| t.elapsed() >= FLUSH_INTERVAL)
             {
-                self.flush_or_reset(&mut pending, &mut partitions, &mut version).await;
+                self.flush_or_reset(&mut pending, &mut partitions, &mut version, &held).await;
             }
             if !busy {
                 tokio::time::sleep(IDLE_PAUSE).await;
@@ -319,8 +349,32 @@ impl Worker {
         pending: &mut Pending,
         partitions: &mut BTreeMap<u32, Partition>,
         version: &mut u64,
+        held: &Held,
     ) {
-        let taken = std::mem::take(pending);
+        let mut taken = std::mem::take(pending);
+        // What belongs to partitions this worker may no longer write for is
+        // not written: their messages go back to the stream for the new owner.
+        let allowed = writable(held);
+        let lost = |p: u32| !allowed.contains(&p);
+        if taken.events.iter().any(|row| lost(row.partition))
+            || taken.sessions.iter().any(|row| lost(row.partition))
+            || taken.messages.iter().any(|m| message_partition(m).is_none_or(lost))
+        {
+            taken.events.retain(|row| !lost(row.partition));
+            taken.sessions.retain(|row| !lost(row.partition));
+            taken.deferred.retain(|(p, _, _)| !lost(*p));
+            let (keep, hand_back): (Vec<_>, Vec<_>) =
+                taken.messages.into_iter().partition(|m| message_partition(m).is_some_and(|p| !lost(p)));
+            taken.messages = keep;
+            tracing::warn!(messages = hand_back.len(), "lease expired before the flush: handing messages back");
+            for message in &hand_back {
+                if let Err(error) = message.ack_with(async_nats::jetstream::AckKind::Nak(None)).await {
+                    tracing::debug!(%error, "nak failed (the message comes again after the ack wait)");
+                }
+            }
+            // Those engines hold what will not be written: rebuilt if the partition comes back.
+            partitions.retain(|p, _| !lost(*p));
+        }
         if taken.messages.is_empty() && taken.sessions.is_empty() {
             return;
         }
@@ -788,7 +842,7 @@ async fn lease_round(
     for p in 0..config.partitions {
         let key = format!("partition.{p}");
         let entry = leases.entry(key.as_str()).await.map_err(nats_error)?;
-        let mine = held.lock().expect("lease lock").get(&p).copied();
+        let mine = held.lock().expect("lease lock").get(&p).map(|lease| lease.revision);
         let current = entry
             .as_ref()
             .filter(|e| e.operation == kv::Operation::Put)
@@ -806,7 +860,8 @@ async fn lease_round(
                 }
                 match leases.update(key.as_str(), value(now + ttl), revision).await {
                     Ok(new_revision) => {
-                        held.lock().expect("lease lock").insert(p, new_revision);
+                        let lease = HeldLease { revision: new_revision, writable_until_ms: now + ttl - ttl / 3 };
+                        held.lock().expect("lease lock").insert(p, lease);
                     }
                     Err(error) => {
                         tracing::warn!(partition = p, %error, "lease renewal failed: partition dropped");
@@ -829,7 +884,8 @@ async fn lease_round(
                     (None, None) => leases.create(key.as_str(), value(now + ttl)).await.ok(),
                 };
                 if let Some(revision) = taken {
-                    held.lock().expect("lease lock").insert(p, revision);
+                    let lease = HeldLease { revision, writable_until_ms: now + ttl - ttl / 3 };
+                    held.lock().expect("lease lock").insert(p, lease);
                 }
             }
         }
@@ -847,8 +903,9 @@ async fn release_all(leases: &kv::Store, worker: &str, held: &Held) {
 
 /// Deletes every lease this worker holds (compare-and-set: never another's).
 async fn release_all_leases(leases: &kv::Store, held: &Held) {
-    let partitions: Vec<(u32, u64)> = std::mem::take(&mut *held.lock().expect("lease lock")).into_iter().collect();
-    for (p, revision) in partitions {
+    let partitions: Vec<(u32, HeldLease)> =
+        std::mem::take(&mut *held.lock().expect("lease lock")).into_iter().collect();
+    for (p, HeldLease { revision, .. }) in partitions {
         if let Err(error) = leases.delete_expect_revision(format!("partition.{p}"), Some(revision)).await {
             tracing::warn!(partition = p, %error, "cannot release a lease (it expires by itself)");
         }
