@@ -426,6 +426,17 @@ impl ClickHouseStore {
         )
     }
 
+    /// [`ClickHouseStore::fetch_everywhere`] when there is a statement; no rows otherwise.
+    async fn fetch_everywhere_if<T>(&self, operation: &str, sql: Option<&str>) -> Result<Vec<Vec<T>>, ClusterError>
+    where
+        T: ::clickhouse::RowOwned + ::clickhouse::RowRead,
+    {
+        match sql {
+            Some(sql) => self.fetch_everywhere(operation, sql).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// Runs `sql` on every shard at once.
     async fn fetch_everywhere<T>(&self, operation: &str, sql: &str) -> Result<Vec<Vec<T>>, ClusterError>
     where
@@ -444,47 +455,21 @@ impl ClickHouseStore {
         parts: FigureParts,
     ) -> Result<BoardFigures, ClusterError> {
         let day_count = (window.to_day - window.from_day + 1).max(0) as usize;
-        let (by_day_sql, by_second_sql, per_user_sql, open_sql) = (
-            self.sql_figures_by_day(window),
-            self.sql_figures_by_second(window),
-            self.sql_figures_per_user(window),
-            self.sql_open_sessions(window.project),
-        );
+        let wanted = |wanted: bool, sql: String| wanted.then_some(sql);
+        let by_day_sql = wanted(parts.days, self.sql_figures_by_day(window));
+        let by_second_sql = wanted(parts.lengths, self.sql_figures_by_second(window));
+        let per_user_sql = wanted(parts.users, self.sql_figures_per_user(window));
+        let open_sql = wanted(parts.users, self.sql_open_sessions(window.project));
         // Bounds in whole seconds are answered from the per-second counts (as
         // the board index does); others need a count of their own.
         let whole_seconds = bounds_ms.iter().all(|&b| b > 0 && b % 1_000 == 0);
-        let below_sql = (parts.lengths && !whole_seconds).then(|| self.sql_figures_below(window, bounds_ms));
+        let below_sql = wanted(parts.lengths && !whole_seconds, self.sql_figures_below(window, bounds_ms));
         let (by_day, by_second, per_user, open, below) = tokio::try_join!(
-            async {
-                if !parts.days {
-                    return Ok(Vec::new());
-                }
-                self.fetch_everywhere::<DayRow>("reading sessions per day", &by_day_sql).await
-            },
-            async {
-                if !parts.lengths {
-                    return Ok(Vec::new());
-                }
-                self.fetch_everywhere::<SecondsRow>("reading session lengths", &by_second_sql).await
-            },
-            async {
-                if !parts.users {
-                    return Ok(Vec::new());
-                }
-                self.fetch_everywhere::<PerUserRow>("reading sessions per user", &per_user_sql).await
-            },
-            async {
-                if !parts.users {
-                    return Ok(Vec::new());
-                }
-                self.fetch_everywhere::<CountRow>("counting open sessions", &open_sql).await
-            },
-            async {
-                match &below_sql {
-                    None => Ok(Vec::new()),
-                    Some(sql) => self.fetch_everywhere::<BelowRow>("reading the length distribution", sql).await,
-                }
-            },
+            self.fetch_everywhere_if::<DayRow>("reading sessions per day", by_day_sql.as_deref()),
+            self.fetch_everywhere_if::<SecondsRow>("reading session lengths", by_second_sql.as_deref()),
+            self.fetch_everywhere_if::<PerUserRow>("reading sessions per user", per_user_sql.as_deref()),
+            self.fetch_everywhere_if::<CountRow>("counting open sessions", open_sql.as_deref()),
+            self.fetch_everywhere_if::<BelowRow>("reading the length distribution", below_sql.as_deref()),
         )?;
         let mut days = vec![DayFigures::default(); day_count];
         let mut total_length_ms = 0i64;
