@@ -110,13 +110,7 @@ fn cluster_failure(error: ClusterError) -> Exit {
 }
 
 pub(crate) fn clickhouse_of(config: &ClusterConfig) -> Result<ClickHouseStore, Exit> {
-    ClickHouseStore::new(
-        &config.clickhouse_shards,
-        &config.clickhouse_database,
-        config.clickhouse_user.as_deref(),
-        config.clickhouse_password.as_deref(),
-    )
-    .map_err(cluster_failure)
+    ClickHouseStore::from_config(config).map_err(cluster_failure)
 }
 
 /// How long a read command retries an unreachable NATS or ClickHouse (a
@@ -184,14 +178,16 @@ pub(crate) fn run(args: ClusterArgs) -> anyhow::Result<()> {
             let partitions = config.partitions;
             let changes = read_settings_object(&settings)?;
             let runtime = runtime()?;
-            let (catalog, updated) = runtime
+            let (catalog, current) = runtime
                 .block_on(async {
                     let catalog = Cluster::connect(config).await?.catalog().await?;
                     let current = catalog.project(&project).await?;
-                    let merged = merge_settings(&current.settings, changes, &settings)?;
-                    let updated = catalog.set_settings(current.id, merged).await?;
-                    Ok::<_, ClusterError>((catalog, updated))
+                    Ok::<_, ClusterError>((catalog, current))
                 })
+                .map_err(cluster_failure)?;
+            let merged = merge_settings(&current.settings, changes, &settings)?;
+            let updated = runtime
+                .block_on(catalog.set_settings(current.id, current.settings_revision, merged))
                 .map_err(cluster_failure)?;
             let mut value = project_json(&updated.project());
             value["settings_revision"] = json!(updated.settings_revision);
@@ -296,14 +292,13 @@ fn read_settings_object(path: &Path) -> Result<serde_json::Map<String, serde_jso
     }
 }
 
-/// `current` with the keys of `changes` replaced, checked.
+/// `current` with the keys of `changes` replaced, checked (a bad key or value is a usage error).
 fn merge_settings(
     current: &ProjectSettings,
     changes: serde_json::Map<String, serde_json::Value>,
     path: &Path,
-) -> Result<ProjectSettings, ClusterError> {
-    let invalid =
-        |e: &dyn std::fmt::Display| ClusterError::Catalog(format!("invalid settings in {}: {e}", path.display()));
+) -> Result<ProjectSettings, Exit> {
+    let invalid = |e: &dyn std::fmt::Display| usage(format!("invalid settings in {}: {e}", path.display()));
     let mut merged = serde_json::to_value(current).map_err(|e| invalid(&e))?;
     for (key, value) in changes {
         merged[key] = value;

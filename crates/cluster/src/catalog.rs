@@ -125,10 +125,18 @@ impl Catalog {
     }
 
     /// Replaces a project's settings (checked first) and bumps its settings
-    /// revision, by compare-and-set; settings equal to the current ones change nothing. Workers then re-sessionize the project's
+    /// revision, by compare-and-set; settings equal to the current ones change
+    /// nothing. `based_on` is the settings revision the new settings were made
+    /// from: if another change landed since, nothing is written (its change
+    /// would otherwise be lost) and the error says so. Workers then re-sessionize the project's
     /// history, partition by partition ([`Catalog::applied_partitions`] tells
     /// how far they are).
-    pub async fn set_settings(&self, id: i64, settings: ProjectSettings) -> Result<CatalogProject, ClusterError> {
+    pub async fn set_settings(
+        &self,
+        id: i64,
+        based_on: u64,
+        settings: ProjectSettings,
+    ) -> Result<CatalogProject, ClusterError> {
         settings.compile()?;
         let key = format!("{PROJECT_KEY_PREFIX}{id}");
         for _ in 0..MAX_CAS_ATTEMPTS {
@@ -137,6 +145,12 @@ impl Catalog {
             };
             let mut project: CatalogProject = serde_json::from_slice(&entry.value)
                 .map_err(|e| ClusterError::Catalog(format!("catalog entry {key} is malformed: {e}")))?;
+            if project.settings_revision != based_on {
+                return Err(ClusterError::Catalog(format!(
+                    "the project's settings changed while this change was made (revision {} is now {}): run it again",
+                    based_on, project.settings_revision
+                )));
+            }
             if project.settings == settings {
                 // Nothing changes: no re-sessionizing.
                 return Ok(project);

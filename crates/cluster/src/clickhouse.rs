@@ -516,6 +516,16 @@ impl ClickHouseStore {
         Ok(ClickHouseStore { shards, database: database.to_string() })
     }
 
+    /// The store a cluster's configuration names (`clickhouse_*` keys).
+    pub fn from_config(config: &crate::ClusterConfig) -> Result<ClickHouseStore, ClusterError> {
+        ClickHouseStore::new(
+            &config.clickhouse_shards,
+            &config.clickhouse_database,
+            config.clickhouse_user.as_deref(),
+            config.clickhouse_password.as_deref(),
+        )
+    }
+
     pub fn shard_count(&self) -> usize {
         self.shards.len()
     }

@@ -140,13 +140,7 @@ fn now_ms() -> i64 {
 
 impl Worker {
     pub fn new(cluster: Cluster, options: WorkerOptions) -> Result<Worker, ClusterError> {
-        let config = &cluster.config;
-        let store = ClickHouseStore::new(
-            &config.clickhouse_shards,
-            &config.clickhouse_database,
-            config.clickhouse_user.as_deref(),
-            config.clickhouse_password.as_deref(),
-        )?;
+        let store = ClickHouseStore::from_config(&cluster.config)?;
         if options.worker_id.is_empty()
             || !options.worker_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
@@ -309,7 +303,7 @@ impl Worker {
                     self.flush_or_reset(&mut pending, &mut partitions, &mut version, &held).await;
                     for (p, project) in stale {
                         let Some(entry) = projects.get(&project) else { continue };
-                        match self.apply_settings(p, entry, &catalog, &mut version, &heartbeat).await {
+                        match self.apply_settings(p, entry, &catalog, &mut version, (&heartbeat, &held)).await {
                             // The engines still follow the old settings: rebuilt at the next turn.
                             Ok(()) => drop(partitions.remove(&p)),
                             Err(error) => {
@@ -367,11 +361,7 @@ impl Worker {
                 taken.messages.into_iter().partition(|m| message_partition(m).is_some_and(|p| !lost(p)));
             taken.messages = keep;
             tracing::warn!(messages = hand_back.len(), "lease expired before the flush: handing messages back");
-            for message in &hand_back {
-                if let Err(error) = message.ack_with(async_nats::jetstream::AckKind::Nak(None)).await {
-                    tracing::debug!(%error, "nak failed (the message comes again after the ack wait)");
-                }
-            }
+            hand_back_all(&hand_back).await;
             // Those engines hold what will not be written: rebuilt if the partition comes back.
             partitions.retain(|p, _| !lost(*p));
         }
@@ -382,11 +372,7 @@ impl Worker {
             self.flush(taken.events, taken.sessions, taken.deferred, &taken.messages, partitions, version).await
         {
             tracing::error!(%error, "cannot store a batch: rebuilding every partition's state");
-            for message in &taken.messages {
-                if let Err(error) = message.ack_with(async_nats::jetstream::AckKind::Nak(None)).await {
-                    tracing::debug!(%error, "nak failed (the message comes again after the ack wait)");
-                }
-            }
+            hand_back_all(&taken.messages).await;
             partitions.clear();
         }
     }
@@ -413,15 +399,8 @@ impl Worker {
                     .into_iter()
                     .filter(|s| s.user == user)
                     .collect();
-            let old = self.store.sessions_of_user(project, p, &user).await?;
-            let mut old_by_id: HashMap<i64, StoredSession> = old.into_iter().map(|s| (s.session_id, s)).collect();
-            for session in &fresh {
-                old_by_id.remove(&session.session_id);
-                sessions.push(SessionRow::new(project, p, session, false, next_version(version), now));
-            }
-            for gone in old_by_id.values() {
-                sessions.push(SessionRow::new(project, p, gone, true, next_version(version), now));
-            }
+            let stored = self.store.sessions_of_user(project, p, &user).await?;
+            sessions.extend(reconciling_rows((project, p), &fresh, stored, version, now));
         }
         self.store.insert_sessions_routed(&sessions).await?;
         // Everything is stored: acknowledge each message. A lost acknowledgement
@@ -459,7 +438,7 @@ impl Worker {
         project: &CatalogProject,
         catalog: &crate::Catalog,
         version: &mut u64,
-        heartbeat: &Heartbeat,
+        (heartbeat, held): (&Heartbeat, &Held),
     ) -> Result<(), ClusterError> {
         let (rules, classifier) = project.settings.compile()?;
         let mut after: Option<UserKey> = None;
@@ -472,17 +451,10 @@ impl Worker {
             let (events, stored) = self.store.users_history(p, project.id, &users).await?;
             let now = now_ms();
             let fresh = sessionize_stored(&project.public_id, &events, &rules, &classifier, now);
-            let mut old: HashMap<(UserKey, i64), StoredSession> =
-                stored.into_iter().map(|s| ((s.user.clone(), s.session_id), s)).collect();
-            let mut rows = Vec::new();
-            for session in &fresh {
-                match old.remove(&(session.user.clone(), session.session_id)) {
-                    Some(previous) if previous.same_state(session) => {}
-                    _ => rows.push(SessionRow::new(project.id, p, session, false, next_version(version), now)),
-                }
-            }
-            for gone in old.values() {
-                rows.push(SessionRow::new(project.id, p, gone, true, next_version(version), now));
+            let rows = reconciling_rows((project.id, p), &fresh, stored, version, now);
+            if !writable(held).contains(&p) {
+                // The lease ran out during the work: the next owner does it again.
+                return Err(ClusterError::Nats(format!("the lease of partition {p} ran out while applying settings")));
             }
             self.store.insert_sessions(p, &rows).await?;
             users_done += users.len();
@@ -584,29 +556,26 @@ impl Worker {
         // `from` is whole in the replay (no stored session spans `from`), so the
         // replay's sessions are the truth there: write those that differ and
         // supersede stored ones the replay does not have.
-        let mut stored: HashMap<(i64, UserKey, i64), StoredSession> = self
-            .store
-            .partition_sessions_since(p, from)
-            .await?
-            .into_iter()
-            .map(|(project, s)| ((project, s.user.clone(), s.session_id), s))
-            .collect();
+        let mut stored: HashMap<i64, Vec<StoredSession>> = HashMap::new();
+        for (project, session) in self.store.partition_sessions_since(p, from).await? {
+            stored.entry(project).or_default().push(session);
+        }
         let mut rows = Vec::new();
         for (&project, engine) in &mut engines {
             drop(engine.engine.advance(now));
-            for record in engine.engine.sessions() {
-                if record.start_ms < from {
-                    continue;
-                }
-                let session = StoredSession::from_record(&record);
-                match stored.remove(&(project, session.user.clone(), session.session_id)) {
-                    Some(old) if old.same_state(&session) => {}
-                    _ => rows.push(SessionRow::new(project, p, &session, false, next_version(version), now)),
-                }
-            }
+            let fresh: Vec<StoredSession> = engine
+                .engine
+                .sessions()
+                .iter()
+                .filter(|record| record.start_ms >= from)
+                .map(StoredSession::from_record)
+                .collect();
+            let stored = stored.remove(&project).unwrap_or_default();
+            rows.extend(reconciling_rows((project, p), &fresh, stored, version, now));
         }
-        for ((project, _, _), gone) in stored {
-            rows.push(SessionRow::new(project, p, &gone, true, next_version(version), now));
+        // Stored sessions of projects the replay had no event of.
+        for (project, gone) in stored {
+            rows.extend(reconciling_rows((project, p), &[], gone, version, now));
         }
         self.store.insert_sessions(p, &rows).await?;
         let mut applied = HashMap::new();
@@ -707,6 +676,15 @@ impl Worker {
     }
 }
 
+/// Hands messages back to the stream (nak) for redelivery, to this worker or the next owner.
+async fn hand_back_all(messages: &[async_nats::jetstream::Message]) {
+    for message in messages {
+        if let Err(error) = message.ack_with(async_nats::jetstream::AckKind::Nak(None)).await {
+            tracing::debug!(%error, "nak failed (the message comes again after the ack wait)");
+        }
+    }
+}
+
 /// Fetches what is waiting on a partition (no waiting for more).
 /// Bounded, because a fetch from a consumer whose leader is being re-elected
 /// may get no answer at all, and one silent partition must not stall the others.
@@ -784,6 +762,32 @@ fn push_session_rows(
         let session = StoredSession::from_record(&change.record);
         rows.push(SessionRow::new(project, partition, &session, superseded, next_version(version), now));
     }
+}
+
+/// The versions that make what ClickHouse holds for some sessions of a project
+/// in a partition equal `fresh`: each fresh session whose stored state differs
+/// (or that is not stored), and a superseding version of each stored session
+/// `fresh` does not have.
+fn reconciling_rows(
+    (project, partition): (i64, u32),
+    fresh: &[StoredSession],
+    stored: Vec<StoredSession>,
+    version: &mut u64,
+    now: i64,
+) -> Vec<SessionRow> {
+    let mut stored: HashMap<(UserKey, i64), StoredSession> =
+        stored.into_iter().map(|s| ((s.user.clone(), s.session_id), s)).collect();
+    let mut rows = Vec::new();
+    for session in fresh {
+        match stored.remove(&(session.user.clone(), session.session_id)) {
+            Some(previous) if previous.same_state(session) => {}
+            _ => rows.push(SessionRow::new(project, partition, session, false, next_version(version), now)),
+        }
+    }
+    for gone in stored.values() {
+        rows.push(SessionRow::new(project, partition, gone, true, next_version(version), now));
+    }
+    rows
 }
 
 /// Takes, renews and gives up partition leases every third of the lease TTL.

@@ -255,13 +255,8 @@ pub async fn serve_cluster_node(
     let catalog = cluster.catalog().await.map_err(cluster_error)?;
     let projects = catalog.projects().await.map_err(cluster_error)?;
     let keys = Arc::new(Keys::from_keys(sessionizer_cluster::api_keys_of(&projects)));
-    let store = sessionizer_cluster::clickhouse::ClickHouseStore::new(
-        &cluster.config.clickhouse_shards,
-        &cluster.config.clickhouse_database,
-        cluster.config.clickhouse_user.as_deref(),
-        cluster.config.clickhouse_password.as_deref(),
-    )
-    .map_err(cluster_error)?;
+    let store =
+        sessionizer_cluster::clickhouse::ClickHouseStore::from_config(&cluster.config).map_err(cluster_error)?;
     let reads = Arc::new(cluster_reads::ClusterReads::new(
         store,
         cluster.config.partitions,

@@ -632,5 +632,21 @@ fn the_cluster_finds_the_single_binarys_sessions_through_worker_and_nats_failure
     assert!(resessionized.len() > expected.len(), "{} sessions, {} before", resessionized.len(), expected.len());
     // The same settings again change nothing: no new revision to apply.
     assert_eq!(set_settings()["settings_revision"], 1);
+    // Bad settings are a usage error that names the problem, and change nothing.
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"timeout_ms": 10}"#).unwrap();
+    let refused = Command::new(BIN)
+        .args(["cluster", "set-settings", "--cluster", &config, &cluster_project, "--settings", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("invalid settings") && stderr.contains("bad.json"), "{stderr}");
+    let projects = run(&["cluster", "projects", "--cluster", &config]);
+    let listed: Value = serde_json::from_str(projects.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        (listed["settings"]["timeout_ms"].as_i64(), listed["settings_revision"].as_u64()),
+        (Some(600_000), Some(1))
+    );
     assert!(worker_1.running() && worker_2.running());
 }
