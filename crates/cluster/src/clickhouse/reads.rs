@@ -626,7 +626,7 @@ impl ClickHouseStore {
         let mut users: Vec<(u8, &str)> = events.iter().map(|row| (row.user_kind, row.user_key.as_str())).collect();
         users.sort_unstable();
         users.dedup();
-        let mut sessions: std::collections::HashMap<(u8, String), Vec<SessionRow>> = std::collections::HashMap::new();
+        let mut sessions: HashMap<(u8, String), Vec<SessionRow>> = HashMap::new();
         let literals = users.iter().map(|(kind, key)| format!("({kind}, {})", quote(key)));
         for list in super::in_lists(literals) {
             let sql = self.sql_sessions_overlapping(project, &list, (first_ms, last_ms.saturating_add(1)));
