@@ -12,9 +12,9 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use jiff::tz::TimeZone;
 use sessionizer_engine::{
-    BatchEvents, BatchOptions, BatchSession, BatchSessions, EventClass, EventClassifier, MAX_BATCH_EVENTS, NO_DEVICE,
-    NO_SESSION, RepeatedHashes, SessionRules, UserKey, duplicate_rows_among, insert_id_hash, label_user_changes,
-    repeated_hashes, session_uid, sessionize_users, tiebreak,
+    BatchEvents, BatchOptions, BatchSession, BatchSessions, Candidates, EventClass, EventClassifier, MAX_BATCH_EVENTS,
+    NO_DEVICE, NO_SESSION, SeenBits, SessionRules, UserKey, duplicate_rows_among, insert_id_hash, label_user_changes,
+    session_uid, sessionize_users, tiebreak,
 };
 use sessionizer_formats::{
     EventChunk, EventRow, FieldNames, FileFormat, ReadErrorKind, ReadOptions, SessionRow, StrColumn, WriteError,
@@ -329,23 +329,35 @@ impl<'a> EventTable<'a> {
         }
         let parts = threads.clamp(1, 16).min(chunks.len()).max(1);
         let groups = split_chunks(chunks, parts);
-        // Phase 1, per run of chunks: intern ids and hash insert ids.
-        let work = |part: usize| {
-            let interned = intern_rows(groups[part], classifier);
+        // Phase 1, per run of chunks: intern ids (into the parts' rows) and hash insert ids.
+        let mut user = vec![0u32; rows];
+        let mut device = vec![0u32; rows];
+        let mut event_type = vec![0u32; rows];
+        let mut class = vec![EventClass::Active; rows];
+        let mut time_ms = vec![0i64; rows];
+        let lengths: Vec<usize> = groups.iter().map(|group| group.iter().map(EventChunk::len).sum()).collect();
+        let columns = RowColumns::split(&mut user, &mut device, &mut event_type, &mut class, &mut time_ms, &lengths);
+        let work = |part: usize, out: RowColumns<'_>| {
+            let interned = intern_rows(groups[part], classifier, out);
             let hashes: Vec<u64> =
                 groups[part].iter().flat_map(|chunk| chunk.insert_id.iter().flatten()).map(insert_id_hash).collect();
             (interned, hashes)
         };
-        let (locals, hash_lists): (Vec<LocalInterned<'a>>, Vec<Vec<u64>>) = run_parts(parts, work).into_iter().unzip();
-        // Phase 2, per hash partition: which hashes repeat. Phase 3, only if any
-        // do: compare those rows' ids exactly, in row order.
+        let (locals, hash_lists): (Vec<LocalInterned<'a>>, Vec<Vec<u64>>) = run_each(columns, work).into_iter().unzip();
+        // Phase 2, per run of chunks again: which hashes repeat (see
+        // `sessionizer_engine::SeenBits`). Phase 3, only if any do: compare
+        // those rows' ids exactly, in row order.
         let lists: Vec<&[u64]> = hash_lists.iter().map(Vec::as_slice).collect();
-        let repeated: RepeatedHashes =
-            run_parts(parts, |part| repeated_hashes(&lists, part as u64, parts as u64)).into_iter().flatten().collect();
+        let hashes = lists.iter().map(|list| list.len()).sum();
+        let marked = run_parts(parts, |part| SeenBits::for_partition(hashes, part, parts).mark(&lists));
+        let candidates = Candidates::new(marked);
+        let occurrences = run_parts(parts, |part| candidates.occurrences(lists[part]));
+        let repeated = candidates.into_repeated(occurrences);
         drop(hash_lists);
         let ids = chunks.iter().flat_map(|chunk| chunk.insert_id.iter());
         let duplicate_rows = duplicate_rows_among(ids, &repeated, insert_id_hash);
-        let Merged { users, user, device, event_types, event_type, mut class } = merge_interned(locals, rows);
+        let columns = RowColumns::split(&mut user, &mut device, &mut event_type, &mut class, &mut time_ms, &lengths);
+        let Merged { users, event_types } = merge_interned(&locals, columns);
         let mut duplicate = vec![false; rows];
         for &row in &duplicate_rows {
             duplicate[row as usize] = true;
@@ -353,10 +365,6 @@ impl<'a> EventTable<'a> {
         }
         let duplicates = duplicate_rows.len() as u64;
         let excluded = class.iter().filter(|&&c| c == EventClass::Excluded).count() as u64 - duplicates;
-        let mut time_ms = Vec::with_capacity(rows);
-        for chunk in chunks {
-            time_ms.extend_from_slice(&chunk.time_ms);
-        }
         EventTable {
             chunks,
             chunk_starts,
@@ -459,6 +467,20 @@ fn run_parts<T: Send>(parts: usize, work: impl Fn(usize) -> T + Sync) -> Vec<T> 
     })
 }
 
+/// Runs `work(i, input)` for each of `inputs`, on one thread per input when
+/// there is more than one.
+fn run_each<I: Send, T: Send>(inputs: Vec<I>, work: impl Fn(usize, I) -> T + Sync) -> Vec<T> {
+    if inputs.len() == 1 {
+        return inputs.into_iter().map(|input| work(0, input)).collect();
+    }
+    std::thread::scope(|scope| {
+        let work = &work;
+        let handles: Vec<_> =
+            inputs.into_iter().enumerate().map(|(i, input)| scope.spawn(move || work(i, input))).collect();
+        handles.into_iter().map(|handle| handle.join().expect("worker thread panicked")).collect()
+    })
+}
+
 /// `parts` runs of consecutive chunks with about equal row counts.
 fn split_chunks(chunks: &[EventChunk], parts: usize) -> Vec<&[EventChunk]> {
     let rows: usize = chunks.iter().map(EventChunk::len).sum();
@@ -485,17 +507,55 @@ type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
 struct LocalInterned<'a> {
     /// (is a device key, id) of each local user.
     users: Vec<(bool, &'a str)>,
-    user: Vec<u32>,
     devices: Vec<&'a str>,
-    device: Vec<u32>,
     /// Distinct event types with their class when not marked passive and when marked.
     types: Vec<(&'a str, [EventClass; 2])>,
-    event_type: Vec<u32>,
-    class: Vec<EventClass>,
 }
 
-fn intern_rows<'a>(chunks: &'a [EventChunk], classifier: &EventClassifier) -> LocalInterned<'a> {
-    let rows: usize = chunks.iter().map(EventChunk::len).sum();
+/// One part's rows of the table's per-row columns: phase 1 writes local ids
+/// (and classes and times) there, the merge turns the ids into global ones in
+/// place. Written in place so that each column is allocated (and its pages
+/// faulted in) once.
+struct RowColumns<'o> {
+    user: &'o mut [u32],
+    device: &'o mut [u32],
+    event_type: &'o mut [u32],
+    class: &'o mut [EventClass],
+    time_ms: &'o mut [i64],
+}
+
+impl<'o> RowColumns<'o> {
+    /// Splits whole columns into consecutive parts of `lengths` rows.
+    fn split(
+        user: &'o mut [u32],
+        device: &'o mut [u32],
+        event_type: &'o mut [u32],
+        class: &'o mut [EventClass],
+        time_ms: &'o mut [i64],
+        lengths: &[usize],
+    ) -> Vec<RowColumns<'o>> {
+        let mut rest = RowColumns { user, device, event_type, class, time_ms };
+        let mut parts = Vec::with_capacity(lengths.len());
+        for &n in lengths {
+            let (user, user_rest) = rest.user.split_at_mut(n);
+            let (device, device_rest) = rest.device.split_at_mut(n);
+            let (event_type, type_rest) = rest.event_type.split_at_mut(n);
+            let (class, class_rest) = rest.class.split_at_mut(n);
+            let (time_ms, time_rest) = rest.time_ms.split_at_mut(n);
+            parts.push(RowColumns { user, device, event_type, class, time_ms });
+            rest = RowColumns {
+                user: user_rest,
+                device: device_rest,
+                event_type: type_rest,
+                class: class_rest,
+                time_ms: time_rest,
+            };
+        }
+        parts
+    }
+}
+
+fn intern_rows<'a>(chunks: &'a [EventChunk], classifier: &EventClassifier, out: RowColumns<'_>) -> LocalInterned<'a> {
     // Keys are owned copies, allocated one after another: comparing against
     // them stays in cache, where a key borrowed from its first row would sit
     // anywhere in the input's hundreds of megabytes.
@@ -503,15 +563,8 @@ fn intern_rows<'a>(chunks: &'a [EventChunk], classifier: &EventClassifier) -> Lo
     let mut anonymous_index: FastMap<Box<str>, u32> = FastMap::default();
     let mut device_index: FastMap<Box<str>, u32> = FastMap::default();
     let mut type_index: FastMap<&str, u32> = FastMap::default();
-    let mut local = LocalInterned {
-        users: Vec::new(),
-        user: Vec::with_capacity(rows),
-        devices: Vec::new(),
-        device: Vec::with_capacity(rows),
-        types: Vec::new(),
-        event_type: Vec::with_capacity(rows),
-        class: Vec::with_capacity(rows),
-    };
+    let mut local = LocalInterned { users: Vec::new(), devices: Vec::new(), types: Vec::new() };
+    let mut at = 0;
     // Dictionary-encoded columns are resolved once per distinct value (on
     // first use, so numbering stays in first-seen row order), and once per
     // dictionary, which the chunks of a Parquet row group share.
@@ -519,6 +572,7 @@ fn intern_rows<'a>(chunks: &'a [EventChunk], classifier: &EventClassifier) -> Lo
     let mut device_of_key = KeyCache::default();
     let mut type_of_key = KeyCache::default();
     for chunk in chunks {
+        out.time_ms[at..at + chunk.len()].copy_from_slice(&chunk.time_ms);
         user_of_key.switch_to(&chunk.user_id);
         device_of_key.switch_to(&chunk.device_id);
         type_of_key.switch_to(&chunk.event_type);
@@ -550,7 +604,7 @@ fn intern_rows<'a>(chunks: &'a [EventChunk], classifier: &EventClassifier) -> Lo
                     user
                 }
             };
-            local.user.push(user);
+            out.user[at + row] = user;
             let device_key = device_of_key.key(row);
             let device = match device_key.and_then(|key| device_of_key.get(key)) {
                 Some(device) => device,
@@ -573,7 +627,7 @@ fn intern_rows<'a>(chunks: &'a [EventChunk], classifier: &EventClassifier) -> Lo
                     device
                 }
             };
-            local.device.push(device);
+            out.device[at + row] = device;
             let type_key = type_of_key.key(row);
             let event_type = match type_key.and_then(|key| type_of_key.get(key)) {
                 Some(event_type) => event_type,
@@ -590,9 +644,10 @@ fn intern_rows<'a>(chunks: &'a [EventChunk], classifier: &EventClassifier) -> Lo
                     event_type
                 }
             };
-            local.event_type.push(event_type);
-            local.class.push(local.types[event_type as usize].1[usize::from(chunk.passive[row])]);
+            out.event_type[at + row] = event_type;
+            out.class[at + row] = local.types[event_type as usize].1[usize::from(chunk.passive[row])];
         }
+        at += chunk.len();
     }
     local
 }
@@ -641,27 +696,20 @@ impl<'a> KeyCache<'a> {
 
 struct Merged<'a> {
     users: Vec<UserKey>,
-    user: Vec<u32>,
-    device: Vec<u32>,
     event_types: Vec<&'a str>,
-    event_type: Vec<u32>,
-    class: Vec<EventClass>,
 }
 
 /// Renumbers the parts' local ids into global ones, in part order, so the
-/// result equals interning all rows on one thread.
-fn merge_interned<'a>(locals: Vec<LocalInterned<'a>>, rows: usize) -> Merged<'a> {
+/// result equals interning all rows on one thread. The maps from local to
+/// global ids are built in order (work per distinct value); each part's rows
+/// are then renumbered in place on a thread of their own.
+fn merge_interned<'a>(locals: &[LocalInterned<'a>], parts: Vec<RowColumns<'_>>) -> Merged<'a> {
     let mut user_index: FastMap<(bool, &str), u32> = FastMap::default();
     let mut device_index: FastMap<&str, u32> = FastMap::default();
     let mut type_index: FastMap<&str, u32> = FastMap::default();
-    let mut merged = Merged {
-        users: Vec::new(),
-        user: Vec::with_capacity(rows),
-        device: Vec::with_capacity(rows),
-        event_types: Vec::new(),
-        event_type: Vec::with_capacity(rows),
-        class: Vec::with_capacity(rows),
-    };
+    let mut users = Vec::new();
+    let mut event_types = Vec::new();
+    let mut maps = Vec::with_capacity(locals.len());
     for local in locals {
         let user_map: Vec<u32> = local
             .users
@@ -670,7 +718,7 @@ fn merge_interned<'a>(locals: Vec<LocalInterned<'a>>, rows: usize) -> Merged<'a>
                 let next = user_index.len() as u32;
                 *user_index.entry(key).or_insert_with(|| {
                     let (is_device, id) = key;
-                    merged.users.push(if is_device { UserKey::Device(id.into()) } else { UserKey::User(id.into()) });
+                    users.push(if is_device { UserKey::Device(id.into()) } else { UserKey::User(id.into()) });
                     next
                 })
             })
@@ -683,36 +731,62 @@ fn merge_interned<'a>(locals: Vec<LocalInterned<'a>>, rows: usize) -> Merged<'a>
                 *device_index.entry(id).or_insert(next)
             })
             .collect();
-        merged.user.extend(local.user.iter().map(|&user| user_map[user as usize]));
-        merged.device.extend(local.device.iter().map(|&device| match device {
-            NO_DEVICE => NO_DEVICE,
-            device => device_map[device as usize],
-        }));
         let type_map: Vec<u32> = local
             .types
             .iter()
             .map(|&(name, _)| {
                 *type_index.entry(name).or_insert_with(|| {
-                    merged.event_types.push(name);
-                    merged.event_types.len() as u32 - 1
+                    event_types.push(name);
+                    event_types.len() as u32 - 1
                 })
             })
             .collect();
-        merged.event_type.extend(local.event_type.iter().map(|&event_type| type_map[event_type as usize]));
-        merged.class.extend_from_slice(&local.class);
+        maps.push((user_map, device_map, type_map));
     }
-    merged
+    run_each(parts.into_iter().zip(&maps).collect(), |_, (part, (user_map, device_map, type_map))| {
+        for slot in part.user.iter_mut() {
+            *slot = user_map[*slot as usize];
+        }
+        for slot in part.device.iter_mut().filter(|slot| **slot != NO_DEVICE) {
+            *slot = device_map[*slot as usize];
+        }
+        for slot in part.event_type.iter_mut() {
+            *slot = type_map[*slot as usize];
+        }
+    });
+    Merged { users, event_types }
 }
 
-/// Sessions in output order: by start, then user.
-fn output_order(table: &EventTable<'_>, result: &BatchSessions) -> Vec<BatchSession> {
+/// Sessions in output order: by start, then user. Runs of the sessions are
+/// sorted on `threads` threads, then merged.
+fn output_order(table: &EventTable<'_>, result: &BatchSessions, threads: usize) -> Vec<BatchSession> {
     let mut keys: Vec<(i64, u32, u32)> =
         result.sessions.iter().enumerate().map(|(index, s)| (s.start_ms, s.user, index as u32)).collect();
     // Users are compared (as strings) only on equal starts; a user's sessions
     // have distinct starts, so the order is total.
-    keys.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| table.users[a.1 as usize].cmp(&table.users[b.1 as usize])));
-    // A gather with no dependent loads: the misses overlap.
-    keys.iter().map(|&(_, _, index)| result.sessions[index as usize]).collect()
+    let compare = |a: &(i64, u32, u32), b: &(i64, u32, u32)| {
+        a.0.cmp(&b.0).then_with(|| table.users[a.1 as usize].cmp(&table.users[b.1 as usize]))
+    };
+    let run_length = keys.len().div_ceil(threads.clamp(1, 16)).max(1);
+    run_each(keys.chunks_mut(run_length).collect(), |_, run| run.sort_unstable_by(compare));
+    // Merge the sorted runs (at most 16: a scan of their heads is cheap), and
+    // gather the sessions: a gather with no dependent loads, so the misses overlap.
+    let mut runs: Vec<&[(i64, u32, u32)]> = keys.chunks(run_length).collect();
+    let mut ordered = Vec::with_capacity(keys.len());
+    while !runs.is_empty() {
+        let mut first = 0;
+        for candidate in 1..runs.len() {
+            if compare(&runs[candidate][0], &runs[first][0]).is_lt() {
+                first = candidate;
+            }
+        }
+        ordered.push(result.sessions[runs[first][0].2 as usize]);
+        runs[first] = &runs[first][1..];
+        if runs[first].is_empty() {
+            runs.remove(first);
+        }
+    }
+    ordered
 }
 
 fn output_error(path: Option<&Path>, error: WriteError) -> anyhow::Error {
@@ -727,7 +801,7 @@ fn write_sessions(
     result: &BatchSessions,
     threads: usize,
 ) -> anyhow::Result<()> {
-    let sessions = output_order(table, result);
+    let sessions = output_order(table, result, threads);
     // Every uid's text in output order, in one buffer the columns borrow from;
     // hashing and formatting them is worth the threads.
     let parts = threads.clamp(1, 16);

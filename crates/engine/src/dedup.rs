@@ -1,12 +1,21 @@
 //! Exact insert-id deduplication for batches: "the same insert id counts once",
 //! the first row wins.
 //!
-//! Ids are hashed to 64 bits and the hashes sorted (a bucket pass on the top
-//! bits, then small sorts that stay in cache), which is much cheaper than a hash
-//! table of every id for data that has few or no duplicates. Only rows whose hash
-//! repeats are then compared as strings, so a hash collision never drops an
-//! event. The work can be split into partitions by hash (all copies of an id
-//! share a partition), which lets a caller run partitions on separate threads.
+//! Ids are hashed to 64 bits. Finding the hashes that repeat takes no sort and
+//! no hash table of every id, which matters for data with few or no
+//! duplicates:
+//!
+//! 1. [`SeenBits::mark`] sets one bit per hash in a bitmap of 8-16 bits per
+//!    hash and keeps the hashes whose bit was already set: every later copy of
+//!    a repeated hash, plus a few percent of false candidates. Threads may each
+//!    mark one partition of the hashes (by their top bits).
+//! 2. [`Candidates::new`]: a hash kept twice or more repeats for sure; one kept
+//!    once repeats only if another row has it too.
+//! 3. [`Candidates::occurrences`] over every run of rows finds those other
+//!    rows (again splittable by run), and [`Candidates::into_repeated`] sums up.
+//!
+//! Only rows whose hash repeats are then compared as strings
+//! ([`duplicate_rows_among`]), so a hash collision never drops an event.
 
 use std::collections::HashSet;
 use std::hash::BuildHasherDefault;
@@ -15,11 +24,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::ids::PrehashedHasher;
 
-/// 4096 buckets: few enough write streams for the scatter to stay cache
-/// friendly, and buckets small enough (≈2,500 hashes per 10M) to sort in cache.
-const BUCKET_BITS: u32 = 12;
-
-/// The 64-bit hash deduplication sorts on.
+/// The 64-bit hash deduplication works on.
 pub fn insert_id_hash(insert_id: &str) -> u64 {
     xxh3_64(insert_id.as_bytes())
 }
@@ -31,8 +36,7 @@ pub type RepeatedHashes = HashSet<u64, BuildHasherDefault<PrehashedHasher>>;
 ///
 /// `insert_ids` is called to iterate every row's insert id in row order (a
 /// second time only when some hash repeats). The steps are public so that a
-/// caller can run them in parallel: hash disjoint runs of rows, find repeated
-/// hashes per partition ([`repeated_hashes`]), then [`duplicate_rows_among`].
+/// caller can run them in parallel: see the module documentation.
 pub fn duplicate_rows<'s, I, F>(insert_ids: F) -> Vec<u32>
 where
     F: Fn() -> I,
@@ -49,22 +53,134 @@ where
     H: Fn(&str) -> u64,
 {
     let hashes: Vec<u64> = insert_ids().flatten().map(&hash_of).collect();
-    let repeated = repeated_hashes(&[&hashes], 0, 1);
+    let repeated = repeated_hashes(&[&hashes]);
     duplicate_rows_among(insert_ids(), &repeated, hash_of)
 }
 
-/// The hashes in partition `part` of `parts` (by the hash's top bits) that occur
-/// more than once across all `hash_lists`.
-///
-/// # Panics
-/// If `part >= parts`.
-pub fn repeated_hashes(hash_lists: &[&[u64]], part: u64, parts: u64) -> RepeatedHashes {
-    assert!(part < parts, "partition {part} of {parts}");
-    // Multiply-shift maps a hash to a partition by its top bits, without a division.
-    let partition_of = |hash: u64| ((u128::from(hash) * u128::from(parts)) >> 64) as u64;
-    let mine: Vec<u64> =
-        hash_lists.iter().flat_map(|list| list.iter().copied()).filter(|&hash| partition_of(hash) == part).collect();
-    repeated_in(mine)
+/// The hashes that occur more than once across all `hash_lists`, on one
+/// thread: steps 1 to 3 of the module documentation.
+pub fn repeated_hashes(hash_lists: &[&[u64]]) -> RepeatedHashes {
+    let hashes = hash_lists.iter().map(|list| list.len()).sum();
+    let candidates = Candidates::new(vec![SeenBits::for_partition(hashes, 0, 1).mark(hash_lists)]);
+    let occurrences = hash_lists.iter().map(|list| candidates.occurrences(list)).collect();
+    candidates.into_repeated(occurrences)
+}
+
+/// Bits per hash at least (a bitmap is rounded up to a power of two): the
+/// share of false candidates is about the bitmap's final fill, 3-6%.
+const SEEN_BITS_PER_HASH: usize = 8;
+/// The smallest bitmap (512 bytes), so tiny batches do not allocate for nothing.
+const MIN_SEEN_BITS: usize = 1 << 12;
+
+/// A bitmap of hash slots for one partition of the hashes (by their top
+/// bits), so that threads can each mark a partition without sharing a bitmap
+/// (step 1). Atomic bits shared by all threads were measured slower: a locked
+/// read-modify-write that misses the cache stalls until it completes.
+#[derive(Debug)]
+pub struct SeenBits {
+    words: Vec<u64>,
+    part: u64,
+    parts: u64,
+}
+
+impl SeenBits {
+    /// The bitmap of partition `part` of `parts` for `hashes` hashes in all:
+    /// 8 to 16 bits per hash of the partition, so at most 2 bytes per hash
+    /// (callers bound the hashes, e.g. `MAX_BATCH_EVENTS`).
+    ///
+    /// # Panics
+    /// If `part >= parts`.
+    pub fn for_partition(hashes: usize, part: usize, parts: usize) -> SeenBits {
+        assert!(part < parts, "partition {part} of {parts}");
+        let bits = (hashes / parts).saturating_mul(SEEN_BITS_PER_HASH).max(MIN_SEEN_BITS).next_power_of_two();
+        SeenBits { words: vec![0; bits / 64], part: part as u64, parts: parts as u64 }
+    }
+
+    /// Marks every hash of the partition in `hash_lists`, in order; returns
+    /// the hashes whose bit was already set, by an earlier copy or by another
+    /// hash sharing the slot: every copy of a hash after its first is among them.
+    pub fn mark(&mut self, hash_lists: &[&[u64]]) -> Vec<u64> {
+        // Multiply-shift maps a hash to a partition by its top bits, without a
+        // division; the slot comes from the low bits.
+        let (part, parts) = (self.part, self.parts);
+        let mask = (self.words.len() * 64 - 1) as u64;
+        let mut marked_before = Vec::new();
+        for &hash in hash_lists.iter().flat_map(|list| list.iter()) {
+            if ((u128::from(hash) * u128::from(parts)) >> 64) as u64 != part {
+                continue;
+            }
+            let slot = hash & mask;
+            let (word, bit) = (&mut self.words[(slot >> 6) as usize], 1u64 << (slot & 63));
+            if *word & bit != 0 {
+                marked_before.push(hash);
+            }
+            *word |= bit;
+        }
+        marked_before
+    }
+}
+
+/// The candidates of step 1, sorted into hashes that surely repeat and hashes
+/// to confirm (step 2).
+#[derive(Debug)]
+pub struct Candidates {
+    repeated: RepeatedHashes,
+    /// Hashes kept once: they repeat if any row other than the kept one has them.
+    unsure: RepeatedHashes,
+    /// A bitmap of the unsure hashes' top bits, so most rows skip the set.
+    unsure_bits: Vec<u64>,
+    unsure_shift: u32,
+}
+
+impl Candidates {
+    /// Sorts the lists [`SeenBits::mark`] returned.
+    pub fn new(marked_before: Vec<Vec<u64>>) -> Candidates {
+        let mut all = marked_before.concat();
+        all.sort_unstable();
+        let mut repeated = RepeatedHashes::default();
+        let mut unsure = RepeatedHashes::default();
+        for run in all.chunk_by(|a, b| a == b) {
+            if run.len() > 1 {
+                repeated.insert(run[0]);
+            } else {
+                unsure.insert(run[0]);
+            }
+        }
+        let bits = unsure.len().saturating_mul(16).max(MIN_SEEN_BITS).next_power_of_two();
+        let unsure_shift = 64 - bits.trailing_zeros();
+        let mut unsure_bits = vec![0u64; bits / 64];
+        for &hash in &unsure {
+            let slot = hash >> unsure_shift;
+            unsure_bits[(slot >> 6) as usize] |= 1 << (slot & 63);
+        }
+        Candidates { repeated, unsure, unsure_bits, unsure_shift }
+    }
+
+    /// Step 3 for one run of rows: every hash of `hashes` that is an unsure
+    /// candidate, once per row that has it.
+    pub fn occurrences(&self, hashes: &[u64]) -> Vec<u64> {
+        if self.unsure.is_empty() {
+            return Vec::new();
+        }
+        hashes
+            .iter()
+            .copied()
+            .filter(|&hash| {
+                let slot = hash >> self.unsure_shift;
+                self.unsure_bits[(slot >> 6) as usize] & (1 << (slot & 63)) != 0 && self.unsure.contains(&hash)
+            })
+            .collect()
+    }
+
+    /// The repeated hashes, given [`Candidates::occurrences`] of every run of
+    /// rows: an unsure hash repeats when two rows have it.
+    pub fn into_repeated(self, occurrences: Vec<Vec<u64>>) -> RepeatedHashes {
+        let mut repeated = self.repeated;
+        let mut all = occurrences.concat();
+        all.sort_unstable();
+        repeated.extend(all.chunk_by(|a, b| a == b).filter(|run| run.len() > 1).map(|run| run[0]));
+        repeated
+    }
 }
 
 /// The exact pass: among rows whose id's hash is in `repeated`, those whose id
@@ -92,64 +208,56 @@ where
     duplicates
 }
 
-/// The hash values that occur more than once.
-fn repeated_in(hashes: Vec<u64>) -> RepeatedHashes {
-    // Scatter into buckets by the low bits (the top bits chose the partition),
-    // then sort each small bucket.
-    let bucket_of = |hash: u64| (hash & ((1 << BUCKET_BITS) - 1)) as usize;
-    let mut starts = vec![0usize; (1 << BUCKET_BITS) + 1];
-    for &hash in &hashes {
-        starts[bucket_of(hash) + 1] += 1;
-    }
-    for bucket in 0..1 << BUCKET_BITS {
-        starts[bucket + 1] += starts[bucket];
-    }
-    let mut sorted = vec![0u64; hashes.len()];
-    let mut cursor = starts.clone();
-    for &hash in &hashes {
-        let slot = &mut cursor[bucket_of(hash)];
-        sorted[*slot] = hash;
-        *slot += 1;
-    }
-    drop(hashes);
-    let mut repeated = HashSet::default();
-    for bucket in 0..1 << BUCKET_BITS {
-        let values = &mut sorted[starts[bucket]..starts[bucket + 1]];
-        values.sort_unstable();
-        for pair in values.windows(2) {
-            if pair[0] == pair[1] {
-                repeated.insert(pair[0]);
-            }
-        }
-    }
-    repeated
-}
-
 #[cfg(test)]
 mod tests {
     use super::{
-        RepeatedHashes, duplicate_rows, duplicate_rows_among, duplicate_rows_by, insert_id_hash, repeated_hashes,
+        Candidates, RepeatedHashes, SeenBits, duplicate_rows, duplicate_rows_among, duplicate_rows_by, insert_id_hash,
+        repeated_hashes,
     };
 
-    /// The parallel composition: hash runs of rows separately, find repeats per
-    /// partition, then the exact pass; it must equal the one-call form.
-    fn all_partitions(ids: &[Option<&str>], parts: u64) -> Vec<u32> {
-        let (first, second) = ids.split_at(ids.len() / 2);
-        let hash = |run: &[Option<&str>]| run.iter().flatten().map(|id| insert_id_hash(id)).collect::<Vec<u64>>();
-        let (first, second) = (hash(first), hash(second));
-        let mut repeated = RepeatedHashes::default();
-        for part in 0..parts {
-            repeated.extend(repeated_hashes(&[&first, &second], part, parts));
-        }
+    /// The parallel composition: hash `parts` runs of rows separately, mark
+    /// `parts` partitions of the hashes separately, then the exact pass; it
+    /// must equal the one-call form.
+    fn all_partitions(ids: &[Option<&str>], parts: usize) -> Vec<u32> {
+        let size = ids.len().div_ceil(parts).max(1);
+        let lists: Vec<Vec<u64>> =
+            ids.chunks(size).map(|run| run.iter().flatten().map(|id| insert_id_hash(id)).collect()).collect();
+        let lists: Vec<&[u64]> = lists.iter().map(Vec::as_slice).collect();
+        let marked: Vec<Vec<u64>> =
+            (0..parts).rev().map(|part| SeenBits::for_partition(ids.len(), part, parts).mark(&lists)).collect();
+        let candidates = Candidates::new(marked);
+        let occurrences = lists.iter().map(|list| candidates.occurrences(list)).collect();
+        let repeated = candidates.into_repeated(occurrences);
         let rows = duplicate_rows_among(ids.iter().copied(), &repeated, insert_id_hash);
         assert_eq!(rows, duplicate_rows(|| ids.iter().copied()), "same as the one-call form");
         rows
     }
 
     #[test]
+    fn repeated_hashes_are_exact_even_when_slots_collide() {
+        // 2,000 hashes twice (100 of them three times) and 6,000 once, marked
+        // in the smallest bitmaps (4,096 bits each, sized for 0 hashes): most
+        // slots are shared, so most hashes take the unsure path (kept once,
+        // confirmed by counting), and false candidates abound.
+        let mut hashes: Vec<u64> = (0..8_000u64).map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15)).collect();
+        let repeats: Vec<u64> = hashes[..2_000].to_vec();
+        hashes.extend(&repeats);
+        hashes.extend(&repeats[..100]);
+        let lists = [&hashes[5_000..], &hashes[..5_000]];
+        let candidates = Candidates::new((0..2).map(|part| SeenBits::for_partition(0, part, 2).mark(&lists)).collect());
+        assert!(candidates.unsure.len() > 1_000, "the unsure path is exercised");
+        let occurrences = lists.iter().map(|list| candidates.occurrences(list)).collect();
+        let repeated = candidates.into_repeated(occurrences);
+        let expected: RepeatedHashes = repeats.iter().copied().collect();
+        assert_eq!(repeated, expected);
+        assert_eq!(repeated_hashes(&lists), expected, "the one-call form agrees");
+        assert!(repeated_hashes(&[&hashes[..8_000]]).is_empty(), "distinct hashes never repeat");
+    }
+
+    #[test]
     fn later_copies_are_duplicates_in_every_partitioning() {
         let ids = [Some("a"), Some("b"), None, Some("a"), None, Some("c"), Some("b"), Some("a")];
-        for parts in [1, 2, 3, 7] {
+        for parts in [1, 2, 3, 7, 8] {
             assert_eq!(all_partitions(&ids, parts), vec![3, 6, 7], "{parts} partitions");
         }
     }

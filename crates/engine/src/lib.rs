@@ -32,7 +32,9 @@ pub use config::{
     EventClassifier, Hold, LiveConfig, MAX_CLASSIFIED_EVENT_TYPES, MAX_EVENT_TYPE_BYTES, MAX_MAX_LENGTH_MS,
     MAX_PLATFORM_BYTES, MAX_PLATFORMS, MAX_TIMEOUT_MS, MIN_TIMEOUT_MS, PlatformRules, SessionRules, Window,
 };
-pub use dedup::{RepeatedHashes, duplicate_rows, duplicate_rows_among, insert_id_hash, repeated_hashes};
+pub use dedup::{
+    Candidates, RepeatedHashes, SeenBits, duplicate_rows, duplicate_rows_among, insert_id_hash, repeated_hashes,
+};
 pub use ids::{InsertIdSet, PrehashedHasher, client_session_key, insert_key, session_id, session_uid, tiebreak};
 pub use key::UserKey;
 pub use live::{Assignment, ChangeKind, DeferReason, Event, IngestOutcome, SessionChange, SessionRecord, Sessionizer};

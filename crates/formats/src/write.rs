@@ -617,8 +617,48 @@ mod parquet_out {
     pub(super) struct ParquetOut {
         writer: ArrowWriter<Box<dyn Write + Send>>,
         schema: SchemaRef,
-        builders: Vec<Builder>,
+        builders: Builders,
         rows: usize,
+    }
+
+    /// One Arrow builder per column: rows go in one at a time (each row is
+    /// visited once, while it is in cache), arrays come out.
+    pub(super) struct Builders(Vec<Builder>);
+
+    impl Builders {
+        pub(super) fn new(columns: &[(&str, Kind)]) -> Self {
+            Self(
+                columns
+                    .iter()
+                    .map(|&(_, kind)| match kind {
+                        Kind::Str | Kind::OptStr | Kind::OptJson => Builder::Str(StringBuilder::new()),
+                        Kind::I64 | Kind::OptI64 => Builder::I64(Int64Builder::new()),
+                        Kind::U64 => Builder::U64(UInt64Builder::new()),
+                        Kind::Bool => Builder::Bool(BooleanBuilder::new()),
+                    })
+                    .collect(),
+            )
+        }
+
+        #[inline]
+        pub(super) fn push<R: Row>(&mut self, row: &R) -> Result<(), WriteError> {
+            row.visit(&mut ParquetVisit { builders: &mut self.0, index: 0 })
+        }
+
+        /// The arrays of the rows pushed since the last call, in column order.
+        pub(super) fn finish(&mut self) -> Vec<ArrayRef> {
+            self.0
+                .iter_mut()
+                .map(|builder| -> ArrayRef {
+                    match builder {
+                        Builder::Str(b) => Arc::new(b.finish()),
+                        Builder::I64(b) => Arc::new(b.finish()),
+                        Builder::U64(b) => Arc::new(b.finish()),
+                        Builder::Bool(b) => Arc::new(b.finish()),
+                    }
+                })
+                .collect()
+        }
     }
 
     pub(super) fn parquet_error(error: impl std::fmt::Display) -> WriteError {
@@ -657,20 +697,11 @@ mod parquet_out {
         pub(super) fn new(file: Box<dyn Write + Send>, columns: &[(&str, Kind)]) -> Result<Self, WriteError> {
             let (schema, properties) = schema_and_properties(columns);
             let writer = ArrowWriter::try_new(file, schema.clone(), Some(properties)).map_err(parquet_error)?;
-            let builders = columns
-                .iter()
-                .map(|&(_, kind)| match kind {
-                    Kind::Str | Kind::OptStr | Kind::OptJson => Builder::Str(StringBuilder::new()),
-                    Kind::I64 | Kind::OptI64 => Builder::I64(Int64Builder::new()),
-                    Kind::U64 => Builder::U64(UInt64Builder::new()),
-                    Kind::Bool => Builder::Bool(BooleanBuilder::new()),
-                })
-                .collect();
-            Ok(Self { writer, schema, builders, rows: 0 })
+            Ok(Self { writer, schema, builders: Builders::new(columns), rows: 0 })
         }
 
         pub(super) fn write_row<R: Row>(&mut self, row: &R) -> Result<(), WriteError> {
-            row.visit(&mut ParquetVisit { builders: &mut self.builders, index: 0 })?;
+            self.builders.push(row)?;
             self.rows += 1;
             if self.rows >= ROW_GROUP_ROWS {
                 self.flush()?;
@@ -683,18 +714,7 @@ mod parquet_out {
             if self.rows == 0 {
                 return Ok(());
             }
-            let arrays: Vec<ArrayRef> = self
-                .builders
-                .iter_mut()
-                .map(|builder| -> ArrayRef {
-                    match builder {
-                        Builder::Str(b) => Arc::new(b.finish()),
-                        Builder::I64(b) => Arc::new(b.finish()),
-                        Builder::U64(b) => Arc::new(b.finish()),
-                        Builder::Bool(b) => Arc::new(b.finish()),
-                    }
-                })
-                .collect();
+            let arrays = self.builders.finish();
             let batch = RecordBatch::try_new(self.schema.clone(), arrays).map_err(parquet_error)?;
             self.writer.write(&batch).map_err(parquet_error)?;
             self.writer.flush().map_err(parquet_error)?;

@@ -483,6 +483,8 @@ pub(crate) async fn submit_events(
         state.metrics.reject(RejectReason::RateLimited, count);
         ApiError::RateLimited(wait)
     })?;
+    // Without the cluster feature the match has one arm.
+    #[cfg_attr(not(feature = "cluster"), allow(clippy::infallible_destructuring_match))]
     let writer = match &state.sink {
         Sink::Writer(writer) => writer,
         #[cfg(feature = "cluster")]

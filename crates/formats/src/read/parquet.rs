@@ -3,8 +3,10 @@
 //!
 //! With `threads > 1` and several row groups, each of `threads` workers
 //! decodes every `threads`-th row group and the reader hands the chunks back
-//! in file order. Each worker's channel is bounded, so memory stays bounded
-//! whatever the row group size.
+//! in file order. Each worker's channel holds up to a row group's chunks (so a
+//! worker is not stalled while the consumer drains the previous row group from
+//! another worker), bounded by [`MAX_WORKER_QUEUE_CHUNKS`] whatever the row
+//! group size.
 
 use std::fmt;
 use std::fs::File;
@@ -36,8 +38,16 @@ use crate::time::{
     parse_event_time_number, parse_event_time_u64,
 };
 
-/// Chunks a worker may decode ahead of the consumer.
-const WORKER_QUEUE_CHUNKS: usize = 4;
+/// Chunks a worker may decode ahead of the consumer beyond a row group's.
+const WORKER_QUEUE_SLACK_CHUNKS: usize = 4;
+/// Bound on the chunks a worker may decode ahead of the consumer (2M rows).
+///
+/// The consumer takes row groups in file order, so while it drains worker
+/// A's row group, worker B can only work as far as its queue reaches: a queue
+/// of a whole row group keeps both busy (measured on the 10M-event benchmark
+/// file, 1M-row groups: 1.45 cores used while reading with 4 chunks, against
+/// about 1.9 with a row group's worth).
+const MAX_WORKER_QUEUE_CHUNKS: usize = 32;
 
 /// What is known before decoding: the file, its metadata and the columns.
 #[derive(Clone)]
@@ -195,10 +205,14 @@ impl ParquetReader {
 
 fn start_workers(plan: &Plan, threads: usize) -> Mode {
     let groups = plan.row_group_starts.len() - 1;
+    let largest_group_rows = plan.row_group_starts.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+    let queue_chunks = (usize::try_from(largest_group_rows.div_ceil(CHUNK_ROWS as u64)).unwrap_or(usize::MAX))
+        .saturating_add(WORKER_QUEUE_SLACK_CHUNKS)
+        .min(MAX_WORKER_QUEUE_CHUNKS);
     let mut receivers = Vec::with_capacity(threads);
     let mut workers = Vec::with_capacity(threads);
     for worker in 0..threads {
-        let (sender, receiver) = sync_channel(WORKER_QUEUE_CHUNKS);
+        let (sender, receiver) = sync_channel(queue_chunks);
         let plan = plan.clone();
         let mine: Vec<usize> = (worker..groups).step_by(threads).collect();
         workers.push(std::thread::spawn(move || run_worker(&plan, &mine, &sender)));

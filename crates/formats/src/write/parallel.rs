@@ -2,7 +2,7 @@
 //! threads and written in order, so the bytes do not depend on the thread
 //! count. NDJSON and CSV are formatted in blocks of rows; Parquet row groups
 //! are encoded in parallel with arrow's `ArrowColumnWriter`, each column from
-//! an Arrow array built straight from the row group's rows.
+//! an Arrow array built row by row from the row group's rows.
 
 use std::fs::File;
 use std::io::Write;
@@ -136,14 +136,13 @@ mod parquet_rows {
     //! encoded at once, then appended to the file in order.
 
     use std::io::Write;
-    use std::sync::Arc;
 
-    use arrow_array::{ArrayRef, Int64Array, StringArray, UInt64Array};
+    use arrow_array::ArrayRef;
     use arrow_schema::SchemaRef;
     use parquet::arrow::ArrowWriter;
     use parquet::arrow::arrow_writer::{ArrowColumnChunk, ArrowColumnWriter, compute_leaves};
 
-    use super::super::parquet_out::{ROW_GROUP_ROWS, parquet_error, schema_and_properties};
+    use super::super::parquet_out::{Builders, ROW_GROUP_ROWS, parquet_error, schema_and_properties};
     use super::{Row, SessionRow, WriteError, in_waves};
 
     pub(super) fn write<'a>(
@@ -159,12 +158,17 @@ mod parquet_rows {
         let groups = count.div_ceil(ROW_GROUP_ROWS);
         let encode = |group: usize| -> Result<Vec<ArrowColumnChunk>, WriteError> {
             let writers = factory.create_column_writers(group).map_err(parquet_error)?;
-            let rows: Vec<SessionRow<'a>> =
-                (group * ROW_GROUP_ROWS..((group + 1) * ROW_GROUP_ROWS).min(count)).map(row).collect();
+            // Row by row into every column's builder: each row is built once
+            // and visited while in cache.
+            let mut builders = Builders::new(SessionRow::COLUMNS);
+            for i in group * ROW_GROUP_ROWS..((group + 1) * ROW_GROUP_ROWS).min(count) {
+                builders.push(&row(i))?;
+            }
             writers
                 .into_iter()
+                .zip(builders.finish())
                 .enumerate()
-                .map(|(column, writer)| encode_chunk(writer, &schema, column, &rows))
+                .map(|(column, (writer, array))| encode_chunk(writer, &schema, column, &array))
                 .collect()
         };
         in_waves(groups, threads, encode, |chunks| {
@@ -184,41 +188,11 @@ mod parquet_rows {
         mut writer: ArrowColumnWriter,
         schema: &SchemaRef,
         column: usize,
-        rows: &[SessionRow<'_>],
+        array: &ArrayRef,
     ) -> Result<ArrowColumnChunk, WriteError> {
-        for leaf in compute_leaves(schema.field(column), &column_array(column, rows)).map_err(parquet_error)? {
+        for leaf in compute_leaves(schema.field(column), array).map_err(parquet_error)? {
             writer.write(&leaf).map_err(parquet_error)?;
         }
         writer.close().map_err(parquet_error)
-    }
-
-    /// The column at `index` in [`SessionRow::COLUMNS`] of `rows`.
-    fn column_array<'a>(index: usize, rows: &[SessionRow<'a>]) -> ArrayRef {
-        let optional = |field: fn(&SessionRow<'a>) -> Option<&'a str>| -> ArrayRef {
-            Arc::new(rows.iter().map(field).collect::<StringArray>())
-        };
-        let required = |field: fn(&SessionRow<'a>) -> &'a str| -> ArrayRef {
-            Arc::new(StringArray::from_iter_values(rows.iter().map(field)))
-        };
-        let int = |field: fn(&SessionRow<'a>) -> i64| -> ArrayRef {
-            Arc::new(Int64Array::from_iter_values(rows.iter().map(field)))
-        };
-        match SessionRow::COLUMNS[index].0 {
-            "user_id" => optional(|r| r.user_id),
-            "device_id" => optional(|r| r.device_id),
-            "session_id" => int(|r| r.session_id),
-            "session_uid" => required(|r| r.session_uid),
-            "start_ms" => int(|r| r.start_ms),
-            "end_ms" => int(|r| r.end_ms),
-            "length_ms" => int(|r| r.length_ms),
-            "active_ms" => int(|r| r.active_ms),
-            "event_count" => Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.event_count))),
-            "end_reason" => required(|r| r.end_reason),
-            "entry_event_type" => required(|r| r.entry_event_type),
-            "entry_page" => optional(|r| r.entry_page),
-            "exit_event_type" => required(|r| r.exit_event_type),
-            "exit_page" => optional(|r| r.exit_page),
-            other => unreachable!("SessionRow has no column {other}"),
-        }
     }
 }
