@@ -170,6 +170,36 @@ impl StrColumn {
         self.push_str(buffer.format(value));
     }
 
+    /// A plain column that takes over `values` instead of copying them (the
+    /// Parquet reader hands over Arrow's buffers when a batch held the only
+    /// reference): `offsets` (`rows + 1` of them, from 0) delimit the rows in
+    /// `values`, `is_valid` says whether a row is present. Empty strings become
+    /// `None`, as in [`StrColumn::extend_utf8`].
+    ///
+    /// Gives `values` back when they are not such a column: not UTF-8, offsets
+    /// out of order, past the end or inside a character, or more than
+    /// `u32::MAX` bytes.
+    #[cfg_attr(not(any(feature = "parquet", test)), expect(dead_code, reason = "used by the Parquet reader"))]
+    pub(crate) fn from_utf8_buffer(
+        values: Vec<u8>,
+        offsets: &[i32],
+        is_valid: impl Fn(usize) -> bool,
+    ) -> Result<Self, Vec<u8>> {
+        let in_order = offsets.first() == Some(&0)
+            && usize::try_from(*offsets.last().unwrap_or(&-1)).ok() == Some(values.len())
+            && offsets.windows(2).all(|pair| pair[0] <= pair[1]);
+        if !in_order || u32::try_from(values.len()).is_err() {
+            return Err(values);
+        }
+        let data = String::from_utf8(values).map_err(|error| error.into_bytes())?;
+        // Every offset is in range (checked above); reading a row slices the text there.
+        if !offsets.iter().all(|&offset| data.is_char_boundary(offset as usize)) {
+            return Err(data.into_bytes());
+        }
+        let valid = offsets.windows(2).enumerate().map(|(i, pair)| pair[1] > pair[0] && is_valid(i)).collect();
+        Ok(Self { data, offsets: offsets.iter().map(|&offset| offset as u32).collect(), valid, dictionary: None })
+    }
+
     /// Appends the rows of an Arrow string array in bulk: `values` and
     /// `offsets` (`len + 1` of them, possibly not starting at 0) in Arrow's
     /// layout, and whether each row is valid. Empty strings become `None`.

@@ -22,7 +22,7 @@ use arrow_array::types::{
     UInt64Type,
 };
 use arrow_array::{Array, ArrayRef, BooleanArray, GenericStringArray, RecordBatch, StringViewArray};
-use arrow_buffer::NullBuffer;
+use arrow_buffer::{Buffer, NullBuffer};
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{
@@ -109,7 +109,7 @@ impl Decoder {
             let batch = batch.map_err(|e| self.plan.parquet_error(e))?;
             let first_row = self.next_row;
             self.next_row += batch.num_rows() as u64;
-            let chunk = decode_batch(&self.plan, &batch, first_row, &mut self.skips, &mut self.dictionaries)?;
+            let chunk = decode_batch(&self.plan, batch, first_row, &mut self.skips, &mut self.dictionaries)?;
             if !chunk.is_empty() {
                 return Ok(Some(chunk));
             }
@@ -908,7 +908,7 @@ fn check_row(
 /// `skips`) or returned as the error.
 fn decode_batch(
     plan: &Plan,
-    batch: &RecordBatch,
+    batch: RecordBatch,
     first_row: u64,
     skips: &mut Skips,
     dictionaries: &mut Dictionaries,
@@ -979,7 +979,13 @@ fn decode_batch(
     user_id.append(&mut chunk.user_id, kept, rows, bulk, dictionaries);
     device_id.append(&mut chunk.device_id, kept, rows, bulk, dictionaries);
     event_type.append(&mut chunk.event_type, kept, rows, bulk, dictionaries);
-    insert_id.append(&mut chunk.insert_id, kept, rows, bulk, dictionaries);
+    // Insert ids are the largest column (36-byte ids in the benchmark data) and
+    // unique, so never dictionary-encoded: when every row is kept, the column
+    // takes over Arrow's buffers below instead of copying them.
+    let take_insert_ids = bulk && kept.is_none() && matches!(insert_id, StrSource::Utf8(_));
+    if !take_insert_ids {
+        insert_id.append(&mut chunk.insert_id, kept, rows, bulk, dictionaries);
+    }
     page.append(&mut chunk.page, kept, rows, bulk, dictionaries);
     let passive_of = |i: usize| passive.is_some_and(|p| p.is_valid(i) && p.value(i));
     match kept {
@@ -992,5 +998,32 @@ fn decode_batch(
             chunk.source_line.extend(kept.iter().map(|&i| first_row + i as u64 + 1));
         }
     }
+    if take_insert_ids {
+        let index = batch.schema().index_of(&fields.insert_id).expect("the insert id column was read above");
+        let (_, mut columns, _) = batch.into_parts();
+        chunk.insert_id = take_utf8(columns.swap_remove(index));
+    }
     Ok(chunk)
+}
+
+/// A plain UTF-8 array's rows as a column, taking over its values buffer when
+/// nothing else holds it (the reader's batches are dropped once decoded), else
+/// copying it.
+fn take_utf8(array: ArrayRef) -> StrColumn {
+    let strings = GenericStringArray::<i32>::from(array.to_data());
+    drop(array);
+    let (offsets, values, nulls) = strings.into_parts();
+    let is_valid = |i: usize| nulls.as_ref().is_none_or(|nulls| nulls.is_valid(i));
+    // A sliced array's offsets start past 0 (its buffer holds other rows): copied.
+    let (first, offsets) = (offsets[0], offsets.inner().as_ref());
+    let taken = match values.into_vec::<u8>() {
+        Ok(bytes) if first == 0 => StrColumn::from_utf8_buffer(bytes, offsets, is_valid).map_err(Buffer::from_vec),
+        Ok(bytes) => Err(Buffer::from_vec(bytes)),
+        Err(shared) => Err(shared),
+    };
+    taken.unwrap_or_else(|values| {
+        let mut column = StrColumn::with_capacity(offsets.len().saturating_sub(1), 0);
+        column.extend_utf8(values.as_slice(), offsets, is_valid);
+        column
+    })
 }

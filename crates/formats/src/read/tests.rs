@@ -249,6 +249,21 @@ fn str_column_layout() {
 }
 
 #[test]
+fn a_str_column_takes_over_a_utf8_buffer_or_gives_it_back() {
+    let column = StrColumn::from_utf8_buffer(b"hello\xc3\xa9!".to_vec(), &[0, 5, 5, 7, 8], |i| i != 3).unwrap();
+    assert_eq!(column.iter().collect::<Vec<_>>(), [Some("hello"), None, Some("é"), None]);
+    let given_back = |values: &[u8], offsets: &[i32]| {
+        StrColumn::from_utf8_buffer(values.to_vec(), offsets, |_| true).expect_err("not a column")
+    };
+    assert_eq!(given_back(b"abc", &[0, 2, 1, 3]), b"abc", "offsets out of order");
+    assert_eq!(given_back(b"abc", &[0, 1]), b"abc", "offsets short of the end");
+    assert_eq!(given_back(b"abc", &[1, 3]), b"abc", "offsets not from 0");
+    assert_eq!(given_back(b"abc", &[]), b"abc", "no offsets");
+    assert_eq!(given_back(b"\xc3\xa9", &[0, 1, 2]), b"\xc3\xa9", "an offset inside a character");
+    assert_eq!(given_back(b"\xff", &[0, 1]), b"\xff", "not UTF-8");
+}
+
+#[test]
 fn str_column_dictionary_mode() {
     let values = {
         let mut values = StrColumn::new();
