@@ -63,6 +63,9 @@ pub enum ClusterError {
     Catalog(String),
     #[error("a stored message is malformed: {0}")]
     Message(String),
+    /// This worker's lease of a partition ran out during long work for it.
+    #[error("the lease of partition {0} ran out: its next owner does the work")]
+    LeaseLost(u32),
     #[error(transparent)]
     Store(#[from] sessionizer_store::StoreError),
 }

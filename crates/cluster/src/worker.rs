@@ -454,7 +454,7 @@ impl Worker {
             let rows = reconciling_rows((project.id, p), &fresh, stored, version, now);
             if !writable(held).contains(&p) {
                 // The lease ran out during the work: the next owner does it again.
-                return Err(ClusterError::Nats(format!("the lease of partition {p} ran out while applying settings")));
+                return Err(ClusterError::LeaseLost(p));
             }
             self.store.insert_sessions(p, &rows).await?;
             users_done += users.len();

@@ -95,7 +95,7 @@ impl ClusterReads {
 
     /// Runs one read within the bound on reads in progress.
     async fn bounded<T>(&self, read: impl Future<Output = Result<T, ClusterError>>) -> Result<T, ApiError> {
-        let _permit = self.permits.acquire().await.map_err(|_| ApiError::Unavailable("shutting down".into()))?;
+        let _permit = self.export_permit().await?;
         read.await.map_err(answer)
     }
 
@@ -230,6 +230,7 @@ impl ClusterReads {
 }
 
 impl ClusterReads {
+    /// A permit of the bound on reads in progress; an export holds it until its last byte.
     async fn export_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
         self.permits.clone().acquire_owned().await.map_err(|_| ApiError::Unavailable("shutting down".into()))
     }

@@ -235,10 +235,9 @@ async fn stats_range(State(state): State<AppState>, headers: HeaderMap) -> Resul
     Ok(json_response(body))
 }
 
-/// The board's figures for the request's day range, shaped by `answer`: the
-/// one path of the three statistics routes.
 /// Which of the board's figures a statistics route shows: the embedded board
-/// index computes them all in one pass; a query node asks ClickHouse for these only.
+/// index computes them all in one pass; a query node asks ClickHouse for these
+/// only (the cluster crate's `FigureParts`, which builds without it cannot name).
 #[derive(Debug, Clone, Copy)]
 #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
 struct Needs {
@@ -247,6 +246,8 @@ struct Needs {
     users: bool,
 }
 
+/// The board's figures for the request's day range, shaped by `answer`: the
+/// one path of the three statistics routes.
 async fn board_figures(
     state: &AppState,
     headers: &HeaderMap,
