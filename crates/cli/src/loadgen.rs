@@ -43,6 +43,8 @@ const CATCH_UP_GRACE: Duration = Duration::from_secs(1);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Pause after a transport error, so a dead server is not spun on.
 const ERROR_BACKOFF: Duration = Duration::from_millis(10);
+/// Longest `Retry-After` obeyed (429, 503), in seconds.
+const MAX_RETRY_AFTER_S: u64 = 5;
 
 const EVENT_TYPES: [&str; 8] = [
     "App Opened",
@@ -434,15 +436,20 @@ fn worker(plan: &Plan, shared: &Shared, worker: u32, start: Instant) -> Tally {
             .send(body.as_bytes())
             .and_then(|mut response| {
                 let status = response.status().as_u16();
+                let retry_after_s = response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok());
                 let bytes = response.body_mut().read_to_vec()?;
-                Ok((status, bytes))
+                Ok((status, bytes, retry_after_s))
             });
         tally.latency.record(from.elapsed());
         tally.requests += 1;
         tally.events_sent += plan.batch;
         shared.requests.fetch_add(1, Ordering::Relaxed);
         match result {
-            Ok((200, bytes)) => {
+            Ok((200, bytes, _)) => {
                 tally.ok_requests += 1;
                 tally.events_acked += plan.batch;
                 shared.events_acked.fetch_add(plan.batch, Ordering::Relaxed);
@@ -454,12 +461,18 @@ fn worker(plan: &Plan, shared: &Shared, worker: u32, start: Instant) -> Tally {
                     Err(_) => *tally.errors.entry("200 with an unexpected body".into()).or_default() += 1,
                 }
             }
-            Ok((status, bytes)) => {
+            Ok((status, bytes, retry_after_s)) => {
                 *tally.errors.entry(status.to_string()).or_default() += 1;
                 shared.errors.fetch_add(1, Ordering::Relaxed);
                 if matches!(status, 400 | 401 | 403 | 404 | 405 | 413) {
                     let text = String::from_utf8_lossy(&bytes[..bytes.len().min(500)]).trim().to_string();
                     shared.abort(format!("the server answered {status} to POST {}: {text}", plan.endpoint));
+                }
+                // As the SDKs do: a server that is busy says when to come back.
+                // Retrying at once would only measure how fast it refuses.
+                if let Some(seconds) = retry_after_s.filter(|_| matches!(status, 429 | 503)) {
+                    let wait = Duration::from_secs(seconds.min(MAX_RETRY_AFTER_S));
+                    std::thread::sleep(wait.min(end.saturating_duration_since(Instant::now())));
                 }
             }
             Err(error) => {

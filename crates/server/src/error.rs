@@ -53,6 +53,9 @@ pub enum ApiError {
     Unavailable(String),
     #[error("{0}: retry shortly")]
     Loading(String),
+    /// A read cannot yet see every acknowledged event (they wait in the ingest log).
+    #[error("{0}: retry shortly")]
+    ReadBehind(String),
     /// A cluster's storage (ClickHouse) did not answer a read; the detail is logged, once.
     #[error("the cluster's storage did not answer: retry shortly")]
     StorageUnavailable(String),
@@ -83,9 +86,11 @@ impl ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::Busy | ApiError::Unavailable(_) | ApiError::Loading(_) | ApiError::StorageUnavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::Busy
+            | ApiError::Unavailable(_)
+            | ApiError::Loading(_)
+            | ApiError::ReadBehind(_)
+            | ApiError::StorageUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::DiskFull => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) | ApiError::StorageCorrupt(_) | ApiError::WriteOutcomeUnknown => {
@@ -110,6 +115,7 @@ impl ApiError {
             ApiError::RateLimited(_) => "rate_limited",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Loading(_) => "loading",
+            ApiError::ReadBehind(_) => "read_behind",
             ApiError::StorageUnavailable(_) => "storage_unavailable",
             ApiError::DiskFull => "disk_full",
             ApiError::StorageCorrupt(_) => "storage_corrupt",
@@ -167,7 +173,11 @@ impl IntoResponse for ApiError {
         let mut response = (status, axum::Json(body)).into_response();
         if matches!(
             self,
-            ApiError::Busy | ApiError::Unavailable(_) | ApiError::Loading(_) | ApiError::StorageUnavailable(_)
+            ApiError::Busy
+                | ApiError::Unavailable(_)
+                | ApiError::Loading(_)
+                | ApiError::ReadBehind(_)
+                | ApiError::StorageUnavailable(_)
         ) {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

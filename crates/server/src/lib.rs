@@ -46,7 +46,7 @@ use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use sessionizer_store::{KeyRole, Store, StoreError};
+use sessionizer_store::{IngestLog, KeyRole, LogReader, Store, StoreError};
 use tokio::sync::oneshot;
 
 pub use error::{ApiError, EventProblem};
@@ -190,9 +190,12 @@ pub async fn serve(
         return Err(ServeError::DataDirInUse(config.data_dir.clone()));
     }
     let metrics = Arc::new(Metrics::default());
-    let readers = Arc::new(Readers::new(config.data_dir.clone()));
     let keys = Arc::new(Keys::load(&store)?);
-    let (writer, writer_thread) = writer::start(store, metrics.clone(), config.write_queue_requests)?;
+    let log = IngestLog::open(&config.data_dir)?;
+    let log_reader = LogReader::open(&config.data_dir)?;
+    let (writer, applied, writer_thread) =
+        writer::start(store, log, log_reader, metrics.clone(), config.write_queue_requests)?;
+    let readers = Arc::new(Readers::new(config.data_dir.clone(), Some(applied)));
     let board = Arc::new(board::BoardState::default());
     board.start_loading(config.data_dir.clone());
     let ingest_limit = Arc::new(rate_limit::Limiter::new(config.rate_limits.ingest_events_per_s));
@@ -267,7 +270,7 @@ pub async fn serve_cluster_node(
         sink: Sink::Stream(Arc::new(cluster)),
         keys,
         // Never used: reads go to `source`.
-        readers: Arc::new(Readers::new(PathBuf::new())),
+        readers: Arc::new(Readers::new(PathBuf::new(), None)),
         metrics: Arc::new(Metrics::default()),
         board: Arc::new(board::BoardState::default()),
         source: ReadSource::Cluster(reads),
@@ -337,8 +340,11 @@ async fn accept_connections(
 /// Reads a request body of at most [`limits::MAX_BODY_BYTES`]. A longer one is
 /// `413`; one that cannot be read (a timeout, which [`body_deadline`] answers
 /// with 408, or a client gone) counts as `body_read`, not as too large.
-pub(crate) async fn read_bounded_body(state: &AppState, body: axum::body::Body) -> Result<axum::body::Bytes, ApiError> {
-    axum::body::to_bytes(body, limits::MAX_BODY_BYTES).await.map_err(|error| {
+/// Reads an ingestion request's body (bounded by `MAX_BODY_BYTES`), then
+/// refuses it (503) when the writer's backlog is full: parsing is the costly
+/// part of a request, and under overload it would only be thrown away.
+pub(crate) async fn read_ingest_body(state: &AppState, body: axum::body::Body) -> Result<axum::body::Bytes, ApiError> {
+    let body = axum::body::to_bytes(body, limits::MAX_BODY_BYTES).await.map_err(|error| {
         if error.into_inner().is::<http_body_util::LengthLimitError>() {
             state.metrics.reject(RejectReason::TooLarge, 1);
             ApiError::TooLarge(format!("the body exceeds {} bytes", limits::MAX_BODY_BYTES))
@@ -346,7 +352,14 @@ pub(crate) async fn read_bounded_body(state: &AppState, body: axum::body::Body) 
             state.metrics.reject(RejectReason::BodyRead, 1);
             ApiError::BadRequest("the request body could not be read".into())
         }
-    })
+    })?;
+    if let Sink::Writer(writer) = &state.sink
+        && writer.backlogged()
+    {
+        state.metrics.reject(RejectReason::Busy, 1);
+        return Err(ApiError::Busy);
+    }
+    Ok(body)
 }
 
 /// Applies [`Timeouts::body_idle`] and [`Timeouts::body_total`] to the request
@@ -448,7 +461,7 @@ async fn ingest(state: &AppState, request: Request) -> Result<Ingested, ApiError
         true => Some(state.keys.authorize(&parts.headers, KeyRole::Write).inspect_err(unauthorized)?),
         false => None,
     };
-    let body = read_bounded_body(state, body).await?;
+    let body = read_ingest_body(state, body).await?;
     let encoding = parts.headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok());
     let now = jiff::Timestamp::now().as_millisecond();
     let parsed =
@@ -509,9 +522,16 @@ pub(crate) async fn submit_events(
     })?;
     let result = answer.await.map_err(|_| ApiError::Unavailable("the writer stopped".into()))?;
     result.inspect_err(|error| {
-        let reason =
-            if matches!(error, ApiError::DiskFull) { RejectReason::DiskFull } else { RejectReason::Unavailable };
+        let reason = match error {
+            ApiError::DiskFull => RejectReason::DiskFull,
+            ApiError::Busy => RejectReason::Busy,
+            _ => RejectReason::Unavailable,
+        };
         state.metrics.reject(reason, count);
+        if matches!(error, ApiError::Busy) {
+            // Nothing was written: the retry will spend the tokens.
+            state.ingest_limit.refund(project, count);
+        }
     })
 }
 

@@ -30,6 +30,18 @@ pub const MAX_WRITE_QUEUE_REQUESTS: usize = 65_536;
 pub const MAX_GROUP_REQUESTS: usize = 256;
 /// Most events grouped into one commit.
 pub const MAX_GROUP_EVENTS: usize = 50_000;
+/// Most acknowledged events waiting in the ingest log to be applied to events
+/// and sessions; beyond this, ingestion answers 503 until the writer catches
+/// up. Bounds the log's size and the dedup filter in front of it.
+pub const MAX_UNAPPLIED_EVENTS: usize = 250_000;
+/// Logged events the writer waits for before applying them, unless a read
+/// waits for them or the oldest has waited two seconds.
+pub const MIN_APPLY_BATCH_EVENTS: usize = 20_000;
+/// Most logged events applied in one transaction of the main database.
+pub const MAX_APPLY_BATCH_EVENTS: usize = 50_000;
+/// Longest a read waits for the events acknowledged before it to be applied
+/// (reads see every acknowledged event); beyond it, 503.
+pub const MAX_READ_CATCH_UP_MS: u64 = 10_000;
 /// Read requests served at once (each holds a database connection).
 pub const MAX_CONCURRENT_READS: usize = 8;
 /// Most sessions returned by `GET /v1/sessions`.

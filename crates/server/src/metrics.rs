@@ -83,7 +83,9 @@ pub(crate) struct Metrics {
     pub(crate) read_latency: Histogram,
     pub(crate) commit_latency: Histogram,
     pub(crate) commits: AtomicU64,
+    pub(crate) apply_latency: Histogram,
     pub(crate) write_queue_depth: AtomicI64,
+    pub(crate) unapplied_events: AtomicI64,
     pub(crate) open_sessions: AtomicU64,
     pub(crate) engine_users: AtomicU64,
     pub(crate) engine_events: AtomicU64,
@@ -129,7 +131,7 @@ impl Metrics {
         counter(
             &mut out,
             "sessionizer_commits_total",
-            "Durable commits (each groups many requests).",
+            "Durable appends to the ingest log (each groups many requests).",
             self.commits.load(Ordering::Relaxed),
         );
         gauge(
@@ -137,6 +139,12 @@ impl Metrics {
             "sessionizer_write_queue_depth",
             "Ingestion requests waiting for the writer.",
             self.write_queue_depth.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "sessionizer_unapplied_events",
+            "Acknowledged events in the ingest log not yet applied to events and sessions.",
+            self.unapplied_events.load(Ordering::Relaxed),
         );
         gauge(
             &mut out,
@@ -164,9 +172,14 @@ impl Metrics {
         self.read_latency.render(&mut out, "sessionizer_request_duration_seconds", "route=\"read\",");
         put!(
             out,
-            "# HELP sessionizer_commit_duration_seconds Time to make a group of requests durable.\n# TYPE sessionizer_commit_duration_seconds histogram"
+            "# HELP sessionizer_commit_duration_seconds Time to make a group of requests durable in the ingest log.\n# TYPE sessionizer_commit_duration_seconds histogram"
         );
         self.commit_latency.render(&mut out, "sessionizer_commit_duration_seconds", "");
+        put!(
+            out,
+            "# HELP sessionizer_apply_duration_seconds Time to apply a batch of logged events to events and sessions.\n# TYPE sessionizer_apply_duration_seconds histogram"
+        );
+        self.apply_latency.render(&mut out, "sessionizer_apply_duration_seconds", "");
         out
     }
 }

@@ -15,6 +15,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::error::ApiError;
 use crate::limits::MAX_CONCURRENT_READS;
+use crate::writer::AppliedWatch;
 
 type ExportChunk = Result<Bytes, std::io::Error>;
 
@@ -29,11 +30,22 @@ pub(crate) struct Readers {
     pool: Mutex<Vec<Store>>,
     /// One per read in progress, exports included until their last byte.
     permits: Arc<Semaphore>,
+    /// The embedded store's writer: reads wait for the events acknowledged
+    /// before them to be applied.
+    applied: Option<AppliedWatch>,
 }
 
 impl Readers {
-    pub(crate) fn new(dir: PathBuf) -> Readers {
-        Readers { dir, pool: Mutex::new(Vec::new()), permits: Arc::new(Semaphore::new(MAX_CONCURRENT_READS)) }
+    pub(crate) fn new(dir: PathBuf, applied: Option<AppliedWatch>) -> Readers {
+        Readers { dir, pool: Mutex::new(Vec::new()), permits: Arc::new(Semaphore::new(MAX_CONCURRENT_READS)), applied }
+    }
+
+    /// A read permit, once the events acknowledged so far are applied.
+    async fn permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        if let Some(applied) = &self.applied {
+            applied.caught_up().await?;
+        }
+        self.permits.clone().acquire_owned().await.map_err(|_| ApiError::Unavailable("shutting down".into()))
     }
 
     fn take(&self) -> Result<Store, StoreError> {
@@ -53,7 +65,7 @@ impl Readers {
         self: &Arc<Self>,
         work: impl FnOnce(&Store) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
-        let _permit = self.permits.acquire().await.map_err(|_| ApiError::Unavailable("shutting down".into()))?;
+        let _permit = self.permit().await?;
         let readers = self.clone();
         tokio::task::spawn_blocking(move || {
             let store = readers.take()?;
@@ -117,8 +129,7 @@ impl Readers {
     where
         W: FnOnce(&Store, Box<dyn Write + Send>) -> Result<(), String> + Send + 'static,
     {
-        let permit =
-            self.permits.clone().acquire_owned().await.map_err(|_| ApiError::Unavailable("shutting down".into()))?;
+        let permit = self.permit().await?;
         let readers = self.clone();
         Ok(export_stream(permit, move |out| {
             let store = readers.take().map_err(|e| e.to_string())?;

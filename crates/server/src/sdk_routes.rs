@@ -65,7 +65,7 @@ pub(crate) fn routes() -> Router<AppState> {
 /// Body bytes, bounded, and decompressed when gzip (by header or by magic bytes).
 async fn read_body(state: &AppState, request: Request) -> Result<(axum::http::request::Parts, Vec<u8>), ApiError> {
     let (parts, body) = request.into_parts();
-    let bytes = crate::read_bounded_body(state, body).await?;
+    let bytes = crate::read_ingest_body(state, body).await?;
     let encoding = parts.headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok());
     let body = decode_body(encoding, &bytes)?;
     Ok((parts, body))
@@ -185,7 +185,7 @@ fn amplitude_answer(result: Result<(Ingested, usize), ApiError>) -> Response {
 /// `/batch` is Amplitude's batch API (`events`) and PostHog's batch endpoint (`batch`).
 async fn amplitude_or_posthog(state: State<AppState>, client: ConnectInfo<SocketAddr>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let bytes = match crate::read_bounded_body(&state, body).await {
+    let bytes = match crate::read_ingest_body(&state, body).await {
         Ok(bytes) => bytes,
         // Amplitude reads the code from the body, PostHog only the status: Amplitude's answer serves both.
         Err(error) => return amplitude_answer(Err(error)),

@@ -1,30 +1,51 @@
-//! The single writer: owns the store's write connection and one live engine
-//! per project, groups concurrent ingestion requests into one durable commit
-//! (group commit), and concludes sessions as the server clock passes them.
+//! Ingestion's two threads.
 //!
-//! The engine is pure; this thread is its imperative shell. It reads the clock,
-//! feeds the engine, writes what the engine says to the store in the same
-//! transaction as the events, and only then answers the requests.
+//! * The acknowledging thread (`Acknowledger`) groups concurrent ingestion
+//!   requests, deduplicates their insert ids, appends the new events to the
+//!   ingest log (`sessionizer_store::IngestLog`) in one durable commit (group
+//!   commit) and only then answers the requests. An append writes a few
+//!   sequential pages, whatever the events' users or insert ids.
+//! * The applying thread (`Writer`) owns the main database's write connection
+//!   and one live engine per project. It reads what was logged, in large
+//!   batches, feeds the engine, and stores the events (ordered by user) and
+//!   the sessions' changes in one transaction, which also records the last log
+//!   position applied; it concludes sessions as the server clock passes them.
+//!   Batches grow with the load, and with them the events sharing each index
+//!   page written.
+//!
+//! Dedup is exact: an insert id is a duplicate when the log holds it and it
+//! may not be applied yet (`PendingInsertIds`, bounded by
+//! `MAX_UNAPPLIED_EVENTS`) or when the main database's index holds it.
+//! Reads wait until every event acknowledged before them is applied
+//! (`AppliedWatch`), so they see what they were told was stored.
+//!
+//! The engine is pure; the applying thread is its imperative shell. It reads
+//! the clock, feeds the engine and writes what the engine says.
 //!
 //! Restart: the engine's state is rebuilt by replaying the stored events that
 //! can still touch live sessions (from the earliest start of any session whose
-//! last event is within a timeout before the lateness horizon), in time order.
-//! Finding that start costs two index seeks, not a scan of every session.
+//! last event is within a timeout before the lateness horizon), in time order;
+//! then the log rows after the last applied position are applied as usual.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
 use sessionizer_engine::{
     Assignment, ChangeKind, Event, EventClassifier, LiveConfig, SessionChange, SessionRules, Sessionizer, UserKey,
 };
-use sessionizer_store::{NewEvent, Project, Store, StoreError, StoredSession, sessionize_stored};
-use tokio::sync::oneshot;
+use sessionizer_store::{
+    IngestLog, LogReader, NewEvent, Project, Store, StoreError, StoredEvent, StoredSession, sessionize_stored,
+};
+use tokio::sync::{oneshot, watch};
 
 use crate::error::ApiError;
-use crate::limits::{MAX_GROUP_EVENTS, MAX_GROUP_REQUESTS, MAX_WRITE_QUEUE_REQUESTS};
+use crate::limits::{
+    MAX_APPLY_BATCH_EVENTS, MAX_GROUP_EVENTS, MAX_GROUP_REQUESTS, MAX_READ_CATCH_UP_MS, MAX_UNAPPLIED_EVENTS,
+    MAX_WRITE_QUEUE_REQUESTS, MIN_APPLY_BATCH_EVENTS,
+};
 use crate::metrics::Metrics;
 
 /// How often the writer concludes sessions and looks for settings changes.
@@ -34,6 +55,17 @@ const REPLAY_CHUNK_EVENTS: usize = 10_000;
 /// Bound on the steps that move a replay's start back past sessions spanning
 /// it (see `Writer::load`).
 const MAX_REPLAY_FLOOR_STEPS: usize = 64;
+/// Longest logged events wait before they are applied when fewer than
+/// `MIN_APPLY_BATCH_EVENTS` have gathered (and no read waits for them).
+const MAX_APPLY_DELAY: Duration = Duration::from_secs(2);
+/// Bound on the time from an event's arrival to its acknowledgement that
+/// conclusions allow for while events wait to be applied (see `Writer::tick`).
+const ACK_MARGIN_MS: i64 = 1_000;
+/// How often a read waiting for events to be applied looks for a failure to apply them.
+const CATCH_UP_POLL: Duration = Duration::from_millis(50);
+/// Applied log rows are deleted from the log once this many have gathered,
+/// in the transaction of the next append.
+const LOG_TRIM_ROWS: i64 = 8_192;
 
 /// What the writer reports back for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +88,26 @@ pub(crate) struct Health {
     /// A write failed in a way that leaves durability in doubt (e.g. fsync):
     /// no more acknowledgements until a restart.
     pub(crate) poisoned: AtomicBool,
+    /// Applying logged events to the main database failed for good (not a
+    /// full disk): reads that need them cannot be served until a restart.
+    applying_stopped: AtomicBool,
+    /// Applying logged events fails for a full disk and is being retried:
+    /// reads that need them answer 503 at once until it succeeds.
+    applying_blocked: AtomicBool,
+}
+
+/// How far ingestion has come: the last log position acknowledged, and the
+/// last one applied to the main database.
+#[derive(Debug)]
+struct Progress {
+    logged: AtomicI64,
+    applied: watch::Sender<i64>,
+    /// A read waits for events to be applied: apply now, whatever the batch's size.
+    read_waiting: AtomicBool,
+    /// Ingestion has stopped: apply what is left, conclude what is due, stop.
+    stopping: AtomicBool,
+    /// Batches the writer has tried to apply, successfully or not.
+    apply_attempts: AtomicU64,
 }
 
 /// The HTTP side's end of the writer.
@@ -64,9 +116,17 @@ pub(crate) struct WriterHandle {
     sender: SyncSender<WriteRequest>,
     pub(crate) health: Arc<Health>,
     metrics: Arc<Metrics>,
+    progress: Arc<Progress>,
 }
 
 impl WriterHandle {
+    /// Whether the ingest log holds `MAX_UNAPPLIED_EVENTS` events not applied
+    /// yet: new requests would be refused (503) by the acknowledging thread.
+    pub(crate) fn backlogged(&self) -> bool {
+        let applied = *self.progress.applied.borrow();
+        (self.progress.logged.load(Ordering::Relaxed) - applied) as usize >= MAX_UNAPPLIED_EVENTS
+    }
+
     /// Queues a request; fails at once when the queue is full or the writer is gone.
     pub(crate) fn submit(&self, request: WriteRequest) -> Result<(), ApiError> {
         if self.health.poisoned.load(Ordering::Acquire) {
@@ -85,6 +145,56 @@ impl WriterHandle {
     }
 }
 
+/// What reads wait on: every event acknowledged before a read began is
+/// applied to the main database before the read looks at it.
+#[derive(Debug, Clone)]
+pub(crate) struct AppliedWatch {
+    progress: Arc<Progress>,
+    health: Arc<Health>,
+    wake: SyncSender<()>,
+}
+
+impl AppliedWatch {
+    /// Returns once the events acknowledged so far are applied; 503 after
+    /// `MAX_READ_CATCH_UP_MS`, or at once while applying cannot proceed.
+    pub(crate) async fn caught_up(&self) -> Result<(), ApiError> {
+        let target = self.progress.logged.load(Ordering::Acquire);
+        let mut applied = self.progress.applied.subscribe();
+        if *applied.borrow_and_update() >= target {
+            return Ok(());
+        }
+        let attempts_before = self.progress.apply_attempts.load(Ordering::Acquire);
+        self.progress.read_waiting.store(true, Ordering::Release);
+        wake_writer(&self.wake);
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(MAX_READ_CATCH_UP_MS);
+        loop {
+            if self.health.applying_stopped.load(Ordering::Acquire) {
+                return Err(ApiError::ReadBehind(
+                    "a storage write failed; acknowledged events wait in the ingest log until a restart".into(),
+                ));
+            }
+            // Blocked, and still after a try made since this read asked (space may have returned).
+            if self.health.applying_blocked.load(Ordering::Acquire)
+                && self.progress.apply_attempts.load(Ordering::Acquire) > attempts_before
+            {
+                return Err(ApiError::ReadBehind(
+                    "the disk is full; acknowledged events wait in the ingest log until space returns".into(),
+                ));
+            }
+            // Short waits, so that a failure to apply is noticed while waiting.
+            let step = (tokio::time::Instant::now() + CATCH_UP_POLL).min(deadline);
+            match tokio::time::timeout_at(step, applied.wait_for(|&applied| applied >= target)).await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(_)) => return Err(ApiError::ReadBehind("the writer stopped".into())),
+                Err(_) if step >= deadline => {
+                    return Err(ApiError::ReadBehind("acknowledged events are still being applied".into()));
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
 /// One project's live state.
 struct ProjectEngine {
     project: Project,
@@ -93,60 +203,311 @@ struct ProjectEngine {
     engine: Sessionizer,
 }
 
+/// Wakes the writer thread. A full channel already holds a wake-up; a closed
+/// one means the writer has stopped, and there is no one left to wake.
+fn wake_writer(wake: &SyncSender<()>) {
+    match wake.try_send(()) {
+        Ok(()) | Err(TrySendError::Full(())) | Err(TrySendError::Disconnected(())) => {}
+    }
+}
+
 fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
 }
 
-/// Starts the writer thread; returns its handle and the thread.
+/// Starts the two threads; returns the handle for ingestion, the watch for
+/// reads and the acknowledging thread, which joins the applying one when the
+/// last handle is dropped and both have finished their work.
 pub(crate) fn start(
     store: Store,
+    log: IngestLog,
+    log_reader: LogReader,
     metrics: Arc<Metrics>,
     queue_requests: usize,
-) -> std::io::Result<(WriterHandle, std::thread::JoinHandle<()>)> {
+) -> Result<(WriterHandle, AppliedWatch, std::thread::JoinHandle<()>), crate::ServeError> {
     let queue_requests = queue_requests.clamp(1, MAX_WRITE_QUEUE_REQUESTS);
     let (sender, receiver) = std::sync::mpsc::sync_channel(queue_requests);
     let health = Arc::new(Health::default());
-    let handle = WriterHandle { sender, health: health.clone(), metrics: metrics.clone() };
+    let applied = store.applied_log_seq()?;
+    let logged = log.last_seq()?.max(applied);
+    let mut pending = PendingInsertIds::default();
+    for logged in log.insert_ids_after(applied)? {
+        pending.insert(logged.project, logged.insert_id.into_boxed_str(), logged.seq);
+    }
+    let progress = Arc::new(Progress {
+        logged: AtomicI64::new(logged),
+        applied: watch::Sender::new(applied),
+        read_waiting: AtomicBool::new(false),
+        stopping: AtomicBool::new(false),
+        apply_attempts: AtomicU64::new(0),
+    });
+    metrics.unapplied_events.store(logged - applied, Ordering::Relaxed);
+    let handle = WriterHandle { sender, health: health.clone(), metrics: metrics.clone(), progress: progress.clone() };
+    // Capacity 1: a wake-up is a flag, and the applier reads the log itself.
+    let (wake, woken) = std::sync::mpsc::sync_channel(1);
+    let watch = AppliedWatch { progress: progress.clone(), health: health.clone(), wake: wake.clone() };
+    let writer = Writer {
+        store,
+        log: log_reader,
+        engines: HashMap::new(),
+        metrics: metrics.clone(),
+        health: health.clone(),
+        progress: progress.clone(),
+        applied,
+        failing: false,
+        unapplied_since: None,
+    };
+    let applier = std::thread::Builder::new().name("sessionizer-writer".into()).spawn(move || writer.run(&woken))?;
+    let acknowledger = Acknowledger { log, pending, trimmed_through: applied, progress, health, metrics, wake };
     let thread = std::thread::Builder::new()
-        .name("sessionizer-writer".into())
-        .spawn(move || Writer { store, engines: HashMap::new(), metrics, health }.run(&receiver))?;
-    Ok((handle, thread))
+        .name("sessionizer-log".into())
+        .spawn(move || acknowledger.run(&receiver, applier))?;
+    Ok((handle, watch, thread))
 }
 
+/// The insert ids appended to the log and perhaps not applied yet, with
+/// their log positions. Entries applied since are dropped in bulk, once they
+/// may be half of the set (amortised O(1) per event); until then they still
+/// answer correctly (an applied insert id is a duplicate too).
+#[derive(Debug, Default)]
+struct PendingInsertIds {
+    positions: HashMap<(i64, Box<str>), i64>,
+    pruned_through: i64,
+}
+
+impl PendingInsertIds {
+    fn contains(&self, project: i64, insert_id: &str) -> bool {
+        // A tuple key with a borrowed `str` cannot be looked up without a
+        // `Box`; ids are bounded (`MAX_ID_BYTES`), so the copy is small.
+        self.positions.contains_key(&(project, Box::from(insert_id)))
+    }
+
+    fn insert(&mut self, project: i64, insert_id: Box<str>, seq: i64) {
+        self.positions.insert((project, insert_id), seq);
+    }
+
+    /// Drops the entries at or before `applied` when they may be many.
+    fn prune(&mut self, applied: i64) {
+        let applied_since = applied - self.pruned_through;
+        if applied_since > 0 && applied_since as usize >= self.positions.len() / 2 {
+            self.positions.retain(|_, seq| *seq > applied);
+            self.pruned_through = applied;
+        }
+    }
+}
+
+/// The acknowledging thread: dedup, append to the log, answer.
+struct Acknowledger {
+    log: IngestLog,
+    pending: PendingInsertIds,
+    /// Log rows at or before this position are deleted.
+    trimmed_through: i64,
+    progress: Arc<Progress>,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    wake: SyncSender<()>,
+}
+
+impl Acknowledger {
+    fn run(mut self, receiver: &Receiver<WriteRequest>, applier: std::thread::JoinHandle<()>) {
+        while let Ok(first) = receiver.recv() {
+            let mut group = vec![first];
+            let mut events = group[0].events.len();
+            while group.len() < MAX_GROUP_REQUESTS && events < MAX_GROUP_EVENTS {
+                match receiver.try_recv() {
+                    Ok(request) => {
+                        events += request.events.len();
+                        group.push(request);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.metrics.write_queue_depth.fetch_sub(group.len() as i64, Ordering::Relaxed);
+            self.log_group(group, events);
+        }
+        // Every handle is gone: the applier applies what is left and stops
+        // (reads may still hold a wake-up sender, so it is told, not left to
+        // notice the channel closing).
+        self.progress.stopping.store(true, Ordering::Release);
+        wake_writer(&self.wake);
+        if applier.join().is_err() {
+            tracing::error!("the writer thread panicked");
+        }
+        tracing::info!("ingestion stopped");
+    }
+
+    fn log_group(&mut self, group: Vec<WriteRequest>, events: usize) {
+        if self.health.poisoned.load(Ordering::Acquire) {
+            for request in group {
+                let error =
+                    ApiError::Unavailable("a storage write failed; restart the server after checking the disk".into());
+                drop(request.reply.send(Err(error)));
+            }
+            return;
+        }
+        let started = Instant::now();
+        let applied = *self.progress.applied.borrow();
+        let logged = self.progress.logged.load(Ordering::Relaxed);
+        if (logged - applied) as usize + events > MAX_UNAPPLIED_EVENTS {
+            // Nothing of these requests is written: the client retries later.
+            for request in group {
+                drop(request.reply.send(Err(ApiError::Busy)));
+            }
+            return;
+        }
+        self.pending.prune(applied);
+        match self.append(&group, applied) {
+            Ok(results) => {
+                self.metrics.commits.fetch_add(1, Ordering::Relaxed);
+                self.metrics.commit_latency.observe(started.elapsed());
+                let logged = self.progress.logged.load(Ordering::Relaxed);
+                self.metrics.unapplied_events.store(logged - applied, Ordering::Relaxed);
+                wake_writer(&self.wake);
+                for (request, result) in group.into_iter().zip(results) {
+                    self.metrics.ingested_events.fetch_add(result.accepted, Ordering::Relaxed);
+                    self.metrics.duplicate_events.fetch_add(result.duplicates, Ordering::Relaxed);
+                    // A client that went away still had its events stored.
+                    drop(request.reply.send(Ok(result)));
+                }
+            }
+            Err(error) => {
+                let disk_full = matches!(error, StoreError::DiskFull(_));
+                tracing::error!(%error, requests = group.len(), "a write failed; nothing of these requests was acknowledged");
+                for request in group {
+                    // A failed commit (an fsync error) may have left the batch on disk:
+                    // the outcome is unknown (500), not "nothing stored" (503). A retry
+                    // with the same insert ids is safe either way.
+                    let answer = if disk_full { ApiError::DiskFull } else { ApiError::WriteOutcomeUnknown };
+                    drop(request.reply.send(Err(answer)));
+                }
+                if !disk_full {
+                    self.health.poisoned.store(true, Ordering::Release);
+                }
+            }
+        }
+    }
+
+    /// Deduplicates the group's events and appends the new ones to the log in
+    /// one durable commit; returns each request's counts.
+    fn append(&mut self, group: &[WriteRequest], applied: i64) -> Result<Vec<Ingested>, StoreError> {
+        // The pending set is consulted before the main database's snapshot is
+        // taken: an insert id missing from it was applied before that, so the
+        // snapshot holds it.
+        let mut in_group: HashSet<(i64, &str)> = HashSet::new();
+        let mut probes: Vec<(i64, &str)> = Vec::new();
+        // Per event: new, duplicate, or the index of its probe.
+        enum Verdict {
+            New,
+            Duplicate,
+            Probe(usize),
+        }
+        let mut verdicts: Vec<Verdict> = Vec::with_capacity(group.iter().map(|r| r.events.len()).sum());
+        for request in group {
+            for event in &request.events {
+                let verdict = match event.insert_id.as_deref() {
+                    None => Verdict::New,
+                    Some(id) if self.pending.contains(request.project, id) => Verdict::Duplicate,
+                    Some(id) if !in_group.insert((request.project, id)) => Verdict::Duplicate,
+                    Some(id) => {
+                        probes.push((request.project, id));
+                        Verdict::Probe(probes.len() - 1)
+                    }
+                };
+                verdicts.push(verdict);
+            }
+        }
+        let stored = self.log.stored_in_main(&probes)?;
+        let mut results = Vec::with_capacity(group.len());
+        let mut fresh: Vec<(i64, &NewEvent)> = Vec::with_capacity(verdicts.len());
+        let mut verdicts = verdicts.into_iter();
+        for request in group {
+            let mut result = Ingested { accepted: 0, duplicates: 0 };
+            for event in &request.events {
+                let new = match verdicts.next().expect("one verdict per event") {
+                    Verdict::New => true,
+                    Verdict::Duplicate => false,
+                    Verdict::Probe(index) => !stored[index],
+                };
+                if new {
+                    result.accepted += 1;
+                    fresh.push((request.project, event));
+                } else {
+                    result.duplicates += 1;
+                }
+            }
+            results.push(result);
+        }
+        if fresh.is_empty() {
+            return Ok(results);
+        }
+        let trim = (applied - self.trimmed_through >= LOG_TRIM_ROWS).then_some(applied);
+        let positions = self.log.append(&fresh, trim)?;
+        if let Some(trimmed) = trim {
+            self.trimmed_through = trimmed;
+        }
+        for ((project, event), seq) in fresh.iter().zip(&positions) {
+            if let Some(id) = &event.insert_id {
+                self.pending.insert(*project, Box::from(id.as_str()), *seq);
+            }
+        }
+        if let Some(&last) = positions.last() {
+            self.progress.logged.store(last, Ordering::Release);
+        }
+        Ok(results)
+    }
+}
+
+/// The applying thread: the main database's only writer.
 struct Writer {
     store: Store,
+    log: LogReader,
     engines: HashMap<i64, ProjectEngine>,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
+    progress: Arc<Progress>,
+    /// The last log position applied.
+    applied: i64,
+    /// Applying failed (disk full) and is being retried; logged once.
+    failing: bool,
+    /// Since when logged events have been waiting to be applied.
+    unapplied_since: Option<Instant>,
 }
 
 impl Writer {
-    fn run(mut self, receiver: &Receiver<WriteRequest>) {
+    fn run(mut self, woken: &Receiver<()>) {
         if let Err(error) = self.load_all() {
             tracing::error!(%error, "cannot load the live state; not accepting writes");
+            self.health.applying_stopped.store(true, Ordering::Release);
             self.health.poisoned.store(true, Ordering::Release);
         }
+        // Ready before applying what was acknowledged before a restart and
+        // not applied yet: acknowledging does not depend on it, and reads
+        // wait for it (`AppliedWatch`).
         self.health.ready.store(true, Ordering::Release);
         let mut last_tick = Instant::now();
+        self.apply_logged(&mut last_tick, true);
         loop {
-            match receiver.recv_timeout(TICK) {
-                Ok(first) => {
-                    let mut group = vec![first];
-                    let mut events = group[0].events.len();
-                    while group.len() < MAX_GROUP_REQUESTS && events < MAX_GROUP_EVENTS {
-                        match receiver.try_recv() {
-                            Ok(request) => {
-                                events += request.events.len();
-                                group.push(request);
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    self.metrics.write_queue_depth.fetch_sub(group.len() as i64, Ordering::Relaxed);
-                    self.write_group(group);
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+            let mut wait = TICK.saturating_sub(last_tick.elapsed());
+            if let Some(since) = self.unapplied_since {
+                wait = wait.min(MAX_APPLY_DELAY.saturating_sub(since.elapsed()));
+            }
+            let woke = woken.recv_timeout(wait);
+            let stopping =
+                self.progress.stopping.load(Ordering::Acquire) || woke == Err(RecvTimeoutError::Disconnected);
+            // Larger batches share more index pages: wait for
+            // `MIN_APPLY_BATCH_EVENTS`, unless a read is waiting or a tick is
+            // due (sessions conclude only after what was logged is applied).
+            let unapplied = self.progress.logged.load(Ordering::Acquire) - self.applied;
+            if unapplied > 0 && self.unapplied_since.is_none() {
+                self.unapplied_since = Some(Instant::now());
+            }
+            let read_waiting = self.progress.read_waiting.swap(false, Ordering::AcqRel);
+            let waited = self.unapplied_since.is_some_and(|since| since.elapsed() >= MAX_APPLY_DELAY);
+            if stopping || read_waiting || waited || unapplied >= MIN_APPLY_BATCH_EVENTS as i64 {
+                self.apply_logged(&mut last_tick, stopping || read_waiting || waited);
+            }
+            if stopping {
+                break;
             }
             if last_tick.elapsed() >= TICK {
                 self.tick();
@@ -158,6 +519,67 @@ impl Writer {
         tracing::info!("writer stopped");
     }
 
+    /// Applies the logged events in batches (or until applying fails),
+    /// concluding sessions between batches when a tick is due. With `drain`,
+    /// until none is left; otherwise while at least `MIN_APPLY_BATCH_EVENTS`
+    /// are, so that the few logged during a batch wait for more.
+    fn apply_logged(&mut self, last_tick: &mut Instant, drain: bool) {
+        while !self.health.applying_stopped.load(Ordering::Acquire) {
+            let started = Instant::now();
+            let applied = self.apply_batch();
+            if applied.is_ok() && self.failing {
+                tracing::info!("applying logged events again");
+                self.failing = false;
+                self.health.applying_blocked.store(false, Ordering::Release);
+            }
+            match applied {
+                Ok(0) => {
+                    self.progress.apply_attempts.fetch_add(1, Ordering::AcqRel);
+                    self.unapplied_since = None;
+                    break;
+                }
+                Ok(_) => {
+                    self.progress.apply_attempts.fetch_add(1, Ordering::AcqRel);
+                    if last_tick.elapsed() >= TICK {
+                        self.tick();
+                        *last_tick = Instant::now();
+                    }
+                    let unapplied = self.progress.logged.load(Ordering::Acquire) - self.applied;
+                    if unapplied == 0 {
+                        self.unapplied_since = None;
+                        break;
+                    }
+                    if !drain && unapplied < MIN_APPLY_BATCH_EVENTS as i64 {
+                        // What is left was logged after this batch began.
+                        self.unapplied_since = Some(started);
+                        break;
+                    }
+                }
+                Err(error) => {
+                    // The engines may have moved ahead of the store: reload them.
+                    // The events are safe in the log and are applied again.
+                    let disk_full = matches!(error, StoreError::DiskFull(_));
+                    if !disk_full {
+                        tracing::error!(%error, "cannot apply logged events; not accepting writes");
+                        self.health.applying_stopped.store(true, Ordering::Release);
+                        self.health.poisoned.store(true, Ordering::Release);
+                    } else if !self.failing {
+                        tracing::error!(%error, "cannot apply logged events; retrying");
+                        self.failing = true;
+                        self.health.applying_blocked.store(true, Ordering::Release);
+                    }
+                    if disk_full && let Err(error) = self.load_all() {
+                        tracing::error!(%error, "cannot reload the live state; not accepting writes");
+                        self.health.applying_stopped.store(true, Ordering::Release);
+                        self.health.poisoned.store(true, Ordering::Release);
+                    }
+                    self.progress.apply_attempts.fetch_add(1, Ordering::AcqRel);
+                    break;
+                }
+            }
+        }
+    }
+
     /// Loads every project's engine from the store.
     fn load_all(&mut self) -> Result<(), StoreError> {
         self.engines.clear();
@@ -167,7 +589,6 @@ impl Writer {
         self.update_gauges();
         Ok(())
     }
-
     /// Builds a project's engine by replaying the stored events that can
     /// still touch live sessions, then concludes what is due now.
     fn load(&mut self, project: Project) -> Result<(), StoreError> {
@@ -234,81 +655,31 @@ impl Writer {
         Ok(())
     }
 
-    fn write_group(&mut self, group: Vec<WriteRequest>) {
+    /// Applies the next batch of logged events (at most
+    /// `MAX_APPLY_BATCH_EVENTS`): stores them, sessionizes them and writes the
+    /// session changes, in one transaction with the position applied.
+    /// Returns how many events it applied.
+    fn apply_batch(&mut self) -> Result<usize, StoreError> {
+        let rows = self.log.events_after(self.applied, MAX_APPLY_BATCH_EVENTS)?;
+        let Some(&(_, StoredEvent { seq: through, .. })) = rows.last() else { return Ok(0) };
         let started = Instant::now();
         // Projects created since the last load.
-        let missing: HashSet<i64> = group.iter().map(|r| r.project).filter(|p| !self.engines.contains_key(p)).collect();
+        let missing: HashSet<i64> =
+            rows.iter().map(|(project, _)| *project).filter(|p| !self.engines.contains_key(p)).collect();
         if !missing.is_empty() {
-            let loaded = self.store.projects().and_then(|projects| {
-                for project in projects.into_iter().filter(|p| missing.contains(&p.id)) {
-                    self.load(project)?;
-                }
-                Ok(())
-            });
-            if let Err(error) = loaded {
-                return self.fail_group(group, error);
+            for project in self.store.projects()?.into_iter().filter(|p| missing.contains(&p.id)) {
+                self.load(project)?;
             }
         }
         let now = now_ms();
-        let outcome = self.apply_group(&group, now);
-        match outcome {
-            Ok(results) => {
-                self.metrics.commits.fetch_add(1, Ordering::Relaxed);
-                self.metrics.commit_latency.observe(started.elapsed());
-                for (request, result) in group.into_iter().zip(results) {
-                    self.metrics.ingested_events.fetch_add(result.accepted, Ordering::Relaxed);
-                    self.metrics.duplicate_events.fetch_add(result.duplicates, Ordering::Relaxed);
-                    // A client that went away still had its events stored.
-                    drop(request.reply.send(Ok(result)));
-                }
-            }
-            Err(error) => self.fail_group(group, error),
-        }
-    }
-
-    /// Answers every request of a failed group. The engines may have moved
-    /// ahead of the store: reload them from it. Errors other than a full disk
-    /// leave durability in doubt (an fsync may have failed): stop acknowledging.
-    fn fail_group(&mut self, group: Vec<WriteRequest>, error: StoreError) {
-        let disk_full = matches!(error, StoreError::DiskFull(_));
-        tracing::error!(%error, requests = group.len(), "a write failed; nothing of these requests was acknowledged");
-        for request in group {
-            // A failed commit (an fsync error) may have left the batch on disk:
-            // the outcome is unknown (500), not "nothing stored" (503). A retry
-            // with the same insert ids is safe either way.
-            let answer = if disk_full { ApiError::DiskFull } else { ApiError::WriteOutcomeUnknown };
-            drop(request.reply.send(Err(answer)));
-        }
-        if !disk_full {
-            self.health.poisoned.store(true, Ordering::Release);
-            return;
-        }
-        if let Err(error) = self.load_all() {
-            tracing::error!(%error, "cannot reload the live state after a failed write; not accepting writes");
-            self.health.poisoned.store(true, Ordering::Release);
-        }
-    }
-
-    /// Stores the group's events, sessionizes them, applies the session
-    /// changes and commits, all in one transaction.
-    fn apply_group(&mut self, group: &[WriteRequest], now: i64) -> Result<Vec<Ingested>, StoreError> {
         let batch = self.store.batch()?;
-        let mut results = Vec::with_capacity(group.len());
+        batch.insert_logged_events(&rows, through)?;
         let mut fresh: HashMap<i64, Vec<Event>> = HashMap::new();
-        for request in group {
-            let Some(project) = self.engines.get(&request.project) else {
-                return Err(StoreError::UnknownProject(request.project.to_string()));
+        for (project_id, stored) in &rows {
+            let Some(project) = self.engines.get(project_id) else {
+                return Err(StoreError::UnknownProject(project_id.to_string()));
             };
-            let mut result = Ingested { accepted: 0, duplicates: 0 };
-            for event in &request.events {
-                if batch.insert_event(request.project, event)? {
-                    result.accepted += 1;
-                    fresh.entry(request.project).or_default().push(event.engine_event(&project.classifier));
-                } else {
-                    result.duplicates += 1;
-                }
-            }
-            results.push(result);
+            fresh.entry(*project_id).or_default().push(stored.event.engine_event(&project.classifier));
         }
         for (project_id, events) in fresh {
             let project = self.engines.get_mut(&project_id).expect("checked above");
@@ -340,7 +711,12 @@ impl Writer {
             }
         }
         batch.commit()?;
-        Ok(results)
+        self.applied = through;
+        self.progress.applied.send_replace(through);
+        let logged = self.progress.logged.load(Ordering::Relaxed);
+        self.metrics.unapplied_events.store(logged - through, Ordering::Relaxed);
+        self.metrics.apply_latency.observe(started.elapsed());
+        Ok(rows.len())
     }
 
     /// Concludes due sessions and applies settings changed by `sessionizer project set`.
@@ -351,7 +727,13 @@ impl Writer {
         if let Err(error) = self.reload_changed_settings() {
             tracing::error!(%error, "cannot apply changed project settings");
         }
-        let now = now_ms();
+        // Events acknowledged but not applied yet may extend sessions: conclude
+        // only what was due before the oldest of them arrived (with a margin
+        // for the time between its arrival and its acknowledgement).
+        let now = match self.unapplied_since {
+            Some(since) => now_ms() - since.elapsed().as_millis() as i64 - ACK_MARGIN_MS,
+            None => now_ms(),
+        };
         let mut all = Vec::new();
         for (&project_id, project) in &mut self.engines {
             let changes = project.engine.advance(now);

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use rusqlite::Connection;
 
-use crate::{Store, StoreError};
+use crate::{LOG_FILE, Store, StoreError};
 
 /// Most problems listed (SQLite stops looking after this many).
 pub const MAX_CHECK_PROBLEMS: usize = 100;
@@ -44,13 +44,28 @@ impl Store {
 ///
 /// A file too damaged to open at all is a report with that one problem, not an
 /// error: only a missing directory or database, or an I/O failure, is an error.
+/// The ingest log (`LOG_FILE`), when there is one, is checked too; its
+/// problems are prefixed with "ingest log: ".
 pub fn check_data_dir(dir: &Path) -> Result<CheckReport, StoreError> {
     let store = Store::open_reader(dir);
     let result = store.and_then(|store| store.integrity_check());
-    match result {
-        Err(StoreError::Corrupt(message)) => Ok(CheckReport { problems: vec![message], pages: None }),
-        other => other,
+    let mut report = match result {
+        Err(StoreError::Corrupt(message)) => CheckReport { problems: vec![message], pages: None },
+        other => other?,
+    };
+    let log = dir.join(LOG_FILE);
+    if log.exists() {
+        let checked = Connection::open_with_flags(&log, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(StoreError::from)
+            .and_then(|conn| integrity_check(&conn));
+        let problems = match checked {
+            Ok(log_report) => log_report.problems,
+            Err(StoreError::Corrupt(message)) => vec![message],
+            Err(error) => return Err(error),
+        };
+        report.problems.extend(problems.into_iter().map(|problem| format!("ingest log: {problem}")));
     }
+    Ok(report)
 }
 
 fn integrity_check(conn: &Connection) -> Result<CheckReport, StoreError> {

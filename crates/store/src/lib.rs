@@ -16,6 +16,7 @@
 pub mod board;
 mod check;
 mod keys;
+mod log;
 mod queries;
 mod rebuild;
 mod schema;
@@ -31,6 +32,7 @@ use uuid::Uuid;
 pub use board::{Board, BoardFigures, BoardSession, CohortFilter, DayFigures, SESSIONS_PER_USER_BUCKETS};
 pub use check::{CheckReport, MAX_CHECK_PROBLEMS, check_data_dir};
 pub use keys::{KeyHash, KeyRole, MAX_KEY_BYTES, constant_time_eq, generate as generate_key, hash_key, random_hex};
+pub use log::{IngestLog, LOG_FILE, LogReader, LoggedInsertId};
 pub use queries::{ChangeRecord, SessionCursor, SessionFilter};
 pub use rebuild::sessionize_stored;
 pub use settings::{PlatformSettings, ProjectSettings, SESSION_SOURCES};
@@ -418,6 +420,11 @@ impl Store {
         Ok(Batch { tx })
     }
 
+    /// The last ingest log position applied to this database.
+    pub fn applied_log_seq(&self) -> Result<i64, StoreError> {
+        log::applied_seq(&self.conn)
+    }
+
     // ---- reading ----
 
     /// At most `limit` events of a project after the position `after`
@@ -613,6 +620,50 @@ impl Batch<'_> {
             event.ip,
         ])?;
         Ok(inserted == 1)
+    }
+
+    /// Stores events read from the ingest log ([`LogReader::events_after`]),
+    /// in user order so that consecutive inserts share index pages, keeping
+    /// their log positions as `seq`, and records `through` as the last log
+    /// position applied, in this transaction. The log's writer deduplicated
+    /// them against `events` already, so an insert id found here again is an
+    /// error, not a silent skip.
+    pub fn insert_logged_events(&self, events: &[(i64, StoredEvent)], through: i64) -> Result<(), StoreError> {
+        let users: Vec<UserKey> = events.iter().map(|(_, stored)| stored.event.user_key()).collect();
+        let mut order: Vec<usize> = (0..events.len()).collect();
+        order.sort_unstable_by(|&a, &b| {
+            let key = |i: usize| (events[i].0, user_kind(&users[i]), users[i].id(), events[i].1.event.time_ms);
+            key(a).cmp(&key(b))
+        });
+        let mut statement = self.tx.prepare_cached(
+            "INSERT INTO events (seq, project, user_kind, user_key, user_id, device_id, event_type, time_ms, \
+             insert_id, page, passive, properties, received_ms, client_session_id, platform, ip) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+        )?;
+        for index in order {
+            let (project, stored) = &events[index];
+            let (event, user) = (&stored.event, &users[index]);
+            statement.execute(params![
+                stored.seq,
+                project,
+                user_kind(user),
+                user.id(),
+                event.user_id,
+                event.device_id,
+                event.event_type,
+                event.time_ms,
+                event.insert_id,
+                event.page,
+                event.passive,
+                event.properties,
+                event.received_ms,
+                event.client_session_id,
+                event.platform,
+                event.ip,
+            ])?;
+        }
+        self.tx.execute("UPDATE log_applied SET seq = ?1", params![through])?;
+        Ok(())
     }
 
     /// Applies a change that a replay after a restart produced, to a session

@@ -113,6 +113,16 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX sessions_long ON sessions (project, last_event_ms, start_ms)
         WHERE last_event_ms - start_ms >= 3600000;
     ",
+    // 6: the ingest log (log.rs): the last log position applied to this
+    // database, committed with the events it moved. Log positions continue
+    // after the events already stored.
+    "
+    CREATE TABLE log_applied (
+        id INTEGER PRIMARY KEY CHECK (id = 0),
+        seq INTEGER NOT NULL
+    );
+    INSERT INTO log_applied (id, seq) VALUES (0, (SELECT coalesce(max(seq), 0) FROM events));
+    ",
 ];
 
 /// Brings the schema to the newest version, in one transaction per step.

@@ -528,3 +528,103 @@ fn migrates_from(from: usize) {
     let integrity: String = store.conn.query_row("PRAGMA integrity_check", [], |row| row.get(0)).unwrap();
     assert_eq!(integrity, "ok");
 }
+
+/// Events appended to the ingest log, applied to the main database in user
+/// order, keep their log positions as `seq`; the log forgets applied rows
+/// when reopened, and its positions continue after every stored event.
+#[test]
+fn the_ingest_log_applies_exactly_once_in_log_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path()).unwrap();
+    let project = store.create_project("Shop", T0).unwrap().project.id;
+    // An event stored before the log existed (an older database).
+    let batch = store.batch().unwrap();
+    assert!(batch.insert_event(project, &event("old", "Open", T0, "i0")).unwrap());
+    batch.commit().unwrap();
+    let first_seq = store.all_events(project).unwrap()[0].seq;
+    // Version 6 records it as applied, so log positions continue after it.
+    assert_eq!(store.applied_log_seq().unwrap(), 0, "written after the migration: nothing applied yet");
+
+    let mut log = IngestLog::open(dir.path()).unwrap();
+    let events = [event("b", "Open", T0 + 2 * MIN, "i1"), event("a", "Open", T0 + MIN, "i2"), {
+        let mut anonymous = event("x", "Open", T0 + 3 * MIN, "i3");
+        anonymous.user_id = None;
+        anonymous.device_id = Some("d1".into());
+        anonymous.insert_id = None;
+        anonymous
+    }];
+    let positions = log.append(&events.iter().map(|e| (project, e)).collect::<Vec<_>>(), None).unwrap();
+    assert_eq!(positions.len(), 3);
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
+    assert!(positions[0] > first_seq, "log positions {positions:?} reuse a stored event's seq {first_seq}");
+    assert_eq!(log.last_seq().unwrap(), positions[2]);
+    let ids: Vec<(i64, String)> = log.insert_ids_after(0).unwrap().into_iter().map(|l| (l.seq, l.insert_id)).collect();
+    assert_eq!(ids, [(positions[0], "i1".to_string()), (positions[1], "i2".to_string())]);
+    assert_eq!(
+        log.stored_in_main(&[(project, "i0"), (project, "i1"), (project + 1, "i0")]).unwrap(),
+        [true, false, false]
+    );
+
+    // Apply the first two, then the third: positions become seq.
+    let reader = LogReader::open(dir.path()).unwrap();
+    let rows = reader.events_after(0, 2).unwrap();
+    assert_eq!(rows.iter().map(|(_, e)| e.seq).collect::<Vec<_>>(), positions[..2]);
+    assert_eq!(rows[0].1.event, events[0]);
+    let batch = store.batch().unwrap();
+    batch.insert_logged_events(&rows, positions[1]).unwrap();
+    batch.commit().unwrap();
+    assert_eq!(store.applied_log_seq().unwrap(), positions[1]);
+    assert_eq!(log.applied_seq().unwrap(), positions[1]);
+    assert_eq!(log.stored_in_main(&[(project, "i1"), (project, "i2")]).unwrap(), [true, true]);
+    let rest = reader.events_after(positions[1], 10).unwrap();
+    assert_eq!(rest.len(), 1);
+    let batch = store.batch().unwrap();
+    batch.insert_logged_events(&rest, positions[2]).unwrap();
+    batch.commit().unwrap();
+    let stored: Vec<(i64, String)> =
+        store.all_events(project).unwrap().into_iter().map(|e| (e.seq, e.event.event_type.clone())).collect();
+    assert_eq!(
+        stored.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+        [first_seq, positions[0], positions[1], positions[2]]
+    );
+    // Applying a row again is an error, never a second copy.
+    let batch = store.batch().unwrap();
+    assert!(batch.insert_logged_events(&rows[..1], positions[0]).is_err());
+    drop(batch);
+
+    // Reopened: the applied rows are gone from the log, positions go on.
+    drop(log);
+    let mut log = IngestLog::open(dir.path()).unwrap();
+    assert!(reader.events_after(0, 10).unwrap().is_empty());
+    assert!(log.insert_ids_after(0).unwrap().is_empty());
+    let next = log.append(&[(project, &event("c", "Open", T0, "i4"))], None).unwrap();
+    assert!(next[0] > positions[2], "{next:?} after {positions:?}");
+    // Trimming drops what was applied and keeps the rest.
+    let later = log.append(&[(project, &event("c", "Open", T0, "i5"))], Some(next[0])).unwrap();
+    assert_eq!(reader.events_after(0, 10).unwrap().iter().map(|(_, e)| e.seq).collect::<Vec<_>>(), later);
+}
+
+/// A lost log file (or one older than the main database's applied position)
+/// restarts its positions after the last applied one, never reusing a seq.
+#[test]
+fn a_new_ingest_log_continues_after_the_applied_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path()).unwrap();
+    let project = store.create_project("Shop", T0).unwrap().project.id;
+    let mut log = IngestLog::open(dir.path()).unwrap();
+    let positions = log.append(&[(project, &event("a", "Open", T0, "i1"))], None).unwrap();
+    let rows = LogReader::open(dir.path()).unwrap().events_after(0, 10).unwrap();
+    let batch = store.batch().unwrap();
+    batch.insert_logged_events(&rows, positions[0]).unwrap();
+    batch.commit().unwrap();
+    drop(log);
+    for suffix in ["", "-wal", "-shm"] {
+        let path = dir.path().join(format!("{LOG_FILE}{suffix}"));
+        if path.exists() {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    let mut log = IngestLog::open(dir.path()).unwrap();
+    let next = log.append(&[(project, &event("a", "Open", T0 + MIN, "i2"))], None).unwrap();
+    assert_eq!(next, [positions[0] + 1]);
+}

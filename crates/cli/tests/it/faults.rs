@@ -21,7 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sessionizer_store::{DB_FILE, Store};
+use sessionizer_store::{DB_FILE, LOG_FILE, Store};
 
 use super::BIN;
 use super::server::{create_project, free_port, now_ms};
@@ -122,7 +122,7 @@ impl Server {
     /// Every stored event's insert id, with how many times it is stored.
     fn stored_ids(&self, read_key: &str) -> BTreeMap<String, usize> {
         let export = self.get("/v1/export/events?format=ndjson", Some(read_key));
-        assert_eq!(export.status, 200, "{}", export.body);
+        assert_eq!(export.status, 200, "{}\nserver log:\n{}", export.body, self.log_text());
         let mut ids = BTreeMap::new();
         for line in export.body.lines() {
             let row: Value = serde_json::from_str(line).unwrap();
@@ -182,6 +182,11 @@ fn copy_dir(from: &Path, to: &Path) {
 
 fn wal_path(data: &Path) -> PathBuf {
     data.join(format!("{DB_FILE}-wal"))
+}
+
+/// The write-ahead log of the ingest log, where acknowledgements are made durable.
+fn ingest_log_wal_path(data: &Path) -> PathBuf {
+    data.join(format!("{LOG_FILE}-wal"))
 }
 
 /// Each session as (user, id, uid, start, end, events, entry, exit): what a rebuild must reproduce.
@@ -244,10 +249,14 @@ fn wal_commit_ends(wal: &[u8]) -> (usize, Vec<usize>) {
     (page_size, ends)
 }
 
-/// SIGKILL after acknowledged ingest, then the log cut at each offset over its
-/// last commits: the server starts, serves, and keeps exactly the commits
-/// whose frames are whole (SQLite rolls back a commit whose frames are torn;
-/// every acknowledged commit before it survives), and its sessions equal a rebuild.
+/// SIGKILL after acknowledged ingest, then the ingest log's write-ahead log
+/// (where acknowledgements are made durable) cut at each offset over its last
+/// commits: the server starts, serves, and keeps every commit whose frames are
+/// whole (SQLite rolls back a commit whose frames are torn; every acknowledged
+/// commit before it survives). A torn commit may survive too, whole, when the
+/// main database applied it before the kill: what is kept is always a prefix
+/// of the acknowledged batches, each all or nothing, none twice. Its sessions
+/// equal a rebuild.
 #[test]
 fn torn_log_keeps_a_valid_prefix_of_acknowledged_commits() {
     const BATCHES: usize = 10;
@@ -264,10 +273,10 @@ fn torn_log_keeps_a_valid_prefix_of_acknowledged_commits() {
         let (body, ids) = batch(&format!("wal{i}"), 5, t0 + i as i64 * 1_000, 200);
         let answer = server.post(&project.write_key, &body);
         assert_eq!(answer.status, 200, "{}", answer.body);
-        acknowledged.push((ids, std::fs::metadata(wal_path(&original)).unwrap().len() as usize));
+        acknowledged.push((ids, std::fs::metadata(ingest_log_wal_path(&original)).unwrap().len() as usize));
     }
     server.kill();
-    let wal = std::fs::read(wal_path(&original)).unwrap();
+    let wal = std::fs::read(ingest_log_wal_path(&original)).unwrap();
     let (page_size, commit_ends) = wal_commit_ends(&wal);
     for (i, (_, end)) in acknowledged.iter().enumerate() {
         assert!(commit_ends.contains(end), "batch {i} was acknowledged at log offset {end}, not a commit end");
@@ -301,7 +310,7 @@ fn torn_log_keeps_a_valid_prefix_of_acknowledged_commits() {
     for (n, &offset) in offsets.iter().enumerate() {
         let copy = root.path().join(format!("cut-{offset}"));
         copy_dir(&original, &copy);
-        let file = std::fs::OpenOptions::new().write(true).open(wal_path(&copy)).unwrap();
+        let file = std::fs::OpenOptions::new().write(true).open(ingest_log_wal_path(&copy)).unwrap();
         file.set_len(offset as u64).unwrap();
         drop(file);
 
@@ -310,15 +319,14 @@ fn torn_log_keeps_a_valid_prefix_of_acknowledged_commits() {
         let stored = server.stored_ids(&project.read_key);
         let mut kept = 0;
         for (i, (ids, end)) in acknowledged.iter().enumerate() {
-            let whole = *end <= offset;
-            for id in ids {
-                let count = stored.get(id).copied().unwrap_or(0);
-                assert_eq!(
-                    count,
-                    usize::from(whole),
-                    "offset {offset}: event {id} of batch {i} (commit ending at {end}) is stored {count} times"
-                );
-            }
+            let counts: Vec<usize> = ids.iter().map(|id| stored.get(id).copied().unwrap_or(0)).collect();
+            let whole = counts.iter().all(|&n| n == 1);
+            assert!(
+                whole || counts.iter().all(|&n| n == 0),
+                "offset {offset}: batch {i} (commit ending at {end}) is partly stored or doubled: {counts:?}"
+            );
+            assert!(whole || *end > offset, "offset {offset}: batch {i}, whole in the log, is lost");
+            assert!(!whole || kept == i, "offset {offset}: batch {i} is stored but an earlier one is not");
             kept += usize::from(whole);
         }
         assert_eq!(stored.len(), kept * 5, "offset {offset}: stored events of no batch: {stored:?}");
@@ -469,7 +477,8 @@ impl Drop for Tmpfs {
 }
 
 /// Ingest into a small tmpfs until the disk is full: 507 `disk_full` with
-/// Retry-After, nothing of a refused request stored, reads still served; then
+/// Retry-After, nothing of a refused request stored, reads served or refused
+/// with the reason (503) while acknowledged events cannot be applied; then
 /// the tmpfs grows and ingestion resumes without a restart, with every
 /// acknowledged event stored once and the database intact.
 #[test]
@@ -508,12 +517,23 @@ fn a_full_disk_answers_507_and_recovers_when_space_returns() {
     }
     assert_eq!(full_answers, 3, "the disk never filled");
     eprintln!("disk full after {} acknowledged events", acknowledged.len());
-    // Reads keep working, and show nothing of the refused requests.
+    // The server stays up. Reads see every acknowledged event or, while the
+    // full disk keeps some from being applied, say so (503) rather than
+    // answer without them.
     assert_eq!(server.get("/healthz", None).status, 200);
-    assert_eq!(server.get("/v1/sessions?user_id=u1", Some(&project.read_key)).status, 200);
-    let stored = server.stored_ids(&project.read_key);
-    assert!(refused.iter().all(|id| !stored.contains_key(id)), "events of a 507 are stored");
-    assert!(acknowledged.iter().all(|id| stored.get(id) == Some(&1)), "an acknowledged event is missing");
+    let read = server.get("/v1/sessions?user_id=u1", Some(&project.read_key));
+    match read.status {
+        200 => {
+            let stored = server.stored_ids(&project.read_key);
+            assert!(refused.iter().all(|id| !stored.contains_key(id)), "events of a 507 are stored");
+            assert!(acknowledged.iter().all(|id| stored.get(id) == Some(&1)), "an acknowledged event is missing");
+        }
+        503 => {
+            assert_eq!(read.code(), json!("read_behind"), "{}", read.body);
+            assert!(read.body.contains("disk is full"), "{}", read.body);
+        }
+        other => panic!("a read during a full disk answered {other}: {}", read.body),
+    }
 
     // Space returns: ingestion resumes on the same process.
     disk.resize("64m");
@@ -594,6 +614,10 @@ fn a_failed_fsync_stops_acknowledgements() {
         assert_eq!(server.post(&project.write_key, &body).status, 200);
         acknowledged.extend(ids);
     }
+    // A read waits until the acknowledged events are applied to the main
+    // database: from here on only the next request writes (no session is due
+    // to conclude), so it is the one whose fsync fails.
+    assert_eq!(server.get("/v1/sessions?user_id=u1", Some(&project.read_key)).status, 200);
     std::fs::write(&trigger, b"").unwrap();
     let (body, failed_ids) = batch("failing", 20, t0 + 1_000, 50);
     let failing = server.post(&project.write_key, &body);
