@@ -685,8 +685,13 @@ impl Writer {
             let project = self.engines.get_mut(&project_id).expect("checked above");
             let users: Vec<UserKey> = events.iter().map(|e| e.user.clone()).collect();
             let outcome = project.engine.ingest(events, now);
-            for change in coalesce(outcome.changes) {
-                batch.apply_change(project_id, &change)?;
+            let mut changes = coalesce(outcome.changes);
+            // In user order, as the events were stored: consecutive upserts
+            // share the sessions table's pages. Stable, so each user's changes
+            // keep their order (a merge's superseded session before the survivor).
+            changes.sort_by(|a, b| a.record.user.cmp(&b.record.user));
+            for change in &changes {
+                batch.apply_change(project_id, change)?;
             }
             // Events the engine's horizon no longer covers: the store resolves
             // them by re-sessionizing the user's history.
