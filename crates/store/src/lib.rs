@@ -596,30 +596,12 @@ impl Batch<'_> {
     /// Stores an event unless its `(project, insert_id)` is already stored;
     /// returns whether it was new.
     pub fn insert_event(&self, project: i64, event: &NewEvent) -> Result<bool, StoreError> {
-        let user = event.user_key();
-        let mut statement = self.tx.prepare_cached(
-            "INSERT OR IGNORE INTO events (project, user_kind, user_key, user_id, device_id, event_type, time_ms, \
-             insert_id, page, passive, properties, received_ms, client_session_id, platform, ip) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-        )?;
-        let inserted = statement.execute(params![
-            project,
-            user_kind(&user),
-            user.id(),
-            event.user_id,
-            event.device_id,
-            event.event_type,
-            event.time_ms,
-            event.insert_id,
-            event.page,
-            event.passive,
-            event.properties,
-            event.received_ms,
-            event.client_session_id,
-            event.platform,
-            event.ip,
-        ])?;
-        Ok(inserted == 1)
+        let mut statement = self.tx.prepare_cached(&format!(
+            "INSERT OR IGNORE INTO events ({EVENT_INSERT_COLUMNS}) VALUES ({})",
+            placeholders(1, EVENT_INSERT_VALUES)
+        ))?;
+        bind_event(&mut statement, 1, project, &event.user_key(), event)?;
+        Ok(statement.raw_execute()? == 1)
     }
 
     /// Stores events read from the ingest log ([`LogReader::events_after`]),
@@ -635,32 +617,15 @@ impl Batch<'_> {
             let key = |i: usize| (events[i].0, user_kind(&users[i]), users[i].id(), events[i].1.event.time_ms);
             key(a).cmp(&key(b))
         });
-        let mut statement = self.tx.prepare_cached(
-            "INSERT INTO events (seq, project, user_kind, user_key, user_id, device_id, event_type, time_ms, \
-             insert_id, page, passive, properties, received_ms, client_session_id, platform, ip) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-        )?;
+        let mut statement = self.tx.prepare_cached(&format!(
+            "INSERT INTO events (seq, {EVENT_INSERT_COLUMNS}) VALUES (?1, {})",
+            placeholders(2, EVENT_INSERT_VALUES)
+        ))?;
         for index in order {
             let (project, stored) = &events[index];
-            let (event, user) = (&stored.event, &users[index]);
-            statement.execute(params![
-                stored.seq,
-                project,
-                user_kind(user),
-                user.id(),
-                event.user_id,
-                event.device_id,
-                event.event_type,
-                event.time_ms,
-                event.insert_id,
-                event.page,
-                event.passive,
-                event.properties,
-                event.received_ms,
-                event.client_session_id,
-                event.platform,
-                event.ip,
-            ])?;
+            statement.raw_bind_parameter(1, stored.seq)?;
+            bind_event(&mut statement, 2, *project, &users[index], &stored.event)?;
+            statement.raw_execute()?;
         }
         self.tx.execute("UPDATE log_applied SET seq = ?1", params![through])?;
         Ok(())
@@ -827,6 +792,42 @@ impl Batch<'_> {
     pub fn user_neighbourhood_events(&self, project: i64, user: &UserKey) -> Result<Vec<StoredEvent>, StoreError> {
         user_neighbourhood_events(&self.tx, project, user)
     }
+}
+
+/// The columns an event is stored with, in `events` and in the ingest log's
+/// `log_events` (each also has its `seq`), in the order [`bind_event`] binds them.
+const EVENT_INSERT_COLUMNS: &str = "project, user_kind, user_key, user_id, device_id, event_type, time_ms, insert_id, \
+                                    page, passive, properties, received_ms, client_session_id, platform, ip";
+const EVENT_INSERT_VALUES: usize = 15;
+
+/// `?first, ?first+1, ...`: `count` numbered parameters.
+fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ")
+}
+
+/// Binds an event's `EVENT_INSERT_COLUMNS` to parameters `first..first + 15`.
+fn bind_event(
+    statement: &mut rusqlite::Statement<'_>,
+    first: usize,
+    project: i64,
+    user: &UserKey,
+    event: &NewEvent,
+) -> rusqlite::Result<()> {
+    statement.raw_bind_parameter(first, project)?;
+    statement.raw_bind_parameter(first + 1, user_kind(user))?;
+    statement.raw_bind_parameter(first + 2, user.id())?;
+    statement.raw_bind_parameter(first + 3, &event.user_id)?;
+    statement.raw_bind_parameter(first + 4, &event.device_id)?;
+    statement.raw_bind_parameter(first + 5, &event.event_type)?;
+    statement.raw_bind_parameter(first + 6, event.time_ms)?;
+    statement.raw_bind_parameter(first + 7, &event.insert_id)?;
+    statement.raw_bind_parameter(first + 8, &event.page)?;
+    statement.raw_bind_parameter(first + 9, event.passive)?;
+    statement.raw_bind_parameter(first + 10, &event.properties)?;
+    statement.raw_bind_parameter(first + 11, event.received_ms)?;
+    statement.raw_bind_parameter(first + 12, &event.client_session_id)?;
+    statement.raw_bind_parameter(first + 13, &event.platform)?;
+    statement.raw_bind_parameter(first + 14, &event.ip)
 }
 
 // Reads shared by `Store` and `Batch` (a transaction dereferences to its connection).

@@ -20,7 +20,10 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::{DB_FILE, NewEvent, StoreError, StoredEvent, event_of_row, user_kind};
+use crate::{
+    DB_FILE, EVENT_INSERT_COLUMNS, EVENT_INSERT_VALUES, NewEvent, StoreError, StoredEvent, bind_event, event_of_row,
+    placeholders,
+};
 
 /// The ingest log's database file inside the data directory.
 pub const LOG_FILE: &str = "ingest-log.db";
@@ -148,30 +151,14 @@ impl IngestLog {
         }
         let mut positions = Vec::with_capacity(events.len());
         {
-            let mut statement = tx.prepare_cached(
-                "INSERT INTO log_events (project, user_kind, user_key, user_id, device_id, event_type, time_ms, \
-                 insert_id, page, passive, properties, received_ms, client_session_id, platform, ip) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-            )?;
+            let mut statement = tx.prepare_cached(&format!(
+                "INSERT INTO log_events ({EVENT_INSERT_COLUMNS}) VALUES ({})",
+                placeholders(1, EVENT_INSERT_VALUES)
+            ))?;
             for (project, event) in events {
-                let user = event.user_key();
-                positions.push(statement.insert(params![
-                    project,
-                    user_kind(&user),
-                    user.id(),
-                    event.user_id,
-                    event.device_id,
-                    event.event_type,
-                    event.time_ms,
-                    event.insert_id,
-                    event.page,
-                    event.passive,
-                    event.properties,
-                    event.received_ms,
-                    event.client_session_id,
-                    event.platform,
-                    event.ip,
-                ])?);
+                bind_event(&mut statement, 1, *project, &event.user_key(), event)?;
+                statement.raw_execute()?;
+                positions.push(tx.last_insert_rowid());
             }
         }
         tx.commit()?;
