@@ -100,10 +100,20 @@ impl Cluster {
         }
         let catalog = self.catalog_bucket().await?;
         let wanted = self.config.partitions.to_string();
-        if catalog.create(PARTITIONS_KEY, Bytes::from(wanted.clone())).await.is_err() {
-            self.check_partitions().await?;
+        loop {
+            match catalog.create(PARTITIONS_KEY, Bytes::from(wanted.clone())).await {
+                Ok(_) => return Ok(()),
+                // Initialised before: the partition count must be the same.
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => return self.check_partitions().await,
+                // A publish or its acknowledgement can time out while the
+                // cluster settles (seen under load): not an answer, retry.
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::info!(error = %e, "cannot record the partition count yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(ClusterError::Nats(format!("cannot record the partition count: {e}"))),
+            }
         }
-        Ok(())
     }
 
     async fn init_once(&self) -> Result<(), InitError> {
