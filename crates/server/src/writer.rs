@@ -495,8 +495,9 @@ impl Writer {
             let stopping =
                 self.progress.stopping.load(Ordering::Acquire) || woke == Err(RecvTimeoutError::Disconnected);
             // Larger batches share more index pages: wait for
-            // `MIN_APPLY_BATCH_EVENTS`, unless a read is waiting or a tick is
-            // due (sessions conclude only after what was logged is applied).
+            // `MIN_APPLY_BATCH_EVENTS`, unless a read is waiting, the oldest
+            // has waited `MAX_APPLY_DELAY`, or ingestion is stopping. (A tick
+            // meanwhile concludes only what no waiting event can extend.)
             let unapplied = self.progress.logged.load(Ordering::Acquire) - self.applied;
             if unapplied > 0 && self.unapplied_since.is_none() {
                 self.unapplied_since = Some(Instant::now());
