@@ -61,6 +61,9 @@ const MAX_APPLY_DELAY: Duration = Duration::from_secs(2);
 /// Bound on the time from an event's arrival to its acknowledgement that
 /// conclusions allow for while events wait to be applied (see `Writer::tick`).
 const ACK_MARGIN_MS: i64 = 1_000;
+/// The writer thread's nice value (0 is the default, 19 the lowest priority).
+#[cfg(target_os = "linux")]
+const WRITER_NICE: i32 = 10;
 /// How often a read waiting for events to be applied looks for a failure to apply them.
 const CATCH_UP_POLL: Duration = Duration::from_millis(50);
 /// Applied log rows are deleted from the log once this many have gathered,
@@ -208,6 +211,19 @@ struct ProjectEngine {
 fn wake_writer(wake: &SyncSender<()>) {
     match wake.try_send(()) {
         Ok(()) | Err(TrySendError::Full(())) | Err(TrySendError::Disconnected(())) => {}
+    }
+}
+
+/// The writer applies in bursts that keep a core busy for up to a second.
+/// At a lower priority (`WRITER_NICE`), the threads that answer requests run
+/// first when the cores are short and the writer takes the rest, as storage
+/// engines do with their compaction threads; the backlog bound
+/// (`MAX_UNAPPLIED_EVENTS`) keeps it from falling behind for good.
+fn lower_this_threads_priority() {
+    // On Linux the nice value belongs to the thread: this one only.
+    #[cfg(target_os = "linux")]
+    if let Err(error) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), WRITER_NICE) {
+        tracing::debug!(%error, "cannot lower the writer thread's priority");
     }
 }
 
@@ -475,6 +491,7 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, woken: &Receiver<()>) {
+        lower_this_threads_priority();
         if let Err(error) = self.load_all() {
             tracing::error!(%error, "cannot load the live state; not accepting writes");
             self.health.applying_stopped.store(true, Ordering::Release);
