@@ -36,9 +36,7 @@ use std::time::{Duration, Instant};
 use sessionizer_engine::{
     Assignment, ChangeKind, Event, EventClassifier, LiveConfig, SessionChange, SessionRules, Sessionizer, UserKey,
 };
-use sessionizer_store::{
-    IngestLog, LogReader, NewEvent, Project, Store, StoreError, StoredEvent, StoredSession, sessionize_stored,
-};
+use sessionizer_store::{IngestLog, LogReader, NewEvent, Project, Store, StoreError, StoredSession, sessionize_stored};
 use tokio::sync::{oneshot, watch};
 
 use crate::error::ApiError;
@@ -287,26 +285,32 @@ pub(crate) fn start(
 /// answer correctly (an applied insert id is a duplicate too).
 #[derive(Debug, Default)]
 struct PendingInsertIds {
-    positions: HashMap<(i64, Box<str>), i64>,
+    /// Per project (so a lookup borrows the id instead of building a key).
+    positions: HashMap<i64, HashMap<Box<str>, i64>>,
+    len: usize,
     pruned_through: i64,
 }
 
 impl PendingInsertIds {
     fn contains(&self, project: i64, insert_id: &str) -> bool {
-        // A tuple key with a borrowed `str` cannot be looked up without a
-        // `Box`; ids are bounded (`MAX_ID_BYTES`), so the copy is small.
-        self.positions.contains_key(&(project, Box::from(insert_id)))
+        self.positions.get(&project).is_some_and(|ids| ids.contains_key(insert_id))
     }
 
     fn insert(&mut self, project: i64, insert_id: Box<str>, seq: i64) {
-        self.positions.insert((project, insert_id), seq);
+        if self.positions.entry(project).or_default().insert(insert_id, seq).is_none() {
+            self.len += 1;
+        }
     }
 
     /// Drops the entries at or before `applied` when they may be many.
     fn prune(&mut self, applied: i64) {
         let applied_since = applied - self.pruned_through;
-        if applied_since > 0 && applied_since as usize >= self.positions.len() / 2 {
-            self.positions.retain(|_, seq| *seq > applied);
+        if applied_since > 0 && applied_since as usize >= self.len / 2 {
+            for ids in self.positions.values_mut() {
+                ids.retain(|_, seq| *seq > applied);
+            }
+            self.positions.retain(|_, ids| !ids.is_empty());
+            self.len = self.positions.values().map(HashMap::len).sum();
             self.pruned_through = applied;
         }
     }
@@ -678,8 +682,15 @@ impl Writer {
     /// session changes, in one transaction with the position applied.
     /// Returns how many events it applied.
     fn apply_batch(&mut self) -> Result<usize, StoreError> {
+        // Sessionized as of when the rows were read: an event logged later
+        // arrived later, as on a server that sessionized each request as it
+        // came. A full batch leaves earlier arrivals behind: as of its last row's.
+        let read_at_ms = now_ms();
         let rows = self.log.events_after(self.applied, MAX_APPLY_BATCH_EVENTS)?;
-        let Some(&(_, StoredEvent { seq: through, .. })) = rows.last() else { return Ok(0) };
+        let Some((_, last)) = rows.last() else { return Ok(0) };
+        let through = last.seq;
+        let now =
+            if rows.len() == MAX_APPLY_BATCH_EVENTS { read_at_ms.min(last.event.received_ms) } else { read_at_ms };
         let started = Instant::now();
         // Projects created since the last load.
         let missing: HashSet<i64> =
@@ -689,7 +700,6 @@ impl Writer {
                 self.load(project)?;
             }
         }
-        let now = now_ms();
         let batch = self.store.batch()?;
         batch.insert_logged_events(&rows, through)?;
         let mut fresh: HashMap<i64, Vec<Event>> = HashMap::new();
@@ -885,6 +895,27 @@ mod tests {
             },
             raised_at_ms: 0,
         }
+    }
+
+    #[test]
+    fn pending_insert_ids_are_per_project_and_pruned_once_applied() {
+        let mut pending = PendingInsertIds::default();
+        for seq in 1..=10 {
+            pending.insert(1, format!("id{seq}").into(), seq);
+        }
+        pending.insert(2, "id1".into(), 11);
+        assert!(pending.contains(1, "id3") && pending.contains(2, "id1"));
+        assert!(!pending.contains(2, "id3") && !pending.contains(3, "id1"));
+        // Too few applied to be worth a sweep: kept (still duplicates either way).
+        pending.prune(2);
+        assert_eq!(pending.len, 11);
+        assert!(pending.contains(1, "id1"));
+        // Half or more applied: swept down to the unapplied ones.
+        pending.prune(9);
+        assert_eq!(pending.len, 2);
+        assert!(!pending.contains(1, "id9") && pending.contains(1, "id10") && pending.contains(2, "id1"));
+        pending.prune(11);
+        assert_eq!((pending.len, pending.positions.len()), (0, 0));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! index, so a group commit writes a few sequential pages whatever the events'
 //! users or insert ids. Moving the events into `events` (with its indexes) and
 //! updating the sessions happens afterwards, in large batches ordered by user
-//! ([`crate::Batch::apply_logged_events`]), where many events share each index
+//! ([`crate::Batch::insert_logged_events`]), where many events share each index
 //! page that the batch writes.
 //!
 //! Exactly once: the main database records the last log position it applied
