@@ -759,7 +759,8 @@ fn merge_interned<'a>(locals: &[LocalInterned<'a>], parts: Vec<RowColumns<'_>>) 
 
 /// Sessions in output order: by start, then user. Runs of the sessions are
 /// sorted on `threads` threads, then merged.
-fn output_order(table: &EventTable<'_>, result: &BatchSessions, threads: usize) -> Vec<BatchSession> {
+/// The sessions' indices in output order: by start, then by user.
+fn output_order(table: &EventTable<'_>, result: &BatchSessions, threads: usize) -> Vec<u32> {
     let mut keys: Vec<(i64, u32, u32)> =
         result.sessions.iter().enumerate().map(|(index, s)| (s.start_ms, s.user, index as u32)).collect();
     // Users are compared (as strings) only on equal starts; a user's sessions
@@ -769,8 +770,8 @@ fn output_order(table: &EventTable<'_>, result: &BatchSessions, threads: usize) 
     };
     let run_length = keys.len().div_ceil(threads.clamp(1, 16)).max(1);
     run_each(keys.chunks_mut(run_length).collect(), |_, run| run.sort_unstable_by(compare));
-    // Merge the sorted runs (at most 16: a scan of their heads is cheap), and
-    // gather the sessions: a gather with no dependent loads, so the misses overlap.
+    // Merge the sorted runs (at most 16: a scan of their heads is cheap).
+    // Only indices: the writer's threads read the sessions themselves.
     let mut runs: Vec<&[(i64, u32, u32)]> = keys.chunks(run_length).collect();
     let mut ordered = Vec::with_capacity(keys.len());
     while !runs.is_empty() {
@@ -780,7 +781,7 @@ fn output_order(table: &EventTable<'_>, result: &BatchSessions, threads: usize) 
                 first = candidate;
             }
         }
-        ordered.push(result.sessions[runs[first][0].2 as usize]);
+        ordered.push(runs[first][0].2);
         runs[first] = &runs[first][1..];
         if runs[first].is_empty() {
             runs.remove(first);
@@ -801,9 +802,12 @@ fn write_sessions(
     result: &BatchSessions,
     threads: usize,
 ) -> anyhow::Result<()> {
-    let sessions = output_order(table, result, threads);
-    // Every uid's text in output order, in one buffer the columns borrow from;
-    // hashing and formatting them is worth the threads.
+    let order = output_order(table, result, threads);
+    // Every uid's text, in the kernel's order (by user), in one buffer the
+    // columns borrow from: in that order each user's id is read from memory
+    // once for all their sessions, where output order would miss the cache twice
+    // per session. Hashing and formatting them is worth the threads.
+    let sessions = &result.sessions;
     let parts = threads.clamp(1, 16);
     let uid_text: String = run_parts(parts, |part| {
         let mine = &sessions[sessions.len() * part / parts..sessions.len() * (part + 1) / parts];
@@ -817,7 +821,8 @@ fn write_sessions(
     })
     .concat();
     let row = |position: usize| {
-        let session = &sessions[position];
+        let index = order[position] as usize;
+        let session = &sessions[index];
         let user = &table.users[session.user as usize];
         let (entry_chunk, entry_row) = table.locate(session.entry_event);
         let (exit_chunk, exit_row) = table.locate(session.exit_event);
@@ -825,7 +830,7 @@ fn write_sessions(
             user_id: user.user_id(),
             device_id: user.device_id(),
             session_id: session.start_ms,
-            session_uid: &uid_text[position * UUID_TEXT_BYTES..(position + 1) * UUID_TEXT_BYTES],
+            session_uid: &uid_text[index * UUID_TEXT_BYTES..(index + 1) * UUID_TEXT_BYTES],
             start_ms: session.start_ms,
             end_ms: session.end_ms,
             length_ms: session.length_ms(),
@@ -839,7 +844,7 @@ fn write_sessions(
         }
     };
     let path = args.output.as_deref().filter(|p| p.as_os_str() != "-");
-    write_session_rows(path, sessions.len(), &row, threads).or_else(|error| finish_after_error(path, error))
+    write_session_rows(path, order.len(), &row, threads).or_else(|error| finish_after_error(path, error))
 }
 
 /// Length of a UUID's hyphenated text.

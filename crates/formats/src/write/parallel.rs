@@ -4,9 +4,12 @@
 //! are encoded in parallel with arrow's `ArrowColumnWriter`, each column from
 //! an Arrow array built row by row from the row group's rows.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, PoisonError};
 
 use super::{Row, SessionRow, WriteError, csv_error, write_csv_row, write_json_row};
 use crate::read::FileFormat;
@@ -60,8 +63,8 @@ enum Text {
     Csv,
 }
 
-/// Rows formatted by one task: enough to amortise a task, few enough that a
-/// wave of blocks stays a few megabytes.
+/// Rows formatted by one task: enough to amortise a task, few enough that
+/// the blocks in flight stay a few megabytes.
 const TEXT_BLOCK_ROWS: usize = 16 * 1024;
 
 fn write_text<'a>(
@@ -95,45 +98,117 @@ fn write_text<'a>(
             }
         }
     };
-    in_waves(count.div_ceil(TEXT_BLOCK_ROWS), threads, render, |bytes| Ok(out.write_all(&bytes?)?))?;
+    in_order(count.div_ceil(TEXT_BLOCK_ROWS), threads, render, |bytes| Ok(out.write_all(&bytes?)?))?;
     out.flush()?;
     Ok(())
 }
 
-/// Computes `make(i)` for `i` in `0..count`, `threads` at a time on scoped
-/// threads, and hands each result to `take` in order: the output follows the
-/// input order, and memory holds one wave of results.
-fn in_waves<T: Send>(
+/// Computes `make(i)` for `i` in `0..count` on `threads` scoped threads, each
+/// taking the next index as soon as it is free, and hands each result to
+/// `take` in order on the calling thread: the output follows the input order,
+/// and at most `IN_FLIGHT_PER_THREAD × threads` results wait in memory.
+/// (Waves of `threads` tasks, joined before the next, left a thread idle
+/// whenever the tasks were uneven or did not divide among the threads.)
+fn in_order<T: Send>(
     count: usize,
     threads: usize,
     make: impl Fn(usize) -> T + Sync,
     mut take: impl FnMut(T) -> Result<(), WriteError>,
 ) -> Result<(), WriteError> {
-    let mut start = 0;
-    while start < count {
-        let wave = start..(start + threads).min(count);
-        start = wave.end;
-        let results: Vec<T> = if wave.len() == 1 {
-            vec![make(wave.start)]
-        } else {
-            std::thread::scope(|scope| {
-                let make = &make;
-                let handles: Vec<_> = wave.map(|i| scope.spawn(move || make(i))).collect();
-                handles.into_iter().map(|handle| handle.join().expect("formatting thread panicked")).collect()
-            })
-        };
-        for result in results {
-            take(result)?;
+    if threads <= 1 || count <= 1 {
+        return (0..count).try_for_each(|i| take(make(i)));
+    }
+    let window = IN_FLIGHT_PER_THREAD * threads;
+    let next = AtomicUsize::new(0);
+    let state = Mutex::new(Pipeline { ready: BTreeMap::new(), taken: 0, stopped: false });
+    let changed = Condvar::new();
+    let lock = || state.lock().unwrap_or_else(PoisonError::into_inner);
+    std::thread::scope(|scope| {
+        for _ in 0..threads.min(count) {
+            scope.spawn(|| {
+                // A panic in `make` must not leave the consumer waiting for its result.
+                let _stop_on_panic = StopOnPanic { state: &state, changed: &changed };
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= count {
+                        break;
+                    }
+                    let mut pipeline = lock();
+                    while i >= pipeline.taken + window && !pipeline.stopped {
+                        pipeline = changed.wait(pipeline).unwrap_or_else(PoisonError::into_inner);
+                    }
+                    if pipeline.stopped {
+                        break;
+                    }
+                    drop(pipeline);
+                    let result = make(i);
+                    lock().ready.insert(i, result);
+                    changed.notify_all();
+                }
+            });
+        }
+        let mut outcome = Ok(());
+        for i in 0..count {
+            let mut pipeline = lock();
+            let result = loop {
+                if let Some(result) = pipeline.ready.remove(&i) {
+                    break Some(result);
+                }
+                if pipeline.stopped {
+                    break None;
+                }
+                pipeline = changed.wait(pipeline).unwrap_or_else(PoisonError::into_inner);
+            };
+            drop(pipeline);
+            // `None`: a worker panicked; the scope re-raises its panic.
+            let Some(result) = result else { break };
+            outcome = take(result);
+            let mut pipeline = lock();
+            pipeline.taken = i + 1;
+            pipeline.stopped |= outcome.is_err();
+            drop(pipeline);
+            changed.notify_all();
+            if outcome.is_err() {
+                break;
+            }
+        }
+        outcome
+    })
+}
+
+/// Tasks a thread of [`in_order`] may run ahead of the consumer.
+const IN_FLIGHT_PER_THREAD: usize = 2;
+
+/// The state [`in_order`]'s threads share.
+struct Pipeline<T> {
+    /// Finished results not yet taken, by index.
+    ready: BTreeMap<usize, T>,
+    /// Results taken so far.
+    taken: usize,
+    /// The consumer failed or a worker panicked: no more work.
+    stopped: bool,
+}
+
+/// Stops the pipeline when a worker unwinds.
+struct StopOnPanic<'a, T> {
+    state: &'a Mutex<Pipeline<T>>,
+    changed: &'a Condvar,
+}
+
+impl<T> Drop for StopOnPanic<'_, T> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.state.lock().unwrap_or_else(PoisonError::into_inner).stopped = true;
+            self.changed.notify_all();
         }
     }
-    Ok(())
 }
 
 #[cfg(feature = "parquet")]
 mod parquet_rows {
     //! Parquet: each row group is one task (its rows gathered once, then
-    //! every column built and encoded); a wave of `threads` row groups is
-    //! encoded at once, then appended to the file in order.
+    //! every column built and encoded), `threads` row groups encoded at once
+    //! and appended to the file in order.
 
     use std::io::Write;
 
@@ -143,7 +218,7 @@ mod parquet_rows {
     use parquet::arrow::arrow_writer::{ArrowColumnChunk, ArrowColumnWriter, compute_leaves};
 
     use super::super::parquet_out::{Builders, ROW_GROUP_ROWS, parquet_error, schema_and_properties};
-    use super::{Row, SessionRow, WriteError, in_waves};
+    use super::{Row, SessionRow, WriteError, in_order};
 
     pub(super) fn write<'a>(
         out: Box<dyn Write + Send>,
@@ -171,7 +246,7 @@ mod parquet_rows {
                 .map(|(column, (writer, array))| encode_chunk(writer, &schema, column, &array))
                 .collect()
         };
-        in_waves(groups, threads, encode, |chunks| {
+        in_order(groups, threads, encode, |chunks| {
             let mut row_group = file.next_row_group().map_err(parquet_error)?;
             for chunk in chunks? {
                 chunk.append_to_row_group(&mut row_group).map_err(parquet_error)?;
@@ -194,5 +269,88 @@ mod parquet_rows {
             writer.write(&leaf).map_err(parquet_error)?;
         }
         writer.close().map_err(parquet_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::{IN_FLIGHT_PER_THREAD, WriteError, in_order};
+
+    /// Uneven work: task `i` spins for a time that depends on `i`, then returns `i`.
+    fn uneven(i: usize) -> usize {
+        let spins = (i * 7919) % 5000;
+        (0..spins).fold(i, |acc, x| std::hint::black_box(acc ^ x)) ^ (0..spins).fold(0, |acc, x| acc ^ x)
+    }
+
+    #[test]
+    fn results_are_taken_in_order_for_any_thread_count() {
+        for threads in [1, 2, 3, 8] {
+            for count in [0, 1, 2, 5, 64] {
+                let mut taken = Vec::new();
+                in_order(count, threads, uneven, |value| {
+                    taken.push(value);
+                    Ok(())
+                })
+                .unwrap();
+                assert_eq!(taken, (0..count).collect::<Vec<_>>(), "threads {threads}, count {count}");
+            }
+        }
+    }
+
+    #[test]
+    fn workers_run_at_most_a_window_ahead_of_the_consumer() {
+        let threads = 3;
+        let made = AtomicUsize::new(0);
+        let mut taken = 0;
+        in_order(
+            200,
+            threads,
+            |i| {
+                made.fetch_add(1, Ordering::SeqCst);
+                i
+            },
+            |i| {
+                // Everything made so far was started below taken + window.
+                assert!(made.load(Ordering::SeqCst) <= taken + IN_FLIGHT_PER_THREAD * threads + threads, "at {i}");
+                taken += 1;
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(taken, 200);
+    }
+
+    #[test]
+    fn an_error_from_the_consumer_stops_the_work_and_is_returned() {
+        let made = AtomicUsize::new(0);
+        let result = in_order(
+            10_000,
+            2,
+            |i| {
+                made.fetch_add(1, Ordering::SeqCst);
+                i
+            },
+            |i| if i == 3 { Err(WriteError::Parquet("stop".to_owned())) } else { Ok(()) },
+        );
+        assert!(matches!(result, Err(WriteError::Parquet(message)) if message == "stop"));
+        assert!(made.load(Ordering::SeqCst) < 100, "the workers stopped early");
+    }
+
+    #[test]
+    fn a_panicking_task_panics_the_caller_instead_of_hanging_it() {
+        let outcome = std::panic::catch_unwind(|| {
+            in_order(
+                50,
+                2,
+                |i| {
+                    assert!(i != 7, "task 7 fails");
+                    i
+                },
+                |_| Ok(()),
+            )
+        });
+        assert!(outcome.is_err());
     }
 }
