@@ -584,6 +584,7 @@ mod parquet_out {
     use arrow_array::{ArrayRef, RecordBatch};
     use arrow_schema::{DataType, Field, Schema, SchemaRef};
     use parquet::arrow::ArrowWriter;
+    use parquet::basic::Encoding;
     use parquet::basic::{Compression, ZstdLevel};
     use parquet::file::properties::WriterProperties;
     use parquet::schema::types::ColumnPath;
@@ -687,8 +688,21 @@ mod parquet_out {
             .set_compression(Compression::ZSTD(ZstdLevel::default()))
             .set_max_row_group_size(ROW_GROUP_ROWS)
             .set_dictionary_enabled(false);
-        for &(name, _) in columns.iter().filter(|(name, _)| REPEATING_COLUMNS.contains(name)) {
-            properties = properties.set_column_dictionary_enabled(ColumnPath::from(name), true);
+        for &(name, kind) in columns {
+            if REPEATING_COLUMNS.contains(&name) {
+                properties = properties.set_column_dictionary_enabled(ColumnPath::from(name), true);
+            } else if matches!(kind, Kind::I64 | Kind::OptI64 | Kind::U64) {
+                // Times and counts as bit-packed deltas, uncompressed: in all
+                // about the size zstd made of the plain values (smaller for
+                // starts and ends, larger for counts), and zstd finds nothing
+                // more in them. Measured on the 10M-event benchmark.
+                properties = properties
+                    .set_column_encoding(ColumnPath::from(name), Encoding::DELTA_BINARY_PACKED)
+                    .set_column_compression(ColumnPath::from(name), Compression::UNCOMPRESSED);
+            } else if name.ends_with("session_uid") {
+                // UUIDv7 text led by the start: neighbours share a prefix.
+                properties = properties.set_column_encoding(ColumnPath::from(name), Encoding::DELTA_BYTE_ARRAY);
+            }
         }
         (Arc::new(Schema::new(fields)), properties.build())
     }
