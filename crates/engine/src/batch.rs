@@ -11,6 +11,8 @@ use crate::scan::{EndReason, ScanState, Span, Step};
 
 /// Marks an event with no device in [`BatchEvents::device`].
 pub const NO_DEVICE: u32 = u32::MAX;
+/// No user seen yet (user indices are below `MAX_BATCH_EVENTS`).
+const NO_USER: u32 = u32::MAX;
 /// Marks an event in no session in [`BatchSessions::event_session`].
 pub const NO_SESSION: u32 = u32::MAX;
 /// The batch kernel indexes events with `u32`: at most this many per call.
@@ -269,14 +271,37 @@ pub fn label_user_changes(events: &BatchEvents<'_>, sessions: &mut [BatchSession
     if events.device.is_empty() {
         return;
     }
+    let active_on_device = |row: usize| events.device[row] != NO_DEVICE && events.class[row] == EventClass::Active;
+    // Only a device with active events of two users or more can see a user
+    // change (a user's own event within the window would have continued the
+    // session), and most devices have one user: keep the times of the shared
+    // ones only, rather than sorting one entry per event.
+    let device_count = (0..events.device.len())
+        .filter(|&row| active_on_device(row))
+        .map(|row| events.device[row] as usize + 1)
+        .max()
+        .unwrap_or(0);
+    let mut first_user = vec![NO_USER; device_count];
+    let mut shared = vec![false; device_count];
+    for row in (0..events.device.len()).filter(|&row| active_on_device(row)) {
+        let (device, user) = (events.device[row] as usize, events.user[row]);
+        if first_user[device] == NO_USER {
+            first_user[device] = user;
+        } else if first_user[device] != user {
+            shared[device] = true;
+        }
+    }
     let mut device_times: Vec<(u32, i64)> = (0..events.device.len())
-        .filter(|&row| events.device[row] != NO_DEVICE && events.class[row] == EventClass::Active)
+        .filter(|&row| active_on_device(row) && shared[events.device[row] as usize])
         .map(|row| (events.device[row], events.time_ms[row]))
         .collect();
+    if device_times.is_empty() {
+        return;
+    }
     device_times.sort_unstable();
     for session in sessions.iter_mut().filter(|session| session.end_reason == EndReason::Inactivity) {
         let device = events.device[session.exit_event as usize];
-        if device == NO_DEVICE {
+        if device == NO_DEVICE || !shared.get(device as usize).copied().unwrap_or(false) {
             continue;
         }
         let next = device_times.partition_point(|&(d, t)| (d, t) <= (device, session.end_ms));
