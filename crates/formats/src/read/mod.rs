@@ -93,7 +93,7 @@ pub struct ReadOptions {
     pub fields: FieldNames,
     /// Skip (and count) bad rows instead of failing on the first one.
     pub skip_invalid: bool,
-    /// Decoding threads; only the Parquet reader uses more than one.
+    /// Decoding threads (Parquet, NDJSON and CSV use more than one).
     pub threads: usize,
 }
 

@@ -131,3 +131,86 @@ fn passive_values() {
     let passive: Vec<bool> = read_ok(&path).iter().map(|e| e.passive).collect();
     assert_eq!(passive, [true, false, true, false, false, true]);
 }
+
+#[test]
+fn parallel_parsing_matches_sequential() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rows = crate::limits::CHUNK_ROWS * 3 + 17;
+    let mut content = String::from("user_id,event_type,time,page\n");
+    for i in 0..rows {
+        match i {
+            // Bad records: too few fields, a bad time, an over-long quoted field.
+            100 => content.push_str("u,e\n"),
+            70_000 => content.push_str("u,e,yesterday,\n"),
+            140_000 => content.push_str(&format!("u,e,1,\"{}\"\n", "x,\n".repeat(crate::limits::MAX_LINE_BYTES))),
+            _ if i % 1000 == 7 => content.push_str("\r\n"),
+            // Quoted fields with separators, quotes and newlines inside.
+            _ if i % 5 == 3 => content.push_str(&format!(
+                "\"u{},\"\"q\"\"\",e{},{},\"line one\nline two\"\n",
+                i % 13,
+                i % 3,
+                1_700_000_000_000u64 + i as u64
+            )),
+            _ => content.push_str(&format!("u{},e{},{},p\n", i % 13, i % 3, 1_700_000_000_000u64 + i as u64)),
+        }
+    }
+    let path = write_file(&dir, "many.csv", &content);
+    let read = |threads: usize, skip_invalid: bool| {
+        let options = ReadOptions { threads, skip_invalid, ..ReadOptions::default() };
+        let (events, reader) = drain(open_event_reader(&path, &options).expect("open"));
+        (events, reader.skipped_rows(), reader.first_skipped_error().map(ToString::to_string), reader.bytes_read())
+    };
+    let (sequential, skipped, first, bytes) = read(1, true);
+    let sequential = sequential.expect("skips");
+    assert_eq!(skipped, 3);
+    assert_eq!(first, Some(format!("{}:122: CSV error: the record has 2 fields but the header has 4", path.display())));
+    assert_eq!(bytes, content.len() as u64);
+    assert_eq!(sequential.len(), rows - 3 - rows.div_ceil(1000));
+    for threads in [2, 3, 8] {
+        let (events, skipped, first_error, bytes) = read(threads, true);
+        assert_eq!(events.expect("skips"), sequential, "threads = {threads}");
+        assert_eq!((skipped, &first_error, bytes), (3, &first, content.len() as u64), "threads = {threads}");
+        let (events, ..) = read(threads, false);
+        let error = events.expect_err("the first bad record fails");
+        assert_eq!(error.line, Some(122), "threads = {threads}");
+    }
+}
+
+#[test]
+fn dropping_a_parallel_reader_early_stops_its_splitter_thread() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A CSV source that records when it is dropped.
+    struct Source {
+        bytes: std::io::Cursor<Vec<u8>>,
+        dropped: Arc<AtomicBool>,
+    }
+    impl std::io::Read for Source {
+        fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+            self.bytes.read(buffer)
+        }
+    }
+    impl Drop for Source {
+        fn drop(&mut self) {
+            self.dropped.store(true, Ordering::SeqCst);
+        }
+    }
+
+    let mut content = String::from("user_id,event_type,time\n");
+    for i in 0..crate::limits::CHUNK_ROWS * 8 {
+        content.push_str(&format!("u{},e,{}\n", i % 7, 1_700_000_000_000u64 + i as u64));
+    }
+    let dropped = Arc::new(AtomicBool::new(false));
+    let source = Source { bytes: std::io::Cursor::new(content.into_bytes()), dropped: dropped.clone() };
+    let options = ReadOptions { threads: 2, ..ReadOptions::default() };
+    let mut reader =
+        super::super::csv::CsvReader::new(Box::new(source), "early.csv".to_owned(), None, &options).expect("header");
+    assert!(reader.next_chunk().expect("read").is_some());
+    drop(reader);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !dropped.load(Ordering::SeqCst) {
+        assert!(std::time::Instant::now() < deadline, "the splitter thread still holds the input");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
