@@ -18,7 +18,7 @@ use sessionizer_engine::{
 };
 use sessionizer_formats::{
     EventChunk, EventRow, FieldNames, FileFormat, ReadErrorKind, ReadOptions, SessionRow, StrColumn, WriteError,
-    create_event_writer, open_event_reader, write_session_rows,
+    open_event_reader, write_event_rows, write_session_rows,
 };
 use uuid::Uuid;
 
@@ -149,14 +149,10 @@ pub(crate) fn run(args: SessionizeArgs) -> anyhow::Result<()> {
     timings.sessionize = seconds_since(phase);
     progress.set_message("writing");
     let phase = Instant::now();
-    write_sessions(&args, &table, &result, threads)?;
+    let uid_text = session_uid_text(&args.project, &table, &result, threads);
+    write_sessions(&args, &table, &result, &uid_text, threads)?;
     if let Some(path) = &args.events_out {
-        let uids: Vec<Uuid> = result
-            .sessions
-            .iter()
-            .map(|s| session_uid(&args.project, &table.users[s.user as usize], s.start_ms))
-            .collect();
-        write_events(path, &table, &result, &uids)?;
+        write_events(path, &table, &result, &uid_text, threads)?;
     }
     timings.write = seconds_since(phase);
     timings.total = seconds_since(started);
@@ -796,30 +792,41 @@ fn output_error(path: Option<&Path>, error: WriteError) -> anyhow::Error {
     Exit::new(failure, anyhow::anyhow!("cannot write {target}: {error}")).into()
 }
 
-fn write_sessions(
-    args: &SessionizeArgs,
-    table: &EventTable<'_>,
-    result: &BatchSessions,
-    threads: usize,
-) -> anyhow::Result<()> {
-    let order = output_order(table, result, threads);
-    // Every uid's text, in the kernel's order (by user), in one buffer the
-    // columns borrow from: in that order each user's id is read from memory
-    // once for all their sessions, where output order would miss the cache twice
-    // per session. Hashing and formatting them is worth the threads.
+/// Every session's uid as text, in the kernel's order (by user), in one
+/// buffer the output columns borrow from: in that order each user's id is
+/// read from memory once for all their sessions, where output order would
+/// miss the cache twice per session. Hashing and formatting them is worth
+/// the threads.
+fn session_uid_text(project: &str, table: &EventTable<'_>, result: &BatchSessions, threads: usize) -> String {
     let sessions = &result.sessions;
     let parts = threads.clamp(1, 16);
-    let uid_text: String = run_parts(parts, |part| {
+    run_parts(parts, |part| {
         let mine = &sessions[sessions.len() * part / parts..sessions.len() * (part + 1) / parts];
         let mut text = String::with_capacity(mine.len() * UUID_TEXT_BYTES);
         let mut buffer = Uuid::encode_buffer();
         for s in mine {
-            let uid = session_uid(&args.project, &table.users[s.user as usize], s.start_ms);
+            let uid = session_uid(project, &table.users[s.user as usize], s.start_ms);
             text.push_str(uid.hyphenated().encode_lower(&mut buffer));
         }
         text
     })
-    .concat();
+    .concat()
+}
+
+/// Session `index`'s uid in [`session_uid_text`]'s buffer.
+fn uid_of(uid_text: &str, index: usize) -> &str {
+    &uid_text[index * UUID_TEXT_BYTES..(index + 1) * UUID_TEXT_BYTES]
+}
+
+fn write_sessions(
+    args: &SessionizeArgs,
+    table: &EventTable<'_>,
+    result: &BatchSessions,
+    uid_text: &str,
+    threads: usize,
+) -> anyhow::Result<()> {
+    let order = output_order(table, result, threads);
+    let sessions = &result.sessions;
     let row = |position: usize| {
         let index = order[position] as usize;
         let session = &sessions[index];
@@ -830,7 +837,7 @@ fn write_sessions(
             user_id: user.user_id(),
             device_id: user.device_id(),
             session_id: session.start_ms,
-            session_uid: &uid_text[index * UUID_TEXT_BYTES..(index + 1) * UUID_TEXT_BYTES],
+            session_uid: uid_of(uid_text, index),
             start_ms: session.start_ms,
             end_ms: session.end_ms,
             length_ms: session.length_ms(),
@@ -855,37 +862,41 @@ fn finish_after_error(path: Option<&Path>, error: WriteError) -> anyhow::Result<
     if path.is_none() && error.is_broken_pipe() { Ok(()) } else { Err(output_error(path, error)) }
 }
 
-fn write_events(path: &Path, table: &EventTable<'_>, result: &BatchSessions, uids: &[Uuid]) -> anyhow::Result<()> {
+/// Every input event but the duplicates, in input order, with its session,
+/// formatted and encoded on `threads` threads.
+fn write_events(
+    path: &Path,
+    table: &EventTable<'_>,
+    result: &BatchSessions,
+    uid_text: &str,
+    threads: usize,
+) -> anyhow::Result<()> {
     let path = Some(path).filter(|p| p.as_os_str() != "-");
-    let mut sink = create_event_writer(path).map_err(|error| output_error(path, error))?;
-    let mut uid_buffer = Uuid::encode_buffer();
-    let mut global_row = 0usize;
-    for chunk in table.chunks {
-        for row in 0..chunk.len() {
-            let index = result.event_session[global_row];
-            let duplicate = table.duplicate[global_row];
-            global_row += 1;
-            if duplicate {
-                continue;
-            }
-            let session = (index != NO_SESSION).then_some(index as usize);
-            let event = EventRow {
-                user_id: chunk.user_id.get(row),
-                device_id: chunk.device_id.get(row),
-                event_type: chunk.event_type.get(row).unwrap_or(""),
-                time_ms: chunk.time_ms[row],
-                insert_id: chunk.insert_id.get(row),
-                page: chunk.page.get(row),
-                passive: chunk.passive[row],
-                session_id: session.map(|index| result.sessions[index].start_ms),
-                session_uid: session.map(|index| &*uids[index].hyphenated().encode_lower(&mut uid_buffer)),
-            };
-            if let Err(error) = sink.write(&event) {
-                return finish_after_error(path, error);
-            }
+    // Output position to row: the identity unless some rows are duplicates.
+    let kept: Vec<u32> = if table.duplicates == 0 {
+        Vec::new()
+    } else {
+        (0..table.duplicate.len()).filter(|&row| !table.duplicate[row]).map(|row| row as u32).collect()
+    };
+    let count = table.duplicate.len() - table.duplicates as usize;
+    let row = |position: usize| {
+        let global = if kept.is_empty() { position } else { kept[position] as usize };
+        let (chunk, row) = table.locate(global as u32);
+        let index = result.event_session[global];
+        let session = (index != NO_SESSION).then_some(index as usize);
+        EventRow {
+            user_id: chunk.user_id.get(row),
+            device_id: chunk.device_id.get(row),
+            event_type: chunk.event_type.get(row).unwrap_or(""),
+            time_ms: chunk.time_ms[row],
+            insert_id: chunk.insert_id.get(row),
+            page: chunk.page.get(row),
+            passive: chunk.passive[row],
+            session_id: session.map(|index| result.sessions[index].start_ms),
+            session_uid: session.map(|index| uid_of(uid_text, index)),
         }
-    }
-    sink.finish().or_else(|error| finish_after_error(path, error))
+    };
+    write_event_rows(path, count, &row, threads).or_else(|error| finish_after_error(path, error))
 }
 
 /// What a run did, for people (stderr) and for scripts (`--stats-json`).

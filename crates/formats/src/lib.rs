@@ -13,7 +13,7 @@
 //! * `time`: parsing of event times (epoch ms, epoch s, ISO-8601).
 //! * `read`: [`open_event_reader`] and the per-format readers.
 //! * `write`: [`create_session_writer`], [`create_event_writer`], and the
-//!   parallel [`write_session_rows`].
+//!   parallel [`write_session_rows`] and [`write_event_rows`].
 
 mod columns;
 mod error;
@@ -32,5 +32,6 @@ pub use time::{
 };
 pub use write::{
     EventRow, EventSink, SessionRow, SessionSink, StoredEventRow, StoredEventSink, create_event_writer,
-    create_session_writer, session_rows_to, session_writer_to, stored_event_writer_to, write_session_rows,
+    create_session_writer, session_rows_to, session_writer_to, stored_event_writer_to, write_event_rows,
+    write_session_rows,
 };

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
 
-use super::{Row, SessionRow, WriteError, csv_error, write_csv_row, write_json_row};
+use super::{EventRow, Row, SessionRow, WriteError, csv_error, write_csv_row, write_json_row};
 use crate::read::FileFormat;
 
 /// Writes `count` sessions, session `i` being `row(i)`, to `path` in the
@@ -26,14 +26,7 @@ pub fn write_session_rows<'a>(
     row: &(dyn Fn(usize) -> SessionRow<'a> + Sync),
     threads: usize,
 ) -> Result<(), WriteError> {
-    match path.filter(|path| *path != Path::new("-")) {
-        None => write_text(Box::new(std::io::stdout()), Text::Ndjson, count, row, threads),
-        Some(path) => {
-            let format =
-                FileFormat::from_path(path).map_err(|_| WriteError::UnknownFormat(path.display().to_string()))?;
-            session_rows_to(format, Box::new(File::create(path)?), count, row, threads)
-        }
-    }
+    write_rows(path, count, row, threads)
 }
 
 /// [`write_session_rows`] in `format` to any byte sink.
@@ -42,6 +35,43 @@ pub fn session_rows_to<'a>(
     out: Box<dyn Write + Send>,
     count: usize,
     row: &(dyn Fn(usize) -> SessionRow<'a> + Sync),
+    threads: usize,
+) -> Result<(), WriteError> {
+    rows_to(format, out, count, row, threads)
+}
+
+/// [`write_session_rows`] for events: the same bytes as
+/// [`crate::create_event_writer`]'s for the same rows.
+pub fn write_event_rows<'a>(
+    path: Option<&Path>,
+    count: usize,
+    row: &(dyn Fn(usize) -> EventRow<'a> + Sync),
+    threads: usize,
+) -> Result<(), WriteError> {
+    write_rows(path, count, row, threads)
+}
+
+fn write_rows<R: Row>(
+    path: Option<&Path>,
+    count: usize,
+    row: &(dyn Fn(usize) -> R + Sync),
+    threads: usize,
+) -> Result<(), WriteError> {
+    match path.filter(|path| *path != Path::new("-")) {
+        None => write_text(Box::new(std::io::stdout()), Text::Ndjson, count, row, threads),
+        Some(path) => {
+            let format =
+                FileFormat::from_path(path).map_err(|_| WriteError::UnknownFormat(path.display().to_string()))?;
+            rows_to(format, Box::new(File::create(path)?), count, row, threads)
+        }
+    }
+}
+
+fn rows_to<R: Row>(
+    format: FileFormat,
+    out: Box<dyn Write + Send>,
+    count: usize,
+    row: &(dyn Fn(usize) -> R + Sync),
     threads: usize,
 ) -> Result<(), WriteError> {
     let threads = threads.max(1);
@@ -67,16 +97,16 @@ enum Text {
 /// the blocks in flight stay a few megabytes.
 const TEXT_BLOCK_ROWS: usize = 16 * 1024;
 
-fn write_text<'a>(
+fn write_text<R: Row>(
     mut out: Box<dyn Write + Send>,
     text: Text,
     count: usize,
-    row: &(dyn Fn(usize) -> SessionRow<'a> + Sync),
+    row: &(dyn Fn(usize) -> R + Sync),
     threads: usize,
 ) -> Result<(), WriteError> {
     if text == Text::Csv {
         let mut header = csv::Writer::from_writer(Vec::new());
-        header.write_record(SessionRow::COLUMNS.iter().map(|(name, _)| name)).map_err(csv_error)?;
+        header.write_record(R::COLUMNS.iter().map(|(name, _)| name)).map_err(csv_error)?;
         out.write_all(&header.into_inner().map_err(|e| WriteError::Io(e.into_error()))?)?;
     }
     let render = |block: usize| -> Result<Vec<u8>, WriteError> {
@@ -218,15 +248,15 @@ mod parquet_rows {
     use parquet::arrow::arrow_writer::{ArrowColumnChunk, ArrowColumnWriter, compute_leaves};
 
     use super::super::parquet_out::{Builders, ROW_GROUP_ROWS, parquet_error, schema_and_properties};
-    use super::{Row, SessionRow, WriteError, in_order};
+    use super::{Row, WriteError, in_order};
 
-    pub(super) fn write<'a>(
+    pub(super) fn write<R: Row>(
         out: Box<dyn Write + Send>,
         count: usize,
-        row: &(dyn Fn(usize) -> SessionRow<'a> + Sync),
+        row: &(dyn Fn(usize) -> R + Sync),
         threads: usize,
     ) -> Result<(), WriteError> {
-        let (schema, properties) = schema_and_properties(SessionRow::COLUMNS);
+        let (schema, properties) = schema_and_properties(R::COLUMNS);
         // Through `ArrowWriter` so the file carries the Arrow schema, as the row writer's does.
         let writer = ArrowWriter::try_new(out, schema.clone(), Some(properties)).map_err(parquet_error)?;
         let (mut file, factory) = writer.into_serialized_writer().map_err(parquet_error)?;
@@ -235,7 +265,7 @@ mod parquet_rows {
             let writers = factory.create_column_writers(group).map_err(parquet_error)?;
             // Row by row into every column's builder: each row is built once
             // and visited while in cache.
-            let mut builders = Builders::new(SessionRow::COLUMNS);
+            let mut builders = Builders::new(R::COLUMNS);
             for i in group * ROW_GROUP_ROWS..((group + 1) * ROW_GROUP_ROWS).min(count) {
                 builders.push(&row(i))?;
             }

@@ -421,6 +421,46 @@ fn parallel_session_writer_equals_the_row_writer() {
     }
 }
 
+/// The same for events.
+#[test]
+fn parallel_event_writer_equals_the_row_writer() {
+    let text: Vec<String> = (0..131_072 + 5).map(|i| format!("event-{i}")).collect();
+    let template = events();
+    let rows: Vec<EventRow<'_>> = text
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let base = template[i % 2];
+            EventRow {
+                user_id: base.user_id.map(|_| s.as_str()),
+                insert_id: (i % 3 != 0).then_some(s.as_str()),
+                time_ms: i as i64 * 997,
+                session_id: base.session_id.map(|id| id + i as i64),
+                ..base
+            }
+        })
+        .collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut extensions = vec!["ndjson", "csv"];
+    if cfg!(feature = "parquet") {
+        extensions.push("parquet");
+    }
+    for extension in extensions {
+        let by_rows = dir.path().join(format!("rows.{extension}"));
+        let mut sink = create_event_writer(Some(&by_rows)).expect("create");
+        for row in &rows {
+            sink.write(row).expect("write");
+        }
+        sink.finish().expect("finish");
+        for threads in [1, 3] {
+            let parallel = dir.path().join(format!("parallel{threads}.{extension}"));
+            write_event_rows(Some(&parallel), rows.len(), &|i| rows[i], threads).expect("write in parallel");
+            let (expected, actual) = (std::fs::read(&by_rows).expect("read"), std::fs::read(&parallel).expect("read"));
+            assert!(expected == actual, "{extension} with {threads} threads differs from the row writer");
+        }
+    }
+}
+
 #[test]
 fn parallel_writer_with_no_sessions_writes_an_empty_file_of_the_format() {
     let dir = tempfile::tempdir().expect("tempdir");
