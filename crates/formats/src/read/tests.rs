@@ -82,6 +82,36 @@ fn drain(mut reader: Box<dyn EventReader>) -> (Result<Vec<Event>, ReadError>, Bo
     }
 }
 
+/// Reads `path` (`bytes` long, with `skipped` bad rows, the first on line
+/// `first_bad_line`) with one thread and with 2, 3 and 8, and checks that
+/// they agree: the same events, skipped rows, first error and bytes read,
+/// and without `skip_invalid` the same failing line. Returns the events and
+/// the first error of the one-thread read.
+fn assert_parallel_matches_sequential(
+    path: &Path,
+    bytes: u64,
+    skipped: u64,
+    first_bad_line: u64,
+) -> (Vec<Event>, Option<String>) {
+    let read = |threads: usize, skip_invalid: bool| {
+        let options = ReadOptions { threads, skip_invalid, ..ReadOptions::default() };
+        let (events, reader) = drain(open_event_reader(path, &options).expect("open"));
+        (events, reader.skipped_rows(), reader.first_skipped_error().map(ToString::to_string), reader.bytes_read())
+    };
+    let (sequential, sequential_skipped, first, sequential_bytes) = read(1, true);
+    let sequential = sequential.expect("skips");
+    assert_eq!((sequential_skipped, sequential_bytes), (skipped, bytes));
+    for threads in [2, 3, 8] {
+        let (events, skipped_here, first_error, bytes_here) = read(threads, true);
+        assert_eq!(events.expect("skips"), sequential, "threads = {threads}");
+        assert_eq!((skipped_here, &first_error, bytes_here), (skipped, &first, bytes), "threads = {threads}");
+        let (events, ..) = read(threads, false);
+        let error = events.expect_err("the first bad row fails");
+        assert_eq!(error.line, Some(first_bad_line), "threads = {threads}");
+    }
+    (sequential, first)
+}
+
 fn read_all(path: &Path, options: &ReadOptions) -> Result<Vec<Event>, ReadError> {
     drain(open_event_reader(path, options)?).0
 }

@@ -393,13 +393,10 @@ fn many_sessions(text: &[String]) -> Vec<SessionRow<'_>> {
         .collect()
 }
 
-/// The parallel writer writes exactly what the row writer writes, in every
-/// format and with any thread count: rows in order, same row groups.
-#[test]
-fn parallel_session_writer_equals_the_row_writer() {
-    // Past two Parquet row groups and several text blocks.
-    let text: Vec<String> = (0..2 * 131_072 + 5).map(|i| format!("user-{i}")).collect();
-    let rows = many_sessions(&text);
+/// Checks that `write_parallel(path, threads)` writes exactly what
+/// `write_by_rows(path)` (the row writer) writes, in every format and with
+/// any thread count: rows in order, same row groups.
+fn assert_parallel_equals_row_writer(write_by_rows: impl Fn(&Path), write_parallel: impl Fn(&Path, usize)) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut extensions = vec!["ndjson", "csv"];
     if cfg!(feature = "parquet") {
@@ -407,21 +404,31 @@ fn parallel_session_writer_equals_the_row_writer() {
     }
     for extension in extensions {
         let by_rows = dir.path().join(format!("rows.{extension}"));
-        let mut sink = create_session_writer(Some(&by_rows)).expect("create");
-        for row in &rows {
-            sink.write(row).expect("write");
-        }
-        sink.finish().expect("finish");
+        write_by_rows(&by_rows);
         for threads in [1, 3] {
             let parallel = dir.path().join(format!("parallel{threads}.{extension}"));
-            write_session_rows(Some(&parallel), rows.len(), &|i| rows[i], threads).expect("write in parallel");
+            write_parallel(&parallel, threads);
             let (expected, actual) = (std::fs::read(&by_rows).expect("read"), std::fs::read(&parallel).expect("read"));
             assert!(expected == actual, "{extension} with {threads} threads differs from the row writer");
         }
     }
 }
 
-/// The same for events.
+#[test]
+fn parallel_session_writer_equals_the_row_writer() {
+    // Past two Parquet row groups and several text blocks.
+    let text: Vec<String> = (0..2 * 131_072 + 5).map(|i| format!("user-{i}")).collect();
+    let rows = many_sessions(&text);
+    assert_parallel_equals_row_writer(
+        |path| {
+            let mut sink = create_session_writer(Some(path)).expect("create");
+            rows.iter().for_each(|row| sink.write(row).expect("write"));
+            sink.finish().expect("finish");
+        },
+        |path, threads| write_session_rows(Some(path), rows.len(), &|i| rows[i], threads).expect("write in parallel"),
+    );
+}
+
 #[test]
 fn parallel_event_writer_equals_the_row_writer() {
     let text: Vec<String> = (0..131_072 + 5).map(|i| format!("event-{i}")).collect();
@@ -440,25 +447,14 @@ fn parallel_event_writer_equals_the_row_writer() {
             }
         })
         .collect();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut extensions = vec!["ndjson", "csv"];
-    if cfg!(feature = "parquet") {
-        extensions.push("parquet");
-    }
-    for extension in extensions {
-        let by_rows = dir.path().join(format!("rows.{extension}"));
-        let mut sink = create_event_writer(Some(&by_rows)).expect("create");
-        for row in &rows {
-            sink.write(row).expect("write");
-        }
-        sink.finish().expect("finish");
-        for threads in [1, 3] {
-            let parallel = dir.path().join(format!("parallel{threads}.{extension}"));
-            write_event_rows(Some(&parallel), rows.len(), &|i| rows[i], threads).expect("write in parallel");
-            let (expected, actual) = (std::fs::read(&by_rows).expect("read"), std::fs::read(&parallel).expect("read"));
-            assert!(expected == actual, "{extension} with {threads} threads differs from the row writer");
-        }
-    }
+    assert_parallel_equals_row_writer(
+        |path| {
+            let mut sink = create_event_writer(Some(path)).expect("create");
+            rows.iter().for_each(|row| sink.write(row).expect("write"));
+            sink.finish().expect("finish");
+        },
+        |path, threads| write_event_rows(Some(path), rows.len(), &|i| rows[i], threads).expect("write in parallel"),
+    );
 }
 
 #[test]

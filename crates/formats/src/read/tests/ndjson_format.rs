@@ -292,28 +292,12 @@ fn parallel_parsing_matches_sequential() {
         }
     }
     let path = write_file(&dir, "many.ndjson", &content);
-    let read = |threads: usize, skip_invalid: bool| {
-        let options = ReadOptions { threads, skip_invalid, ..ReadOptions::default() };
-        let (events, reader) = drain(open_event_reader(&path, &options).expect("open"));
-        (events, reader.skipped_rows(), reader.first_skipped_error().map(ToString::to_string), reader.bytes_read())
-    };
-    let (sequential, skipped, first, bytes) = read(1, true);
-    let sequential = sequential.expect("skips");
-    assert_eq!(skipped, 3);
+    let (sequential, first) = assert_parallel_matches_sequential(&path, content.len() as u64, 3, 101);
     assert_eq!(
         first,
         Some(format!("{}:101: invalid JSON: EOF while parsing an object at line 1 column 14", path.display()))
     );
-    assert_eq!(bytes, content.len() as u64);
     assert_eq!(sequential.len(), rows - 3 - rows.div_ceil(1000));
-    for threads in [2, 3, 8] {
-        let (events, skipped, first_error, bytes) = read(threads, true);
-        assert_eq!(events.expect("skips"), sequential, "threads = {threads}");
-        assert_eq!((skipped, &first_error, bytes), (3, &first, content.len() as u64), "threads = {threads}");
-        let (events, ..) = read(threads, false);
-        let error = events.expect_err("the first bad line fails");
-        assert_eq!(error.line, Some(101), "threads = {threads}");
-    }
 }
 
 #[test]
