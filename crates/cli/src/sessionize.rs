@@ -98,7 +98,7 @@ pub(crate) struct SessionizeArgs {
     #[arg(long, value_name = "FILE")]
     stats_json: Option<PathBuf>,
 
-    /// Threads for reading and preparing events, at most 64 [default: the number of CPUs].
+    /// Threads for reading, sessionizing and writing, at most 64 [default: the number of CPUs].
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
 }
