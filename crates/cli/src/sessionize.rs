@@ -753,9 +753,8 @@ fn merge_interned<'a>(locals: &[LocalInterned<'a>], parts: Vec<RowColumns<'_>>) 
     Merged { users, event_types }
 }
 
-/// Sessions in output order: by start, then user. Runs of the sessions are
-/// sorted on `threads` threads, then merged.
-/// The sessions' indices in output order: by start, then by user.
+/// The sessions' indices in output order: by start, then by user. Runs of
+/// them are sorted on `threads` threads, then merged.
 fn output_order(table: &EventTable<'_>, result: &BatchSessions, threads: usize) -> Vec<u32> {
     let mut keys: Vec<(i64, u32, u32)> =
         result.sessions.iter().enumerate().map(|(index, s)| (s.start_ms, s.user, index as u32)).collect();

@@ -281,6 +281,7 @@ pub fn label_user_changes(events: &BatchEvents<'_>, sessions: &mut [BatchSession
         .map(|row| events.device[row] as usize + 1)
         .max()
         .unwrap_or(0);
+    // Sized by the largest index: `BatchEvents::device` indices are dense.
     let mut first_user = vec![NO_USER; device_count];
     let mut shared = vec![false; device_count];
     for row in (0..events.device.len()).filter(|&row| active_on_device(row)) {

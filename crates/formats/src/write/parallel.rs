@@ -1,4 +1,4 @@
-//! The parallel session writer: every session at once, formatted on several
+//! The parallel writer of sessions and events: every row at once, formatted on several
 //! threads and written in order, so the bytes do not depend on the thread
 //! count. NDJSON and CSV are formatted in blocks of rows; Parquet row groups
 //! are encoded in parallel with arrow's `ArrowColumnWriter`, each column from
