@@ -275,17 +275,16 @@ pub fn label_user_changes(events: &BatchEvents<'_>, sessions: &mut [BatchSession
     // Only a device with active events of two users or more can see a user
     // change (a user's own event within the window would have continued the
     // session), and most devices have one user: keep the times of the shared
-    // ones only, rather than sorting one entry per event.
-    let device_count = (0..events.device.len())
-        .filter(|&row| active_on_device(row))
-        .map(|row| events.device[row] as usize + 1)
-        .max()
-        .unwrap_or(0);
-    // Sized by the largest index: `BatchEvents::device` indices are dense.
-    let mut first_user = vec![NO_USER; device_count];
-    let mut shared = vec![false; device_count];
+    // ones only, rather than sorting one entry per event. Indexed by device
+    // (`BatchEvents::device` indices are dense), grown as devices appear.
+    let mut first_user: Vec<u32> = Vec::new();
+    let mut shared: Vec<bool> = Vec::new();
     for row in (0..events.device.len()).filter(|&row| active_on_device(row)) {
         let (device, user) = (events.device[row] as usize, events.user[row]);
+        if device >= first_user.len() {
+            first_user.resize(device + 1, NO_USER);
+            shared.resize(device + 1, false);
+        }
         if first_user[device] == NO_USER {
             first_user[device] = user;
         } else if first_user[device] != user {

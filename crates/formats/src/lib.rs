@@ -32,6 +32,5 @@ pub use time::{
 };
 pub use write::{
     EventRow, EventSink, SessionRow, SessionSink, StoredEventRow, StoredEventSink, create_event_writer,
-    create_session_writer, session_rows_to, session_writer_to, stored_event_writer_to, write_event_rows,
-    write_session_rows,
+    create_session_writer, session_writer_to, stored_event_writer_to, write_event_rows, write_session_rows,
 };

@@ -16,7 +16,7 @@ use crate::read::FileFormat;
 
 mod parallel;
 
-pub use parallel::{session_rows_to, write_event_rows, write_session_rows};
+pub use parallel::{write_event_rows, write_session_rows};
 
 /// One session, as written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

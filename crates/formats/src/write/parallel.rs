@@ -29,17 +29,6 @@ pub fn write_session_rows<'a>(
     write_rows(path, count, row, threads)
 }
 
-/// [`write_session_rows`] in `format` to any byte sink.
-pub fn session_rows_to<'a>(
-    format: FileFormat,
-    out: Box<dyn Write + Send>,
-    count: usize,
-    row: &(dyn Fn(usize) -> SessionRow<'a> + Sync),
-    threads: usize,
-) -> Result<(), WriteError> {
-    rows_to(format, out, count, row, threads)
-}
-
 /// [`write_session_rows`] for events: the same bytes as
 /// [`crate::create_event_writer`]'s for the same rows.
 pub fn write_event_rows<'a>(
@@ -67,6 +56,7 @@ fn write_rows<R: Row>(
     }
 }
 
+/// [`write_rows`] in `format` to any byte sink.
 fn rows_to<R: Row>(
     format: FileFormat,
     out: Box<dyn Write + Send>,
