@@ -19,6 +19,7 @@ the table shows how much CPU each used.
 Usage (from the repository root; Python 3.11 standard library only):
   python3 bench/ingest_bench.py --duration 20
   python3 bench/ingest_bench.py --duration 20 --json bench/out/ingest.json
+  python3 bench/ingest_bench.py --serve-arg=--apply-batch-events --serve-arg=50000   # any serve setting
 
 Goals (docs/benchmarks.md): at least 200,000 events/s sustained with durable acks;
 p99 under 25 ms at half that rate.
@@ -115,13 +116,13 @@ def metric_value(text, name):
 class Server:
     """A `sessionizer serve` child process, stopped with SIGTERM."""
 
-    def __init__(self, binary, data_dir, port, log_path):
+    def __init__(self, binary, data_dir, port, log_path, extra_args=()):
         self.base = f"http://127.0.0.1:{port}"
         self.log_path = log_path
         self.log_file = open(log_path, "wb")
         env = dict(os.environ, SESSIONIZER_LOG=os.environ.get("SESSIONIZER_LOG", "warn"))
         self.proc = subprocess.Popen(
-            [binary, "serve", "--data", data_dir, "--listen", f"127.0.0.1:{port}"],
+            [binary, "serve", "--data", data_dir, "--listen", f"127.0.0.1:{port}", *extra_args],
             stdout=self.log_file, stderr=subprocess.STDOUT, env=env)
 
     @property
@@ -213,6 +214,8 @@ def main():
     p.add_argument("--open-loop-rate", type=float, default=None,
                    help="events/s of the open-loop phase (b) instead of half the measured max: "
                         "compares the latency of two builds at the same rate")
+    p.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
+                   help="an extra argument for `sessionizer serve` (repeat it: --serve-arg=--apply-delay --serve-arg=10s)")
     args = p.parse_args()
     if args.duration <= 0:
         sys.exit("--duration must be positive")
@@ -229,7 +232,7 @@ def main():
                                  check=True, capture_output=True, text=True)
         key = json.loads(created.stdout)["write_key"]
         port = args.port or free_port()
-        server = Server(binary, data_dir, port, os.path.join(work, "server.log"))
+        server = Server(binary, data_dir, port, os.path.join(work, "server.log"), args.serve_arg)
         server.wait_ready()
         rss_start_kib = proc_status_kib(server.pid, "VmRSS")
         log(f"server ready on {server.base} (pid {server.pid}, RSS {rss_start_kib / 1024:.1f} MiB)")

@@ -395,6 +395,8 @@ struct ConfigFile {
     write_queue_requests: Option<usize>,
     ingest_rate_limit: Option<u32>,
     read_rate_limit: Option<u32>,
+    apply_batch_events: Option<usize>,
+    apply_delay: Option<String>,
 }
 
 /// Largest configuration file `serve` reads (`MAX_CONFIG_BYTES` in serve.rs).
@@ -414,6 +416,12 @@ pub fn config(data: &[u8]) {
             }
             if let Some(n) = file.write_queue_requests {
                 let _ = (1..=sessionizer_server::limits::MAX_WRITE_QUEUE_REQUESTS).contains(&n);
+            }
+            // (`apply_delay` is parsed by the binary's private duration parser.)
+            if let Some(n) = file.apply_batch_events {
+                let delay = sessionizer_server::ApplyBatching::default().max_delay;
+                let accepted = sessionizer_server::ApplyBatching::new(n, delay).is_ok();
+                assert_eq!(accepted, (1..=sessionizer_server::limits::MAX_APPLY_BATCH_EVENTS).contains(&n), "config: {n}");
             }
         }
         Err(error) => assert!(!error.to_string().is_empty(), "config: an error without a message"),

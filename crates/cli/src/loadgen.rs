@@ -835,6 +835,7 @@ mod tests {
             write_queue_requests: sessionizer_server::limits::WRITE_QUEUE_REQUESTS,
             rate_limits: sessionizer_server::RateLimits::default(),
             timeouts: sessionizer_server::Timeouts::default(),
+            apply: sessionizer_server::ApplyBatching::default(),
         };
         let server = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Args;
 use serde::Deserialize;
-use sessionizer_server::{ServeError, ServerConfig};
+use sessionizer_server::{ApplyBatching, ServeError, ServerConfig};
 
 use crate::{Exit, Failure};
 
@@ -22,7 +22,8 @@ const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 ///
 /// Settings come from flags, then environment variables, then the TOML file
 /// given by --config (keys `data`, `listen`, `log_format`, `write_queue_requests`,
-/// `ingest_rate_limit`, `read_rate_limit`), then defaults.
+/// `ingest_rate_limit`, `read_rate_limit`, `apply_batch_events`, `apply_delay`),
+/// then defaults.
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
     /// Data directory (created if missing) [default: ./sessionizer-data].
@@ -48,6 +49,17 @@ pub(crate) struct ServeArgs {
     /// Read requests per second each project's read key may make; 0 turns it off [default: 100].
     #[arg(long, value_name = "REQUESTS_PER_S", env = "SESSIONIZER_READ_RATE_LIMIT")]
     read_rate_limit: Option<u32>,
+    /// Acknowledged events the writer gathers before applying them to events
+    /// and sessions (1 to 50000): larger batches write fewer bytes and use
+    /// less CPU per event, and make a read that arrives during a batch wait
+    /// longer [default: 20000].
+    #[arg(long, value_name = "N", env = "SESSIONIZER_APPLY_BATCH_EVENTS")]
+    apply_batch_events: Option<usize>,
+    /// Longest acknowledged events wait to be applied when fewer than
+    /// --apply-batch-events have gathered (at most 60s; a read has them
+    /// applied at once) [default: 2s].
+    #[arg(long, value_name = "DURATION", env = "SESSIONIZER_APPLY_DELAY")]
+    apply_delay: Option<String>,
     /// Longest time a client may take to send a request's header (or keep an idle
     /// connection open); then the connection is closed [default: 10s].
     #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
@@ -87,6 +99,21 @@ fn parse_timeout(text: &str) -> Result<std::time::Duration, String> {
     }
 }
 
+/// The writer's batching from `--apply-batch-events` and `--apply-delay` (or
+/// their environment variables or file keys), each defaulting on its own.
+fn apply_batching(min_events: Option<usize>, delay: Option<String>) -> Result<ApplyBatching, Exit> {
+    let usage = |message: String| Exit::new(Failure::Usage, anyhow::anyhow!(message));
+    let defaults = ApplyBatching::default();
+    let max_delay = match delay {
+        None => defaults.max_delay,
+        Some(text) => {
+            let ms = crate::duration::parse_duration_ms(&text).map_err(|e| usage(format!("apply_delay: {e}")))?;
+            std::time::Duration::from_millis(ms.unsigned_abs())
+        }
+    };
+    ApplyBatching::new(min_events.unwrap_or(defaults.min_events), max_delay).map_err(usage)
+}
+
 /// The configuration file's keys.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -97,6 +124,9 @@ struct ConfigFile {
     write_queue_requests: Option<usize>,
     ingest_rate_limit: Option<u32>,
     read_rate_limit: Option<u32>,
+    apply_batch_events: Option<usize>,
+    /// A duration such as `2s` or `500ms`.
+    apply_delay: Option<String>,
 }
 
 fn read_config(path: &Path) -> Result<ConfigFile, Exit> {
@@ -137,6 +167,8 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
         )
         .into());
     }
+    let apply =
+        apply_batching(args.apply_batch_events.or(file.apply_batch_events), args.apply_delay.or(file.apply_delay))?;
     init_logging(&log_format)?;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the runtime")?;
@@ -166,7 +198,7 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
             Exit::new(Failure::Usage, anyhow::anyhow!("--cluster needs --role ingest, worker, query or all")).into()
         );
     }
-    let config = ServerConfig { data_dir, listen, write_queue_requests, rate_limits, timeouts };
+    let config = ServerConfig { data_dir, listen, write_queue_requests, rate_limits, timeouts, apply };
     runtime.block_on(sessionizer_server::serve(config, shutdown_signal())).map_err(|error| {
         let failure = match error {
             ServeError::Listen { .. } | ServeError::DataDirInUse(_) => Failure::Unavailable,

@@ -71,6 +71,49 @@ pub struct ServerConfig {
     pub rate_limits: RateLimits,
     /// How long a client may take to send its request.
     pub timeouts: Timeouts,
+    /// When the writer applies acknowledged events to events and sessions.
+    pub apply: ApplyBatching,
+}
+
+/// When the writer applies the events waiting in the ingest log: once
+/// `min_events` have gathered, once the oldest has waited `max_delay`, or at
+/// once for a read. Larger batches share more index pages (fewer bytes
+/// written and less CPU per event: docs/benchmarks.md); a read that arrives
+/// while a batch is being applied waits for it, so they make such reads slower.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApplyBatching {
+    /// 1 ..= [`limits::MAX_APPLY_BATCH_EVENTS`].
+    pub min_events: usize,
+    /// Above zero, at most [`limits::MAX_APPLY_DELAY_MS`].
+    pub max_delay: Duration,
+}
+
+impl ApplyBatching {
+    /// Checks the bounds; the error says which and why.
+    pub fn new(min_events: usize, max_delay: Duration) -> Result<ApplyBatching, String> {
+        let max_events = limits::MAX_APPLY_BATCH_EVENTS;
+        if !(1..=max_events).contains(&min_events) {
+            return Err(format!("apply_batch_events must be between 1 and {max_events}, got {min_events}"));
+        }
+        let max_ms = limits::MAX_APPLY_DELAY_MS;
+        if max_delay.is_zero() || max_delay > Duration::from_millis(max_ms) {
+            return Err(format!(
+                "apply_delay must be above zero and at most {} s, got {} ms",
+                max_ms / 1_000,
+                max_delay.as_millis()
+            ));
+        }
+        Ok(ApplyBatching { min_events, max_delay })
+    }
+}
+
+impl Default for ApplyBatching {
+    fn default() -> Self {
+        ApplyBatching {
+            min_events: limits::DEFAULT_APPLY_BATCH_EVENTS,
+            max_delay: Duration::from_millis(limits::DEFAULT_APPLY_DELAY_MS),
+        }
+    }
 }
 
 /// Bounds on slow clients (slowloris, slow POST): a connection that sends its
@@ -194,7 +237,7 @@ pub async fn serve(
     let log = IngestLog::open(&config.data_dir)?;
     let log_reader = LogReader::open(&config.data_dir)?;
     let (writer, applied, writer_thread) =
-        writer::start(store, log, log_reader, metrics.clone(), config.write_queue_requests)?;
+        writer::start(store, log, log_reader, metrics.clone(), config.write_queue_requests, config.apply)?;
     let readers = Arc::new(Readers::new(config.data_dir.clone(), Some(applied)));
     let board = Arc::new(board::BoardState::default());
     board.start_loading(config.data_dir.clone());

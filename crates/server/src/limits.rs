@@ -34,11 +34,20 @@ pub const MAX_GROUP_EVENTS: usize = 50_000;
 /// and sessions; beyond this, ingestion answers 503 until the writer catches
 /// up. Bounds the log's size and the dedup filter in front of it.
 pub const MAX_UNAPPLIED_EVENTS: usize = 250_000;
-/// Logged events the writer waits for before applying them, unless a read
-/// waits for them or the oldest has waited two seconds.
-pub const MIN_APPLY_BATCH_EVENTS: usize = 20_000;
-/// Most logged events applied in one transaction of the main database.
+/// Logged events the writer waits for before applying them by default
+/// (`serve --apply-batch-events`), unless a read waits for them or the oldest
+/// has waited [`DEFAULT_APPLY_DELAY_MS`].
+pub const DEFAULT_APPLY_BATCH_EVENTS: usize = 20_000;
+/// Most logged events applied in one transaction of the main database; also
+/// the largest `--apply-batch-events`.
 pub const MAX_APPLY_BATCH_EVENTS: usize = 50_000;
+/// Longest logged events wait to be applied by default (`serve --apply-delay`)
+/// when fewer than the batch size have gathered and no read waits for them.
+pub const DEFAULT_APPLY_DELAY_MS: u64 = 2_000;
+/// Largest configurable `--apply-delay`: acknowledged events stay this long
+/// at most in the ingest log only (reads never wait for it: they have the
+/// writer apply at once).
+pub const MAX_APPLY_DELAY_MS: u64 = 60_000;
 /// Longest a read waits for the events acknowledged before it to be applied
 /// (reads see every acknowledged event); beyond it, 503.
 pub const MAX_READ_CATCH_UP_MS: u64 = 10_000;

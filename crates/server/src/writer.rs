@@ -39,10 +39,11 @@ use sessionizer_engine::{
 use sessionizer_store::{IngestLog, LogReader, NewEvent, Project, Store, StoreError, StoredSession, sessionize_stored};
 use tokio::sync::{oneshot, watch};
 
+use crate::ApplyBatching;
 use crate::error::ApiError;
 use crate::limits::{
     MAX_APPLY_BATCH_EVENTS, MAX_GROUP_EVENTS, MAX_GROUP_REQUESTS, MAX_READ_CATCH_UP_MS, MAX_UNAPPLIED_EVENTS,
-    MAX_WRITE_QUEUE_REQUESTS, MIN_APPLY_BATCH_EVENTS,
+    MAX_WRITE_QUEUE_REQUESTS,
 };
 use crate::metrics::Metrics;
 
@@ -53,9 +54,6 @@ const REPLAY_CHUNK_EVENTS: usize = 10_000;
 /// Bound on the steps that move a replay's start back past sessions spanning
 /// it (see `Writer::load`).
 const MAX_REPLAY_FLOOR_STEPS: usize = 64;
-/// Longest logged events wait before they are applied when fewer than
-/// `MIN_APPLY_BATCH_EVENTS` have gathered (and no read waits for them).
-const MAX_APPLY_DELAY: Duration = Duration::from_secs(2);
 /// Bound on the time from an event's arrival to its acknowledgement that
 /// conclusions allow for while events wait to be applied (see `Writer::tick`).
 const ACK_MARGIN_MS: i64 = 1_000;
@@ -238,6 +236,7 @@ pub(crate) fn start(
     log_reader: LogReader,
     metrics: Arc<Metrics>,
     queue_requests: usize,
+    batching: ApplyBatching,
 ) -> Result<(WriterHandle, AppliedWatch, std::thread::JoinHandle<()>), crate::ServeError> {
     let queue_requests = queue_requests.clamp(1, MAX_WRITE_QUEUE_REQUESTS);
     let (sender, receiver) = std::sync::mpsc::sync_channel(queue_requests);
@@ -270,6 +269,7 @@ pub(crate) fn start(
         applied,
         failing: false,
         unapplied_since: None,
+        batching,
     };
     let applier = std::thread::Builder::new().name("sessionizer-writer".into()).spawn(move || writer.run(&woken))?;
     let acknowledger = Acknowledger { log, pending, trimmed_through: applied, progress, health, metrics, wake };
@@ -491,6 +491,8 @@ struct Writer {
     failing: bool,
     /// Since when logged events have been waiting to be applied.
     unapplied_since: Option<Instant>,
+    /// When to apply them (`serve --apply-batch-events`, `--apply-delay`).
+    batching: ApplyBatching,
 }
 
 impl Writer {
@@ -510,22 +512,22 @@ impl Writer {
         loop {
             let mut wait = TICK.saturating_sub(last_tick.elapsed());
             if let Some(since) = self.unapplied_since {
-                wait = wait.min(MAX_APPLY_DELAY.saturating_sub(since.elapsed()));
+                wait = wait.min(self.batching.max_delay.saturating_sub(since.elapsed()));
             }
             let woke = woken.recv_timeout(wait);
             let stopping =
                 self.progress.stopping.load(Ordering::Acquire) || woke == Err(RecvTimeoutError::Disconnected);
-            // Larger batches share more index pages: wait for
-            // `MIN_APPLY_BATCH_EVENTS`, unless a read is waiting, the oldest
-            // has waited `MAX_APPLY_DELAY`, or ingestion is stopping. (A tick
-            // meanwhile concludes only what no waiting event can extend.)
+            // Larger batches share more index pages: wait for the batch
+            // size, unless a read is waiting, the oldest has waited the
+            // delay, or ingestion is stopping. (A tick meanwhile concludes
+            // only what no waiting event can extend.)
             let unapplied = self.progress.logged.load(Ordering::Acquire) - self.applied;
             if unapplied > 0 && self.unapplied_since.is_none() {
                 self.unapplied_since = Some(Instant::now());
             }
             let read_waiting = self.progress.read_waiting.swap(false, Ordering::AcqRel);
-            let waited = self.unapplied_since.is_some_and(|since| since.elapsed() >= MAX_APPLY_DELAY);
-            if stopping || read_waiting || waited || unapplied >= MIN_APPLY_BATCH_EVENTS as i64 {
+            let waited = self.unapplied_since.is_some_and(|since| since.elapsed() >= self.batching.max_delay);
+            if stopping || read_waiting || waited || unapplied >= self.batching.min_events as i64 {
                 self.apply_logged(&mut last_tick, stopping || read_waiting || waited);
             }
             if stopping {
@@ -543,7 +545,7 @@ impl Writer {
 
     /// Applies the logged events in batches (or until applying fails),
     /// concluding sessions between batches when a tick is due. With `drain`,
-    /// until none is left; otherwise while at least `MIN_APPLY_BATCH_EVENTS`
+    /// until none is left; otherwise while at least the batch size
     /// are, so that the few logged during a batch wait for more.
     fn apply_logged(&mut self, last_tick: &mut Instant, drain: bool) {
         while !self.health.applying_stopped.load(Ordering::Acquire) {
@@ -571,7 +573,7 @@ impl Writer {
                         self.unapplied_since = None;
                         break;
                     }
-                    if !drain && unapplied < MIN_APPLY_BATCH_EVENTS as i64 {
+                    if !drain && unapplied < self.batching.min_events as i64 {
                         // What is left was logged after this batch began.
                         self.unapplied_since = Some(started);
                         break;

@@ -569,3 +569,74 @@ fn logs_hold_no_keys_and_no_user_data() {
         assert!(!log.contains(secret), "the log holds {secret:?}:\n{log}");
     }
 }
+
+/// `--apply-batch-events` and `--apply-delay`: the writer applies acknowledged
+/// events once the batch has gathered, and otherwise waits for the delay, but
+/// a read never waits for it. Bad values are refused before the server starts.
+#[test]
+fn apply_batching_is_configurable_and_reads_never_wait_for_it() {
+    let batch = |first_user: usize| {
+        let events: Vec<Value> = (first_user..first_user + 10)
+            .map(|i| json!({"user_id": format!("u{i}"), "event_type": "Page Viewed", "time": now_ms(), "insert_id": format!("i{i}")}))
+            .collect();
+        json!({ "events": events })
+    };
+    let unapplied = |server: &TestServer| -> u64 {
+        let metrics = server.get("/metrics", None).body;
+        let line = metrics.lines().find(|line| line.starts_with("sessionizer_unapplied_events ")).expect("the gauge");
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+
+    // A batch of 5: ten events are applied without any read asking.
+    let dir = tempfile::tempdir().unwrap();
+    let project = create_project(dir.path(), "small");
+    let server =
+        TestServer::start_with(dir.path(), free_port(), &["--apply-batch-events", "5", "--apply-delay", "60s"]);
+    assert_eq!(server.post("/v1/events", Some(&project.write_key), &batch(0)).status, 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while unapplied(&server) > 0 {
+        assert!(Instant::now() < deadline, "a full batch was not applied");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(server);
+
+    // A batch of 1,000 and a minute's delay: ten events wait in the log,
+    // longer than the default delay (2 s), until a read has them applied.
+    let dir = tempfile::tempdir().unwrap();
+    let project = create_project(dir.path(), "large");
+    let server =
+        TestServer::start_with(dir.path(), free_port(), &["--apply-batch-events", "1000", "--apply-delay", "1m"]);
+    assert_eq!(server.post("/v1/events", Some(&project.write_key), &batch(0)).status, 200);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(unapplied(&server), 10, "the writer waits for the batch or the delay");
+    let usage = server.get("/v1/users/u3", Some(&project.read_key));
+    assert_eq!(usage.status, 200, "{}", usage.body);
+    assert_eq!(usage.json()["session_count"], json!(1), "a read sees every acknowledged event");
+    assert_eq!(unapplied(&server), 0);
+    drop(server);
+
+    // Out of bounds, from a flag, the environment or the file: exit 2, saying which.
+    let config = dir.path().join("sessionizer.toml");
+    std::fs::write(&config, "apply_delay = \"2m\"\n").unwrap();
+    let config = config.to_str().unwrap();
+    // Arguments, an environment variable, what the error says.
+    type Case<'a> = (&'a [&'a str], Option<(&'a str, &'a str)>, &'a str);
+    let cases: [Case<'_>; 5] = [
+        (&["--apply-batch-events", "0"], None, "apply_batch_events must be between 1 and 50000, got 0"),
+        (&["--apply-batch-events", "50001"], None, "apply_batch_events must be between 1 and 50000"),
+        (&["--apply-delay", "soon"], None, "apply_delay: invalid duration"),
+        (&[], Some(("SESSIONIZER_APPLY_DELAY", "0s")), "apply_delay must be above zero and at most 60 s, got 0 ms"),
+        (&["--config", config], None, "apply_delay must be above zero and at most 60 s, got 120000 ms"),
+    ];
+    for (args, env, expected) in cases {
+        let mut command = Command::new(BIN);
+        command.args(["serve", "--data", dir.path().to_str().unwrap(), "--listen", "127.0.0.1:0"]).args(args);
+        if let Some((name, value)) = env {
+            command.env(name, value);
+        }
+        let output = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
