@@ -134,7 +134,7 @@ pub(crate) fn run(args: SessionizeArgs) -> anyhow::Result<()> {
     let events = BatchEvents {
         user: &table.user,
         user_count: table.users.len() as u32,
-        device: &table.device,
+        device: if table.devices == 0 { &[] } else { &table.device },
         time_ms: &table.time_ms,
         class: &table.class,
         // The batch command has no client session ids (its rules never split on them).
@@ -300,6 +300,9 @@ struct EventTable<'a> {
     users: Vec<UserKey>,
     user: Vec<u32>,
     device: Vec<u32>,
+    /// Distinct device ids: with none, the kernel gets no device column and
+    /// skips looking for user changes on shared devices.
+    devices: usize,
     /// Distinct event types, and each row's index into them: what session
     /// entry and exit types are read from, without touching the chunks.
     event_types: Vec<&'a str>,
@@ -308,6 +311,9 @@ struct EventTable<'a> {
     class: Vec<EventClass>,
     /// Rows whose insert id was seen on an earlier row: not sessionized, not written.
     duplicate: Vec<bool>,
+    /// Whether any row has a page: without one, the writers skip looking up
+    /// entry and exit pages (two cache misses per session).
+    has_pages: bool,
     duplicates: u64,
     excluded: u64,
 }
@@ -353,7 +359,7 @@ impl<'a> EventTable<'a> {
         let ids = chunks.iter().flat_map(|chunk| chunk.insert_id.iter());
         let duplicate_rows = duplicate_rows_among(ids, &repeated, insert_id_hash);
         let columns = RowColumns::split(&mut user, &mut device, &mut event_type, &mut class, &mut time_ms, &lengths);
-        let Merged { users, event_types } = merge_interned(&locals, columns);
+        let Merged { users, event_types, devices } = merge_interned(&locals, columns);
         let mut duplicate = vec![false; rows];
         for &row in &duplicate_rows {
             duplicate[row as usize] = true;
@@ -361,12 +367,14 @@ impl<'a> EventTable<'a> {
         }
         let duplicates = duplicate_rows.len() as u64;
         let excluded = class.iter().filter(|&&c| c == EventClass::Excluded).count() as u64 - duplicates;
+        let has_pages = chunks.iter().any(|chunk| chunk.page.has_values());
         EventTable {
             chunks,
             chunk_starts,
             users,
             user,
             device,
+            devices,
             event_types,
             event_type,
             time_ms,
@@ -374,6 +382,7 @@ impl<'a> EventTable<'a> {
             duplicate,
             duplicates,
             excluded,
+            has_pages,
         }
     }
 
@@ -410,16 +419,17 @@ fn sessionize_parallel(
     let parts = threads.clamp(1, 16).min(events.user_count.max(1) as usize);
     let bounds = balanced_user_bounds(events, parts);
     let results = run_parts(parts, |part| sessionize_users(events, rules, options, bounds[part]..bounds[part + 1]));
-    let mut merged = BatchSessions::default();
+    // The first part's vectors grow in place (a large allocation is
+    // remapped, not copied) to take the others'.
+    let total_sessions = results.iter().map(|result| result.sessions.len()).sum::<usize>();
+    let mut results = results.into_iter();
+    let mut merged = results.next().unwrap_or_default();
+    merged.sessions.reserve_exact(total_sessions - merged.sessions.len());
     for result in results {
         let offset = merged.sessions.len() as u32;
-        if merged.event_session.is_empty() {
-            merged.event_session = result.event_session;
-        } else {
-            for (slot, &index) in merged.event_session.iter_mut().zip(&result.event_session) {
-                if index != NO_SESSION {
-                    *slot = index + offset;
-                }
+        for (slot, &index) in merged.event_session.iter_mut().zip(&result.event_session) {
+            if index != NO_SESSION {
+                *slot = index + offset;
             }
         }
         merged.sessions.extend(result.sessions);
@@ -693,6 +703,8 @@ impl<'a> KeyCache<'a> {
 struct Merged<'a> {
     users: Vec<UserKey>,
     event_types: Vec<&'a str>,
+    /// Distinct device ids.
+    devices: usize,
 }
 
 /// Renumbers the parts' local ids into global ones, in part order, so the
@@ -750,7 +762,7 @@ fn merge_interned<'a>(locals: &[LocalInterned<'a>], parts: Vec<RowColumns<'_>>) 
             *slot = type_map[*slot as usize];
         }
     });
-    Merged { users, event_types }
+    Merged { users, event_types, devices: device_index.len() }
 }
 
 /// The sessions' indices in output order: by start, then by user. Runs of
@@ -830,8 +842,12 @@ fn write_sessions(
         let index = order[position] as usize;
         let session = &sessions[index];
         let user = &table.users[session.user as usize];
-        let (entry_chunk, entry_row) = table.locate(session.entry_event);
-        let (exit_chunk, exit_row) = table.locate(session.exit_event);
+        let page_of = |row: u32| {
+            let (chunk, row) = table.locate(row);
+            chunk.page.get(row)
+        };
+        let (entry_page, exit_page) =
+            if table.has_pages { (page_of(session.entry_event), page_of(session.exit_event)) } else { (None, None) };
         SessionRow {
             user_id: user.user_id(),
             device_id: user.device_id(),
@@ -844,9 +860,9 @@ fn write_sessions(
             event_count: session.event_count,
             end_reason: session.end_reason.as_str(),
             entry_event_type: table.event_type_of(session.entry_event),
-            entry_page: entry_chunk.page.get(entry_row),
+            entry_page,
             exit_event_type: table.event_type_of(session.exit_event),
-            exit_page: exit_chunk.page.get(exit_row),
+            exit_page,
         }
     };
     let path = args.output.as_deref().filter(|p| p.as_os_str() != "-");

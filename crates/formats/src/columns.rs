@@ -273,6 +273,14 @@ impl StrColumn {
         Some(&self.data[self.offsets[i] as usize..self.offsets[i + 1] as usize])
     }
 
+    /// Whether any row is not null (a scan of flags or keys, not of values).
+    pub fn has_values(&self) -> bool {
+        match &self.dictionary {
+            None => self.valid.contains(&true),
+            Some((values, keys)) => keys.iter().any(|&key| key != Self::NULL_KEY && values.valid[key as usize]),
+        }
+    }
+
     /// Number of rows.
     #[inline]
     pub fn len(&self) -> usize {
@@ -390,4 +398,30 @@ pub(crate) struct EventRef<'a> {
     pub(crate) insert_id: Option<&'a str>,
     pub(crate) page: Option<&'a str>,
     pub(crate) passive: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StrColumn;
+
+    #[test]
+    fn has_values_is_whether_any_row_reads_as_some() {
+        let plain = |rows: &[Option<&str>]| {
+            let mut column = StrColumn::new();
+            rows.iter().for_each(|&row| column.push(row));
+            column
+        };
+        assert!(!plain(&[]).has_values());
+        assert!(!plain(&[None, None]).has_values());
+        assert!(plain(&[None, Some("")]).has_values(), "an empty string is a value");
+        assert!(plain(&[None, Some("/home")]).has_values());
+        let dictionary = |values: &[Option<&str>], keys: Vec<u32>| {
+            let column = StrColumn::from_dictionary(plain(values), keys);
+            assert_eq!(column.has_values(), column.iter().any(|row| row.is_some()), "{column:?}");
+            column.has_values()
+        };
+        assert!(!dictionary(&[Some("a")], vec![StrColumn::NULL_KEY, StrColumn::NULL_KEY]));
+        assert!(!dictionary(&[None, Some("a")], vec![0, StrColumn::NULL_KEY, 0]));
+        assert!(dictionary(&[None, Some("a")], vec![0, 1]));
+    }
 }
