@@ -42,8 +42,8 @@ use tokio::sync::{oneshot, watch};
 use crate::ApplyBatching;
 use crate::error::ApiError;
 use crate::limits::{
-    MAX_APPLY_BATCH_EVENTS, MAX_GROUP_EVENTS, MAX_GROUP_REQUESTS, MAX_READ_CATCH_UP_MS, MAX_UNAPPLIED_EVENTS,
-    MAX_WRITE_QUEUE_REQUESTS,
+    MAX_APPLY_BATCH_EVENTS, MAX_APPLY_DELAY_MS, MAX_GROUP_EVENTS, MAX_GROUP_REQUESTS, MAX_READ_CATCH_UP_MS,
+    MAX_UNAPPLIED_EVENTS, MAX_WRITE_QUEUE_REQUESTS,
 };
 use crate::metrics::Metrics;
 
@@ -239,6 +239,11 @@ pub(crate) fn start(
     batching: ApplyBatching,
 ) -> Result<(WriterHandle, AppliedWatch, std::thread::JoinHandle<()>), crate::ServeError> {
     let queue_requests = queue_requests.clamp(1, MAX_WRITE_QUEUE_REQUESTS);
+    // `ApplyBatching::new` checks the bounds; its fields are public, so hold them here too.
+    let batching = ApplyBatching {
+        min_events: batching.min_events.clamp(1, MAX_APPLY_BATCH_EVENTS),
+        max_delay: batching.max_delay.clamp(Duration::from_millis(1), Duration::from_millis(MAX_APPLY_DELAY_MS)),
+    };
     let (sender, receiver) = std::sync::mpsc::sync_channel(queue_requests);
     let health = Arc::new(Health::default());
     let applied = store.applied_log_seq()?;
