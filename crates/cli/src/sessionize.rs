@@ -341,19 +341,30 @@ impl<'a> EventTable<'a> {
         let columns = RowColumns::split(&mut user, &mut device, &mut event_type, &mut class, &mut time_ms, &lengths);
         let work = |part: usize, out: RowColumns<'_>| {
             let interned = intern_rows(groups[part], classifier, out);
-            let hashes: Vec<u64> =
-                groups[part].iter().flat_map(|chunk| chunk.insert_id.iter().flatten()).map(insert_id_hash).collect();
+            // Hashed straight into their hash partitions, so that each thread
+            // of phase 2 reads only its own (a scan of every hash, skipping
+            // half at random, cost more than the marking).
+            let expected = lengths[part] / parts + lengths[part] / 64;
+            let mut hashes: Vec<Vec<u64>> = (0..parts).map(|_| Vec::with_capacity(expected)).collect();
+            for chunk in groups[part] {
+                for hash in chunk.insert_id.iter().flatten().map(insert_id_hash) {
+                    hashes[SeenBits::partition_of(hash, parts)].push(hash);
+                }
+            }
             (interned, hashes)
         };
-        let (locals, hash_lists): (Vec<LocalInterned<'a>>, Vec<Vec<u64>>) = run_each(columns, work).into_iter().unzip();
-        // Phase 2, per run of chunks again: which hashes repeat (see
+        let (locals, hash_lists): (Vec<LocalInterned<'a>>, Vec<Vec<Vec<u64>>>) =
+            run_each(columns, work).into_iter().unzip();
+        // Phase 2, per hash partition: which hashes repeat (see
         // `sessionizer_engine::SeenBits`). Phase 3, only if any do: compare
         // those rows' ids exactly, in row order.
-        let lists: Vec<&[u64]> = hash_lists.iter().map(Vec::as_slice).collect();
-        let hashes = lists.iter().map(|list| list.len()).sum();
-        let marked = run_parts(parts, |part| SeenBits::for_partition(hashes, part, parts).mark(&lists));
+        let partition = |part: usize| -> Vec<&[u64]> { hash_lists.iter().map(|run| run[part].as_slice()).collect() };
+        let hashes = hash_lists.iter().flatten().map(Vec::len).sum();
+        let marked = run_parts(parts, |part| SeenBits::for_partition(hashes, part, parts).mark(&partition(part)));
         let candidates = Candidates::new(marked);
-        let occurrences = run_parts(parts, |part| candidates.occurrences(lists[part]));
+        let occurrences = run_parts(parts, |part| {
+            partition(part).into_iter().flat_map(|list| candidates.occurrences(list)).collect()
+        });
         let repeated = candidates.into_repeated(occurrences);
         drop(hash_lists);
         let ids = chunks.iter().flat_map(|chunk| chunk.insert_id.iter());

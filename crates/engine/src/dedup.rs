@@ -96,17 +96,24 @@ impl SeenBits {
         SeenBits { words: vec![0; bits / 64], part: part as u64, parts: parts as u64 }
     }
 
+    /// The partition (of `parts`) a hash belongs to, by its top bits
+    /// (multiply-shift: no division). Callers that hash into per-partition
+    /// lists spare each marking thread a scan of the others' hashes.
+    #[inline]
+    pub fn partition_of(hash: u64, parts: usize) -> usize {
+        ((u128::from(hash) * parts as u128) >> 64) as usize
+    }
+
     /// Marks every hash of the partition in `hash_lists`, in order; returns
     /// the hashes whose bit was already set, by an earlier copy or by another
     /// hash sharing the slot: every copy of a hash after its first is among them.
     pub fn mark(&mut self, hash_lists: &[&[u64]]) -> Vec<u64> {
-        // Multiply-shift maps a hash to a partition by its top bits, without a
-        // division; the slot comes from the low bits.
-        let (part, parts) = (self.part, self.parts);
+        // The partition comes from the top bits, the slot from the low bits.
+        let (part, parts) = (self.part as usize, self.parts as usize);
         let mask = (self.words.len() * 64 - 1) as u64;
         let mut marked_before = Vec::new();
         for &hash in hash_lists.iter().flat_map(|list| list.iter()) {
-            if ((u128::from(hash) * u128::from(parts)) >> 64) as u64 != part {
+            if SeenBits::partition_of(hash, parts) != part {
                 continue;
             }
             let slot = hash & mask;

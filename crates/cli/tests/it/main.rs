@@ -260,3 +260,43 @@ fn missing_and_unsupported_inputs_exit_with_their_codes() {
     assert!(stderr(&bad_output).contains("--output"), "{}", stderr(&bad_output));
     assert!(!output.exists());
 }
+
+/// Duplicates within and across input files are found whatever the thread
+/// count: each thread interns and hashes its own files, the hashes are
+/// marked per hash partition (several with several files and threads).
+#[test]
+fn duplicates_across_files_are_dropped_with_any_thread_count() {
+    let dir = temp_dir();
+    let t0: i64 = 1_700_000_000_000;
+    let mut paths = Vec::new();
+    for file in 0..4i64 {
+        // 500 events per file; every fifth repeats an id of the previous file
+        // (and the first file repeats its own), so 400 of 2,000 are duplicates.
+        let lines: Vec<String> = (0..500i64)
+            .map(|i| {
+                let id = if i % 5 == 0 { format!("f{}-{}", (file - 1).max(0), i + 1) } else { format!("f{file}-{i}") };
+                let user = format!("u{}", i % 37);
+                format!(
+                    r#"{{"user_id":"{user}","event_type":"Page Viewed","time":{},"insert_id":"{id}"}}"#,
+                    t0 + (file * 500 + i) * 7_000
+                )
+            })
+            .collect();
+        let path = dir.path().join(format!("part{file}.ndjson"));
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        paths.push(path);
+    }
+    let mut outputs = Vec::new();
+    for threads in ["1", "2", "3", "4"] {
+        let stats = dir.path().join(format!("stats{threads}.json"));
+        let mut args = vec!["sessionize", "--quiet", "--threads", threads, "--stats-json", path_str(&stats)];
+        args.extend(paths.iter().map(|path| path_str(path)));
+        let output = run(&args);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let stats: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+        assert_eq!(stats["events_read"], 2_000, "{threads} threads");
+        assert_eq!(stats["duplicates"], 400, "{threads} threads");
+        outputs.push(stdout(&output));
+    }
+    assert!(outputs.windows(2).all(|pair| pair[0] == pair[1]), "the same sessions with any thread count");
+}
