@@ -13,7 +13,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 
-use super::{FieldNames, ReadOptions, Skips, check_len, missing_user, optional_str, required_event_type};
+use super::{
+    FieldNames, ParsedBlock, ReadOptions, Skips, check_len, missing_user, optional_str, parse_blocks,
+    required_event_type,
+};
 use crate::columns::{EventChunk, EventRef};
 use crate::error::{ReadError, ReadErrorKind};
 use crate::limits::{CHUNK_BYTES, CHUNK_ROWS, MAX_LINE_BYTES};
@@ -109,7 +112,7 @@ impl Block {
 
     /// Converts the block into a chunk and its bad rows (in line order).
     /// Without `skip_invalid`, stops at the first bad row.
-    fn parse(&self, layout: Layout<'_>, skip_invalid: bool) -> (EventChunk, Vec<(u64, ReadErrorKind)>) {
+    fn parse(&self, layout: Layout<'_>, skip_invalid: bool) -> ParsedBlock {
         let mut chunk = EventChunk::with_capacity(self.records.len());
         let mut errors = Vec::new();
         let (mut bytes_start, mut ends_start) = (0, 0);
@@ -335,10 +338,6 @@ impl CsvReader {
         Ok(reader)
     }
 
-    fn layout(&self, columns: Columns) -> Layout<'_> {
-        Layout { columns, header_fields: self.header_fields, fields: &self.fields }
-    }
-
     /// Takes up to one block per converting thread from the splitter thread
     /// (starting it the first time), converts them in parallel and queues
     /// the chunks in order. The splitter runs ahead by at most
@@ -371,25 +370,10 @@ impl CsvReader {
                 None => break,
             }
         }
-        let (layout, skip_invalid) = (self.layout(columns), self.skips.skip_invalid);
-        let results: Vec<_> = std::thread::scope(|scope| {
-            let workers: Vec<_> =
-                blocks[1..].iter().map(|block| scope.spawn(move || block.parse(layout, skip_invalid))).collect();
-            let first = blocks[..1].iter().map(|block| block.parse(layout, skip_invalid));
-            let rest = workers
-                .into_iter()
-                .map(|worker| worker.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
-            first.chain(rest).collect()
-        });
-        for (chunk, errors) in results {
-            for (line, kind) in errors {
-                self.skips.absorb(ReadError { path: self.path.clone(), line: Some(line), kind })?;
-            }
-            if !chunk.is_empty() {
-                self.ready.push_back(chunk);
-            }
-        }
-        Ok(())
+        let layout = Layout { columns, header_fields: self.header_fields, fields: &self.fields };
+        let skip_invalid = self.skips.skip_invalid;
+        let parse = |block: &Block| block.parse(layout, skip_invalid);
+        parse_blocks(&blocks, parse, &self.path, &mut self.skips, &mut self.ready)
     }
 }
 

@@ -186,6 +186,39 @@ impl Skips {
     }
 }
 
+/// A block of rows converted into a chunk, with its bad rows (line, problem) in order.
+type ParsedBlock = (EventChunk, Vec<(u64, ReadErrorKind)>);
+
+/// The parallel step of the NDJSON and CSV readers: converts `blocks` at
+/// once (the first on the calling thread, the others on scoped threads),
+/// then, in block order, hands their bad rows to `skips` (stopping at the
+/// first one it does not absorb) and queues their non-empty chunks on `ready`.
+fn parse_blocks<B: Sync>(
+    blocks: &[B],
+    parse: impl Fn(&B) -> ParsedBlock + Sync,
+    path: &str,
+    skips: &mut Skips,
+    ready: &mut std::collections::VecDeque<EventChunk>,
+) -> Result<(), ReadError> {
+    let parse = &parse;
+    let results: Vec<ParsedBlock> = std::thread::scope(|scope| {
+        let workers: Vec<_> = blocks.iter().skip(1).map(|block| scope.spawn(move || parse(block))).collect();
+        let first = blocks.first().map(parse);
+        let rest =
+            workers.into_iter().map(|worker| worker.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
+        first.into_iter().chain(rest).collect()
+    });
+    for (chunk, errors) in results {
+        for (line, kind) in errors {
+            skips.absorb(ReadError { path: path.to_owned(), line: Some(line), kind })?;
+        }
+        if !chunk.is_empty() {
+            ready.push_back(chunk);
+        }
+    }
+    Ok(())
+}
+
 /// Checks a string field against [`MAX_FIELD_BYTES`].
 #[inline]
 fn check_len(field: &str, value: &str) -> Result<(), ReadErrorKind> {

@@ -11,7 +11,10 @@ use std::io::{BufRead, BufReader, Read};
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use super::{FieldNames, ReadOptions, Skips, check_len, missing_user, optional_str, required_event_type};
+use super::{
+    FieldNames, ParsedBlock, ReadOptions, Skips, check_len, missing_user, optional_str, parse_blocks,
+    required_event_type,
+};
 use crate::columns::EventChunk;
 use crate::error::{ReadError, ReadErrorKind};
 use crate::limits::{CHUNK_BYTES, CHUNK_ROWS, MAX_LINE_BYTES};
@@ -454,7 +457,7 @@ impl Block {
 
     /// Parses the block into a chunk and its bad rows (in line order). Without
     /// `skip_invalid`, stops at the first bad row.
-    fn parse(&self, fields: &FieldNames, skip_invalid: bool) -> (EventChunk, Vec<(u64, ReadErrorKind)>) {
+    fn parse(&self, fields: &FieldNames, skip_invalid: bool) -> ParsedBlock {
         let mut chunk = EventChunk::with_capacity(self.entries.len());
         let mut errors = Vec::new();
         let mut start = 0;
@@ -683,27 +686,10 @@ impl NdjsonReader {
             used += 1;
         }
         let (fields, skip_invalid) = (&self.fields, self.skips.skip_invalid);
-        let results: Vec<_> = std::thread::scope(|scope| {
-            let workers: Vec<_> = blocks[used.min(1)..used]
-                .iter()
-                .map(|block| scope.spawn(move || block.parse(fields, skip_invalid)))
-                .collect();
-            let first = blocks[..used.min(1)].iter().map(|block| block.parse(fields, skip_invalid));
-            let rest = workers
-                .into_iter()
-                .map(|worker| worker.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
-            first.chain(rest).collect()
-        });
+        let parse = |block: &Block| block.parse(fields, skip_invalid);
+        let parsed = parse_blocks(&blocks[..used], parse, &self.path, &mut self.skips, &mut self.ready);
         self.blocks = blocks;
-        for (chunk, errors) in results {
-            for (line_no, kind) in errors {
-                self.row_error(line_no, kind)?;
-            }
-            if !chunk.is_empty() {
-                self.ready.push_back(chunk);
-            }
-        }
-        Ok(())
+        parsed
     }
 }
 
