@@ -25,7 +25,8 @@ pub struct BatchEvents<'a> {
     /// Dense index of the event's [`crate::UserKey`], below `user_count`.
     pub user: &'a [u32],
     pub user_count: u32,
-    /// Dense index of the event's device, or [`NO_DEVICE`].
+    /// Dense index of the event's device, or [`NO_DEVICE`]; empty when no
+    /// event has a device (then no session ends by a user change).
     pub device: &'a [u32],
     pub time_ms: &'a [i64],
     pub class: &'a [EventClass],
