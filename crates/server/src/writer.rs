@@ -10,6 +10,8 @@
 //!   batches, feeds the engine, and stores the events (ordered by user) and
 //!   the sessions' changes in one transaction, which also records the last log
 //!   position applied; it concludes sessions as the server clock passes them.
+//!   For a large batch, a scoped helper thread feeds the engines while the
+//!   applying thread inserts the events: the two are independent.
 //!   Batches grow with the load, and with them the events sharing each index
 //!   page written.
 //!
@@ -36,7 +38,9 @@ use std::time::{Duration, Instant};
 use sessionizer_engine::{
     Assignment, ChangeKind, Event, EventClassifier, LiveConfig, SessionChange, SessionRules, Sessionizer, UserKey,
 };
-use sessionizer_store::{IngestLog, LogReader, NewEvent, Project, Store, StoreError, StoredSession, sessionize_stored};
+use sessionizer_store::{
+    IngestLog, LogReader, NewEvent, Project, Store, StoreError, StoredEvent, StoredSession, sessionize_stored,
+};
 use tokio::sync::{oneshot, watch};
 
 use crate::ApplyBatching;
@@ -65,6 +69,8 @@ const CATCH_UP_POLL: Duration = Duration::from_millis(50);
 /// Applied log rows are deleted from the log once this many have gathered,
 /// in the transaction of the next append.
 const LOG_TRIM_ROWS: i64 = 8_192;
+/// Batches at least this large are stored and sessionized on two threads at once.
+const PARALLEL_APPLY_MIN_EVENTS: usize = 1_000;
 
 /// What the writer reports back for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -707,39 +713,37 @@ impl Writer {
                 self.load(project)?;
             }
         }
-        let batch = self.store.batch()?;
-        batch.insert_logged_events(&rows, through)?;
-        let mut fresh: HashMap<i64, Vec<Event>> = HashMap::new();
-        for (project_id, stored) in &rows {
-            let Some(project) = self.engines.get(project_id) else {
-                return Err(StoreError::UnknownProject(project_id.to_string()));
-            };
-            fresh.entry(*project_id).or_default().push(stored.event.engine_event(&project.classifier));
+        if let Some((project_id, _)) = rows.iter().find(|(project, _)| !self.engines.contains_key(project)) {
+            return Err(StoreError::UnknownProject(project_id.to_string()));
         }
-        for (project_id, events) in fresh {
-            let project = self.engines.get_mut(&project_id).expect("checked above");
-            let users: Vec<UserKey> = events.iter().map(|e| e.user.clone()).collect();
-            let outcome = project.engine.ingest(events, now);
-            let mut changes = coalesce(outcome.changes);
-            // In user order, as the events were stored: consecutive upserts
-            // share the sessions table's pages. Stable, so each user's changes
-            // keep their order (a merge's superseded session before the survivor).
-            changes.sort_by(|a, b| a.record.user.cmp(&b.record.user));
+        let batch = self.store.batch()?;
+        // Storing the events (SQLite) and sessionizing them (the engines, in
+        // memory) are independent: on two cores at once when the batch is
+        // large enough to pay for a thread. If storing fails, the engines have
+        // moved ahead of the store, as when writing the changes fails: the
+        // caller reloads them and the events are applied again from the log.
+        let engines = &mut self.engines;
+        let (inserted, sessionized) = if rows.len() >= PARALLEL_APPLY_MIN_EVENTS {
+            std::thread::scope(|scope| {
+                let sessionizing = scope.spawn(|| {
+                    lower_this_threads_priority();
+                    sessionize_rows(engines, &rows, now)
+                });
+                let inserted = batch.insert_logged_events(&rows, through);
+                (inserted, sessionizing.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+            })
+        } else {
+            (batch.insert_logged_events(&rows, through), sessionize_rows(engines, &rows, now))
+        };
+        inserted?;
+        for Sessionized { project_id, changes, deferred } in sessionized {
+            let project = &self.engines[&project_id];
             for change in &changes {
                 batch.apply_change(project_id, change)?;
             }
             // Events the engine's horizon no longer covers: the store resolves
             // them by re-sessionizing the user's history.
-            let mut deferred: Vec<&UserKey> = outcome
-                .assignments
-                .iter()
-                .zip(&users)
-                .filter(|(assignment, _)| matches!(assignment, Assignment::Deferred(_)))
-                .map(|(_, user)| user)
-                .collect();
-            deferred.sort();
-            deferred.dedup();
-            for user in deferred {
+            for user in &deferred {
                 let events = batch.user_neighbourhood_events(project_id, user)?;
                 let sessions: Vec<StoredSession> =
                     sessionize_stored(&project.project.public_id, &events, &project.rules, &project.classifier, now)
@@ -752,9 +756,10 @@ impl Writer {
         }
         batch.commit()?;
         self.applied = through;
-        self.progress.applied.send_replace(through);
+        // The gauge first: a read released by the watch sees it current.
         let logged = self.progress.logged.load(Ordering::Relaxed);
         self.metrics.unapplied_events.store(logged - through, Ordering::Relaxed);
+        self.progress.applied.send_replace(through);
         self.metrics.apply_latency.observe(started.elapsed());
         Ok(rows.len())
     }
@@ -837,6 +842,52 @@ impl Writer {
 /// (the group commits atomically), so intermediate states are not written.
 /// A session started and superseded within the group leaves no trace; one
 /// that existed before and changed keeps its last kind and state.
+/// What one project's engine made of a batch of logged events.
+struct Sessionized {
+    project_id: i64,
+    /// The net change of each session, in user order.
+    changes: Vec<SessionChange>,
+    /// Users with events the engine deferred, for the store to re-sessionize.
+    deferred: Vec<UserKey>,
+}
+
+/// Feeds a batch of logged events to their projects' engines (each row's
+/// project must have one). Memory only: it runs beside the batch's inserts.
+fn sessionize_rows(
+    engines: &mut HashMap<i64, ProjectEngine>,
+    rows: &[(i64, StoredEvent)],
+    now_ms: i64,
+) -> Vec<Sessionized> {
+    let mut fresh: HashMap<i64, Vec<Event>> = HashMap::new();
+    for (project_id, stored) in rows {
+        let classifier = &engines[project_id].classifier;
+        fresh.entry(*project_id).or_default().push(stored.event.engine_event(classifier));
+    }
+    fresh
+        .into_iter()
+        .map(|(project_id, events)| {
+            let engine = &mut engines.get_mut(&project_id).expect("every row's project has an engine").engine;
+            let users: Vec<UserKey> = events.iter().map(|e| e.user.clone()).collect();
+            let outcome = engine.ingest(events, now_ms);
+            let mut changes = coalesce(outcome.changes);
+            // In user order, as the events were stored: consecutive upserts
+            // share the sessions table's pages. Stable, so each user's changes
+            // keep their order (a merge's superseded session before the survivor).
+            changes.sort_by(|a, b| a.record.user.cmp(&b.record.user));
+            let mut deferred: Vec<UserKey> = outcome
+                .assignments
+                .iter()
+                .zip(users)
+                .filter(|(assignment, _)| matches!(assignment, Assignment::Deferred(_)))
+                .map(|(_, user)| user)
+                .collect();
+            deferred.sort();
+            deferred.dedup();
+            Sessionized { project_id, changes, deferred }
+        })
+        .collect()
+}
+
 fn coalesce(changes: Vec<SessionChange>) -> Vec<SessionChange> {
     if changes.len() < 2 {
         return changes;

@@ -640,3 +640,69 @@ fn apply_batching_is_configurable_and_reads_never_wait_for_it() {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
 }
+
+/// A batch large enough for the writer to store and sessionize it on two
+/// threads at once (`PARALLEL_APPLY_MIN_EVENTS`) gives the sessions the batch
+/// command finds in the same events.
+#[test]
+fn a_large_batch_applied_at_once_matches_the_batch_command() {
+    const USERS: i64 = 40;
+    const EVENTS_PER_USER: i64 = 75;
+    let dir = tempfile::tempdir().unwrap();
+    let project = create_project(dir.path(), "large batch");
+    // Nothing is applied until the read below: then all 3,000 events at once.
+    let server =
+        TestServer::start_with(dir.path(), free_port(), &["--apply-batch-events", "50000", "--apply-delay", "60s"]);
+    // Each user's last event a minute ago at the latest (the server refuses
+    // the future), the first at most 62.5 hours before (inside the engine's
+    // 72-hour horizon).
+    let mut events = Vec::new();
+    for user in 0..USERS {
+        let mut time_ms = now_ms() - 60_000 - EVENTS_PER_USER * 3_000_000 + user * 1_000;
+        for n in 0..EVENTS_PER_USER {
+            // Gaps of 1 s to 50 min: some below the 30 min timeout, some above.
+            time_ms += 1_000 + (user * 7_919 + n * 104_729) % 2_999_000;
+            let event_type = match n % 10 {
+                0 => "Notification Sent", // excluded: no session
+                _ => "Page Viewed",
+            };
+            events.push(json!({
+                "user_id": format!("user-{user}"),
+                "event_type": event_type,
+                "time": time_ms,
+                "insert_id": format!("{user}-{n}"),
+            }));
+        }
+    }
+    // Arrival order is not time order: the users interleave, newest first.
+    events.reverse();
+    for request in events.chunks(500) {
+        let reply = server.post("/v1/events", Some(&project.write_key), &json!({ "events": request }));
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+
+    let input = dir.path().join("events.ndjson");
+    let lines: Vec<String> = events.iter().map(Value::to_string).collect();
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let output = Command::new(BIN).args(["sessionize", input.to_str().unwrap(), "--quiet"]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let key = |session: &Value| {
+        ["user_id", "session_id", "start_ms", "end_ms", "event_count"].map(|field| session[field].to_string())
+    };
+    let mut expected: Vec<[String; 5]> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| key(&serde_json::from_str(line).unwrap()))
+        .collect();
+    expected.sort();
+
+    let mut stored = Vec::new();
+    for user in 0..USERS {
+        let reply = server.get(&format!("/v1/sessions?user_id=user-{user}"), Some(&project.read_key));
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        stored.extend(reply.json()["sessions"].as_array().unwrap().iter().map(key));
+    }
+    stored.sort();
+    assert!(expected.len() > 2 * USERS as usize, "the data has gaps above the timeout: {}", expected.len());
+    assert_eq!(stored, expected);
+}
