@@ -837,11 +837,6 @@ impl Writer {
     }
 }
 
-/// The net effect of a group's changes, one per session: what was in the
-/// store before the group and what is after it are all that anyone can see
-/// (the group commits atomically), so intermediate states are not written.
-/// A session started and superseded within the group leaves no trace; one
-/// that existed before and changed keeps its last kind and state.
 /// What one project's engine made of a batch of logged events.
 struct Sessionized {
     project_id: i64,
@@ -888,6 +883,11 @@ fn sessionize_rows(
         .collect()
 }
 
+/// The net effect of a group's changes, one per session: what was in the
+/// store before the group and what is after it are all that anyone can see
+/// (the group commits atomically), so intermediate states are not written.
+/// A session started and superseded within the group leaves no trace; one
+/// that existed before and changed keeps its last kind and state.
 fn coalesce(changes: Vec<SessionChange>) -> Vec<SessionChange> {
     if changes.len() < 2 {
         return changes;
