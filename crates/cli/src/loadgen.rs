@@ -62,9 +62,9 @@ const PAGES: [&str; 8] = ["/", "/home", "/search", "/item", "/cart", "/checkout"
 ///
 /// Users are drawn uniformly at random from --users ids, so at R events/s each
 /// user sends about R×60/users events a minute; event times are the current
-/// time minus up to 10 s. Every event has a unique insert id
-/// `{seed}-{worker}-{counter}`: give each run against the same data a different
-/// --seed, or the server will count the events as duplicates.
+/// time minus up to 10 s. Every event has a unique insert id, a random UUID as
+/// the SDKs send, drawn from the seed: give each run against the same data a
+/// different --seed, or the server will count the events as duplicates.
 #[derive(Debug, Args)]
 pub(crate) struct LoadgenArgs {
     /// The server's base URL (plain HTTP).
@@ -200,9 +200,6 @@ impl Rng {
 #[derive(Debug)]
 struct EventGen {
     rng: Rng,
-    seed: u64,
-    worker: u32,
-    counter: u64,
     users: u64,
 }
 
@@ -211,7 +208,7 @@ impl EventGen {
         // Decorrelate the workers' streams: hash (seed, worker) into the starting state.
         let base = Rng::new(seed).next_u64();
         let state = Rng::new(base ^ u64::from(worker).wrapping_mul(0xd1b5_4a32_d192_ed03)).next_u64();
-        EventGen { rng: Rng::new(state), seed, worker, counter: 0, users }
+        EventGen { rng: Rng::new(state), users }
     }
 
     /// Writes a request body of `events` events happening just before `now_ms` into `out`.
@@ -226,11 +223,13 @@ impl EventGen {
             let event_type = EVENT_TYPES[self.rng.below(EVENT_TYPES.len() as u64) as usize];
             let page = PAGES[self.rng.below(PAGES.len() as u64) as usize];
             let time = now_ms - self.rng.below(MAX_EVENT_AGE_MS + 1) as i64;
-            let (seed, worker, counter) = (self.seed, self.worker, self.counter);
-            self.counter += 1;
+            // A random UUID, as the SDKs send: the insert-id index then takes
+            // each event at a random place, as it does in production.
+            let random = (u128::from(self.rng.next_u64()) << 64) | u128::from(self.rng.next_u64());
+            let insert_id = uuid::Builder::from_random_bytes(random.to_le_bytes()).into_uuid();
             write!(
                 out,
-                r#"{{"user_id":"user-{user}","event_type":"{event_type}","time":{time},"insert_id":"{seed}-{worker}-{counter}","page":"{page}"}}"#
+                r#"{{"user_id":"user-{user}","event_type":"{event_type}","time":{time},"insert_id":"{insert_id}","page":"{page}"}}"#
             )
             .expect("writing to a String cannot fail");
         }
@@ -799,7 +798,10 @@ mod tests {
                 }
             }
         }
-        assert!(insert_ids.contains("42-2-149"));
+        assert!(
+            insert_ids.iter().all(|id| uuid::Uuid::parse_str(id).is_ok_and(|uuid| uuid.get_version_num() == 4)),
+            "insert ids are random UUIDs, as the SDKs send"
+        );
         assert!(users.len() > 300 && users.len() <= 1_000, "users drawn from the pool: {}", users.len());
         assert!(
             users
