@@ -419,7 +419,7 @@ pub fn config(data: &[u8]) {
             }
             // (`apply_delay` is parsed by the binary's private duration parser.)
             if let Some(n) = file.apply_batch_events {
-                let delay = sessionizer_server::ApplyBatching::default().max_delay;
+                let delay = sessionizer_server::ApplyBatching::default().max_delay();
                 let accepted = sessionizer_server::ApplyBatching::new(n, delay).is_ok();
                 assert_eq!(accepted, (1..=sessionizer_server::limits::MAX_APPLY_BATCH_EVENTS).contains(&n), "config: {n}");
             }

@@ -105,13 +105,14 @@ fn apply_batching(min_events: Option<usize>, delay: Option<String>) -> Result<Ap
     let usage = |message: String| Exit::new(Failure::Usage, anyhow::anyhow!(message));
     let defaults = ApplyBatching::default();
     let max_delay = match delay {
-        None => defaults.max_delay,
+        None => defaults.max_delay(),
         Some(text) => {
             let ms = crate::duration::parse_duration_ms(&text).map_err(|e| usage(format!("apply_delay: {e}")))?;
-            std::time::Duration::from_millis(ms.unsigned_abs())
+            // The parser refuses negative durations.
+            std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0))
         }
     };
-    ApplyBatching::new(min_events.unwrap_or(defaults.min_events), max_delay).map_err(usage)
+    ApplyBatching::new(min_events.unwrap_or(defaults.min_events()), max_delay).map_err(usage)
 }
 
 /// The configuration file's keys.

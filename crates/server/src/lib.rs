@@ -83,13 +83,24 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ApplyBatching {
     /// 1 ..= [`limits::MAX_APPLY_BATCH_EVENTS`].
-    pub min_events: usize,
+    min_events: usize,
     /// Above zero, at most [`limits::MAX_APPLY_DELAY_MS`].
-    pub max_delay: Duration,
+    max_delay: Duration,
 }
 
 impl ApplyBatching {
-    /// Checks the bounds; the error says which and why.
+    /// The batch size the writer waits for.
+    pub fn min_events(&self) -> usize {
+        self.min_events
+    }
+
+    /// The longest an acknowledged event waits to be applied.
+    pub fn max_delay(&self) -> Duration {
+        self.max_delay
+    }
+
+    /// Checks the bounds (the only way to build one besides `default`); the
+    /// error says which and why.
     pub fn new(min_events: usize, max_delay: Duration) -> Result<ApplyBatching, String> {
         let max_events = limits::MAX_APPLY_BATCH_EVENTS;
         if !(1..=max_events).contains(&min_events) {

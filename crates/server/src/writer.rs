@@ -46,8 +46,8 @@ use tokio::sync::{oneshot, watch};
 use crate::ApplyBatching;
 use crate::error::ApiError;
 use crate::limits::{
-    MAX_APPLY_BATCH_EVENTS, MAX_APPLY_DELAY_MS, MAX_GROUP_EVENTS, MAX_GROUP_REQUESTS, MAX_READ_CATCH_UP_MS,
-    MAX_UNAPPLIED_EVENTS, MAX_WRITE_QUEUE_REQUESTS,
+    MAX_APPLY_BATCH_EVENTS, MAX_GROUP_EVENTS, MAX_GROUP_REQUESTS, MAX_READ_CATCH_UP_MS, MAX_UNAPPLIED_EVENTS,
+    MAX_WRITE_QUEUE_REQUESTS,
 };
 use crate::metrics::Metrics;
 
@@ -245,11 +245,6 @@ pub(crate) fn start(
     batching: ApplyBatching,
 ) -> Result<(WriterHandle, AppliedWatch, std::thread::JoinHandle<()>), crate::ServeError> {
     let queue_requests = queue_requests.clamp(1, MAX_WRITE_QUEUE_REQUESTS);
-    // `ApplyBatching::new` checks the bounds; its fields are public, so hold them here too.
-    let batching = ApplyBatching {
-        min_events: batching.min_events.clamp(1, MAX_APPLY_BATCH_EVENTS),
-        max_delay: batching.max_delay.clamp(Duration::from_millis(1), Duration::from_millis(MAX_APPLY_DELAY_MS)),
-    };
     let (sender, receiver) = std::sync::mpsc::sync_channel(queue_requests);
     let health = Arc::new(Health::default());
     let applied = store.applied_log_seq()?;
@@ -523,7 +518,7 @@ impl Writer {
         loop {
             let mut wait = TICK.saturating_sub(last_tick.elapsed());
             if let Some(since) = self.unapplied_since {
-                wait = wait.min(self.batching.max_delay.saturating_sub(since.elapsed()));
+                wait = wait.min(self.batching.max_delay().saturating_sub(since.elapsed()));
             }
             let woke = woken.recv_timeout(wait);
             let stopping =
@@ -537,8 +532,8 @@ impl Writer {
                 self.unapplied_since = Some(Instant::now());
             }
             let read_waiting = self.progress.read_waiting.swap(false, Ordering::AcqRel);
-            let waited = self.unapplied_since.is_some_and(|since| since.elapsed() >= self.batching.max_delay);
-            if stopping || read_waiting || waited || unapplied >= self.batching.min_events as i64 {
+            let waited = self.unapplied_since.is_some_and(|since| since.elapsed() >= self.batching.max_delay());
+            if stopping || read_waiting || waited || unapplied >= self.batching.min_events() as i64 {
                 self.apply_logged(&mut last_tick, stopping || read_waiting || waited);
             }
             if stopping {
@@ -584,7 +579,7 @@ impl Writer {
                         self.unapplied_since = None;
                         break;
                     }
-                    if !drain && unapplied < self.batching.min_events as i64 {
+                    if !drain && unapplied < self.batching.min_events() as i64 {
                         // What is left was logged after this batch began.
                         self.unapplied_since = Some(started);
                         break;
