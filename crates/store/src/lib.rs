@@ -596,20 +596,27 @@ impl Batch<'_> {
     /// Stores an event unless its `(project, insert_id)` is already stored;
     /// returns whether it was new.
     pub fn insert_event(&self, project: i64, event: &NewEvent) -> Result<bool, StoreError> {
+        if let Some(insert_id) = &event.insert_id
+            && insert_id_stored(&self.tx, project, insert_id)?
+        {
+            return Ok(false);
+        }
         let mut statement = self.tx.prepare_cached(&format!(
-            "INSERT OR IGNORE INTO events ({EVENT_INSERT_COLUMNS}) VALUES ({})",
-            placeholders(1, EVENT_INSERT_VALUES)
+            "INSERT INTO events (insert_hash, {EVENT_INSERT_COLUMNS}) VALUES (?1, {})",
+            placeholders(2, EVENT_INSERT_VALUES)
         ))?;
-        bind_event(&mut statement, 1, project, &event.user_key(), event)?;
-        Ok(statement.raw_execute()? == 1)
+        statement.raw_bind_parameter(1, event.insert_id.as_deref().map(insert_hash))?;
+        bind_event(&mut statement, 2, project, &event.user_key(), event)?;
+        statement.raw_execute()?;
+        Ok(true)
     }
 
     /// Stores events read from the ingest log ([`LogReader::events_after`]),
     /// in user order so that consecutive inserts share index pages, keeping
     /// their log positions as `seq`, and records `through` as the last log
     /// position applied, in this transaction. The log's writer deduplicated
-    /// them against `events` already, so an insert id found here again is an
-    /// error, not a silent skip.
+    /// them against `events` already (`IngestLog::stored_in_main`), exactly:
+    /// no index checks it again here, as `insert_hash` may repeat.
     pub fn insert_logged_events(&self, events: &[(i64, StoredEvent)], through: i64) -> Result<(), StoreError> {
         let users: Vec<UserKey> = events.iter().map(|(_, stored)| stored.event.user_key()).collect();
         let mut order: Vec<usize> = (0..events.len()).collect();
@@ -618,13 +625,14 @@ impl Batch<'_> {
             key(a).cmp(&key(b))
         });
         let mut statement = self.tx.prepare_cached(&format!(
-            "INSERT INTO events (seq, {EVENT_INSERT_COLUMNS}) VALUES (?1, {})",
-            placeholders(2, EVENT_INSERT_VALUES)
+            "INSERT INTO events (seq, insert_hash, {EVENT_INSERT_COLUMNS}) VALUES (?1, ?2, {})",
+            placeholders(3, EVENT_INSERT_VALUES)
         ))?;
         for index in order {
             let (project, stored) = &events[index];
             statement.raw_bind_parameter(1, stored.seq)?;
-            bind_event(&mut statement, 2, *project, &users[index], &stored.event)?;
+            statement.raw_bind_parameter(2, stored.event.insert_id.as_deref().map(insert_hash))?;
+            bind_event(&mut statement, 3, *project, &users[index], &stored.event)?;
             statement.raw_execute()?;
         }
         self.tx.execute("UPDATE log_applied SET seq = ?1", params![through])?;
@@ -799,6 +807,30 @@ impl Batch<'_> {
 const EVENT_INSERT_COLUMNS: &str = "project, user_kind, user_key, user_id, device_id, event_type, time_ms, insert_id, \
                                     page, passive, properties, received_ms, client_session_id, platform, ip";
 const EVENT_INSERT_VALUES: usize = 15;
+
+/// What `events.insert_hash` holds for an insert id: its 64-bit hash (the
+/// batch command's, `sessionizer_engine::insert_id_hash`), as SQLite's signed
+/// integer. Stored, so it must never change.
+pub(crate) fn insert_hash(insert_id: &str) -> i64 {
+    sessionizer_engine::insert_id_hash(insert_id) as i64
+}
+
+/// Whether `events` holds `(project, insert_id)`: a seek of the hash index,
+/// then the ids under that hash compared, so a collision never counts as a
+/// duplicate.
+pub(crate) fn insert_id_stored(conn: &Connection, project: i64, insert_id: &str) -> Result<bool, StoreError> {
+    // `insert_hash = ?2` implies the partial index's `insert_hash IS NOT NULL`.
+    let mut statement = conn.prepare_cached(INSERT_ID_PROBE_SQL)?;
+    let mut rows = statement.query(params![project, insert_hash(insert_id)])?;
+    while let Some(row) = rows.next()? {
+        if row.get_ref(0)?.as_str().is_ok_and(|stored| stored == insert_id) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+pub(crate) const INSERT_ID_PROBE_SQL: &str = "SELECT insert_id FROM events WHERE project = ?1 AND insert_hash = ?2";
 
 /// `?first, ?first+1, ...`: `count` numbered parameters.
 fn placeholders(first: usize, count: usize) -> String {

@@ -22,7 +22,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::{
     DB_FILE, EVENT_INSERT_COLUMNS, EVENT_INSERT_VALUES, NewEvent, StoreError, StoredEvent, bind_event, event_of_row,
-    placeholders,
+    insert_id_stored, placeholders,
 };
 
 /// The ingest log's database file inside the data directory.
@@ -129,13 +129,8 @@ impl IngestLog {
     pub fn stored_in_main(&mut self, keys: &[(i64, &str)]) -> Result<Vec<bool>, StoreError> {
         let tx = self.main.transaction()?;
         let mut found = Vec::with_capacity(keys.len());
-        {
-            // `insert_id = ?2` implies the partial index's `insert_id IS NOT NULL`.
-            let mut statement =
-                tx.prepare_cached("SELECT 1 FROM events WHERE project = ?1 AND insert_id = ?2 LIMIT 1")?;
-            for (project, insert_id) in keys {
-                found.push(statement.exists(params![project, insert_id])?);
-            }
+        for (project, insert_id) in keys {
+            found.push(insert_id_stored(&tx, *project, insert_id)?);
         }
         tx.finish()?;
         Ok(found)

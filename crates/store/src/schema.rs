@@ -4,10 +4,17 @@ use rusqlite::Connection;
 
 use crate::StoreError;
 
+/// One step of the schema: SQL, or code for what SQL cannot compute.
+enum Migration {
+    Sql(&'static str),
+    Code(fn(&Connection) -> Result<(), StoreError>),
+}
+
 /// Each entry upgrades the schema by one version.
-const MIGRATIONS: &[&str] = &[
+const MIGRATIONS: &[Migration] = &[
     // 1: projects, keys, events, sessions, session changes.
-    "
+    Migration::Sql(
+        "
     CREATE TABLE projects (
         id INTEGER PRIMARY KEY,
         public_id TEXT NOT NULL UNIQUE,
@@ -82,47 +89,63 @@ const MIGRATIONS: &[&str] = &[
         raised_at_ms INTEGER NOT NULL
     );
     ",
+    ),
     // 2: what SDKs send besides the event: their own session id, the platform, the client address.
-    "
+    Migration::Sql(
+        "
     ALTER TABLE events ADD COLUMN client_session_id TEXT;
     ALTER TABLE events ADD COLUMN platform TEXT;
     ALTER TABLE events ADD COLUMN ip TEXT;
     ",
+    ),
     // 3: the query API: whether a change left the session concluded (the board
     // counts open sessions from the change feed), the feed per project, and
     // sessions and their history by uid.
-    "
+    Migration::Sql(
+        "
     ALTER TABLE session_changes ADD COLUMN concluded INTEGER;
     UPDATE session_changes SET concluded = (kind = 'concluded' OR end_reason IS NOT NULL);
     CREATE INDEX session_changes_project ON session_changes (project, seq);
     CREATE INDEX session_changes_uid ON session_changes (project, session_uid);
     CREATE INDEX sessions_uid ON sessions (project, session_uid);
     ",
+    ),
     // 4: time in the foreground (app lifecycle rules). NULL in rows written
     // before: those sessions had no lifecycle rules, so it is their length,
     // which readers substitute; no rewrite of existing rows. (Version 4 in
     // databases already written: it must stay before the index.)
-    "
+    Migration::Sql(
+        "
     ALTER TABLE sessions ADD COLUMN active_ms INTEGER;
     ALTER TABLE session_changes ADD COLUMN active_ms INTEGER;
     ",
+    ),
     // 5: where the writer's replay begins at start-up without scanning every
     // session: the sessions at least an hour long (`LONG_SESSION_MS`), by last
     // event. Partial, so amending a shorter session writes no entry here.
-    "
+    Migration::Sql(
+        "
     CREATE INDEX sessions_long ON sessions (project, last_event_ms, start_ms)
         WHERE last_event_ms - start_ms >= 3600000;
     ",
+    ),
     // 6: the ingest log (log.rs): the last log position applied to this
     // database, committed with the events it moved. Log positions continue
     // after the events already stored.
-    "
+    Migration::Sql(
+        "
     CREATE TABLE log_applied (
         id INTEGER PRIMARY KEY CHECK (id = 0),
         seq INTEGER NOT NULL
     );
     INSERT INTO log_applied (id, seq) VALUES (0, (SELECT coalesce(max(seq), 0) FROM events));
     ",
+    ),
+    // 7: deduplication by a 64-bit hash of the insert id instead of the id
+    // itself (`insert_id_stored`): an integer index a third the size of the
+    // text one, which every event's random insert id writes at a random page.
+    // Not unique (hashes may collide): the log's writer compares the ids.
+    Migration::Code(hash_insert_ids),
 ];
 
 /// Brings the schema to the newest version, in one transaction per step.
@@ -137,9 +160,53 @@ pub(crate) fn migrate_to(conn: &Connection, target: usize) -> Result<(), StoreEr
     if found > known {
         return Err(StoreError::NewerSchema { found, known });
     }
-    for (version, sql) in MIGRATIONS.iter().enumerate().take(target).skip(found as usize) {
+    for (version, migration) in MIGRATIONS.iter().enumerate().take(target).skip(found as usize) {
         let version = version as i64 + 1;
-        conn.execute_batch(&format!("BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {version}; COMMIT;"))?;
+        match migration {
+            Migration::Sql(sql) => {
+                conn.execute_batch(&format!("BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {version}; COMMIT;"))?;
+            }
+            Migration::Code(step) => {
+                conn.execute_batch("BEGIN IMMEDIATE")?;
+                let done = step(conn)
+                    .and_then(|()| Ok(conn.execute_batch(&format!("PRAGMA user_version = {version}; COMMIT;"))?));
+                if done.is_err() {
+                    // The step failed inside its transaction: leave the database as it was.
+                    drop(conn.execute_batch("ROLLBACK"));
+                }
+                done?;
+            }
+        }
     }
+    Ok(())
+}
+
+/// Rows hashed per statement while filling `insert_hash` (bounds the memory
+/// of a migration of any size).
+pub(crate) const HASH_FILL_CHUNK_ROWS: usize = 50_000;
+
+/// Version 7: fills `events.insert_hash` for the stored events, indexes it and
+/// drops the unique text index it replaces.
+fn hash_insert_ids(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch("ALTER TABLE events ADD COLUMN insert_hash INTEGER")?;
+    let mut after = i64::MIN;
+    loop {
+        let chunk: Vec<(i64, String)> = conn
+            .prepare_cached(
+                "SELECT seq, insert_id FROM events WHERE seq > ?1 AND insert_id IS NOT NULL ORDER BY seq LIMIT ?2",
+            )?
+            .query_map(rusqlite::params![after, HASH_FILL_CHUNK_ROWS as i64], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        let Some(&(last, _)) = chunk.last() else { break };
+        let mut update = conn.prepare_cached("UPDATE events SET insert_hash = ?1 WHERE seq = ?2")?;
+        for (seq, insert_id) in &chunk {
+            update.execute(rusqlite::params![crate::insert_hash(insert_id), seq])?;
+        }
+        after = last;
+    }
+    conn.execute_batch(
+        "CREATE INDEX events_insert_hash ON events (project, insert_hash) WHERE insert_hash IS NOT NULL;
+         DROP INDEX events_insert_id;",
+    )?;
     Ok(())
 }

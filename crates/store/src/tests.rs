@@ -50,6 +50,88 @@ fn projects_keys_and_settings_persist() {
     assert!(!bytes.windows(created.write_key.len()).any(|w| w == created.write_key.as_bytes()));
 }
 
+/// Two insert ids whose hashes collide are two events: the index narrows the
+/// search to the hash, the ids decide.
+#[test]
+fn a_hash_collision_is_not_a_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path()).unwrap();
+    let project = store.create_project("p", T0).unwrap().project;
+    let batch = store.batch().unwrap();
+    assert!(batch.insert_event(project.id, &event("u", "x", T0, "a")).unwrap());
+    // Give "a" the hash of "b", as a collision would.
+    batch.tx.execute("UPDATE events SET insert_hash = ?1", params![insert_hash("b")]).unwrap();
+    assert!(!insert_id_stored(&batch.tx, project.id, "b").unwrap(), "same hash, another id");
+    assert!(batch.insert_event(project.id, &event("u", "x", T0 + 1, "b")).unwrap());
+    assert!(insert_id_stored(&batch.tx, project.id, "b").unwrap());
+    assert!(!batch.insert_event(project.id, &event("u", "x", T0 + 2, "b")).unwrap(), "the second of two rows matches");
+    batch.commit().unwrap();
+    assert_eq!(store.event_count(project.id).unwrap(), 2);
+}
+
+/// Deduplication seeks the hash index, never scans the events.
+#[test]
+fn the_insert_id_probe_seeks_the_hash_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let plan: String = store
+        .conn
+        .query_row(&format!("EXPLAIN QUERY PLAN {INSERT_ID_PROBE_SQL}"), params![1, 2], |row| row.get(3))
+        .unwrap();
+    assert_eq!(plan, "SEARCH events USING INDEX events_insert_hash (project=? AND insert_hash=?)");
+}
+
+/// A v6 database (the unique index on the insert id text) migrates to the
+/// hash index: every stored id gets its hash, across several fill chunks,
+/// and deduplication still finds the ids stored before.
+#[test]
+fn v6_insert_ids_are_hashed_on_migration() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = schema::HASH_FILL_CHUNK_ROWS * 2 + 7;
+    {
+        let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+        schema::migrate_to(&conn, 6).unwrap();
+        conn.execute(
+            "INSERT INTO projects (id, public_id, name, settings, created_ms) VALUES (1, 'prj_1', 'p', ?1, ?2)",
+            params![settings_json(&ProjectSettings::default()), T0],
+        )
+        .unwrap();
+        conn.execute_batch("BEGIN").unwrap();
+        let mut insert = conn
+            .prepare(
+                "INSERT INTO events (project, user_kind, user_key, user_id, event_type, time_ms, insert_id, passive, \
+                 received_ms) VALUES (1, 0, 'u', 'u', 'x', ?1, ?2, 0, ?1)",
+            )
+            .unwrap();
+        for i in 0..rows {
+            // Every tenth event has no insert id.
+            let insert_id = (i % 10 != 3).then(|| format!("id-{i}"));
+            insert.execute(params![T0 + i as i64, insert_id]).unwrap();
+        }
+        drop(insert);
+        conn.execute_batch("COMMIT").unwrap();
+    }
+    let mut store = Store::open(dir.path()).unwrap();
+    let mut statement = store.conn.prepare("SELECT insert_id, insert_hash FROM events").unwrap();
+    let stored: Vec<(Option<String>, Option<i64>)> =
+        statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?))).unwrap().map(Result::unwrap).collect();
+    drop(statement);
+    assert_eq!(stored.len(), rows);
+    for (insert_id, hash) in &stored {
+        assert_eq!(*hash, insert_id.as_deref().map(insert_hash), "{insert_id:?}");
+    }
+    let index = |name: &str| -> i64 {
+        store.conn.query_row("SELECT count(*) FROM sqlite_master WHERE name = ?1", [name], |row| row.get(0)).unwrap()
+    };
+    assert_eq!((index("events_insert_hash"), index("events_insert_id")), (1, 0));
+    let batch = store.batch().unwrap();
+    for i in [0, 1, schema::HASH_FILL_CHUNK_ROWS, rows - 1] {
+        assert!(!batch.insert_event(1, &event("u", "x", T0, &format!("id-{i}"))).unwrap(), "id-{i} was stored");
+    }
+    assert!(batch.insert_event(1, &event("u", "x", T0, "id-3")).unwrap(), "event 3 had no insert id");
+    batch.commit().unwrap();
+}
+
 #[test]
 fn bad_names_and_settings_are_refused() {
     let dir = tempfile::tempdir().unwrap();
