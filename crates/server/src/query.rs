@@ -505,9 +505,9 @@ async fn session_detail(
     Path(session_uid): Path<String>,
 ) -> Result<Response, ApiError> {
     let project = state.authorize_read(&headers)?;
-    let uid = uuid::Uuid::parse_str(&session_uid)
-        .map_err(|_| ApiError::BadRequest(format!("{session_uid:?} is not a session uid (a UUID)")))?
-        .to_string();
+    let parsed_uid = uuid::Uuid::parse_str(&session_uid)
+        .map_err(|_| ApiError::BadRequest(format!("{session_uid:?} is not a session uid (a UUID)")))?;
+    let uid = parsed_uid.to_string();
     #[cfg(feature = "cluster")]
     if let ReadSource::Cluster(cluster) = &state.source {
         let project = cluster.project(project)?;
@@ -524,7 +524,7 @@ async fn session_detail(
         .readers
         .run(move |store| {
             let project = project_of(store, project)?;
-            let history = store.session_history(project.id, &uid, MAX_CHANGES_PER_PAGE)?;
+            let history = store.session_history(project.id, &parsed_uid, MAX_CHANGES_PER_PAGE)?;
             let Some(session) = store.session_by_uid(project.id, &uid)? else {
                 let successor = history.iter().rev().find_map(|c| c.superseded_by.clone());
                 return Err(ApiError::NotFound(match (history.is_empty(), successor) {

@@ -678,8 +678,8 @@ impl Batch<'_> {
     ) -> Result<(), StoreError> {
         let mut record = self.tx.prepare_cached(
             "INSERT INTO session_changes (project, kind, user_kind, user_key, session_id, session_uid, start_ms, \
-             end_ms, last_event_ms, event_count, end_reason, superseded_by, raised_at_ms, concluded, active_ms) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+             end_ms, last_event_ms, event_count, end_reason, superseded_by, raised_at_ms, concluded, active_ms, \
+             session_uid_head) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
         )?;
         record.execute(params![
             project,
@@ -697,6 +697,7 @@ impl Batch<'_> {
             raised_at_ms,
             session.concluded,
             session.active_ms,
+            uid_head(&session.session_uid),
         ])?;
         let revision = self.tx.last_insert_rowid();
         if kind == StoredChangeKind::Superseded {
@@ -831,6 +832,16 @@ pub(crate) fn insert_id_stored(conn: &Connection, project: i64, insert_id: &str)
 }
 
 pub(crate) const INSERT_ID_PROBE_SQL: &str = "SELECT insert_id FROM events WHERE project = ?1 AND insert_hash = ?2";
+
+/// What `session_changes.session_uid_head` holds: the uid's first 64 bits,
+/// its UUIDv7 start time (48 bits) then 16 of its other bits, as SQLite's
+/// signed integer (positive until the year 6429, so ordered by start). The
+/// index on it keeps the uid index's order by session start (changes land
+/// among those of recent sessions) at a third of the size of the text.
+pub(crate) fn uid_head(session_uid: &Uuid) -> i64 {
+    let bytes = session_uid.as_bytes();
+    i64::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7]])
+}
 
 /// `?first, ?first+1, ...`: `count` numbered parameters.
 fn placeholders(first: usize, count: usize) -> String {

@@ -7,11 +7,12 @@ use std::sync::Arc;
 use rusqlite::types::Value;
 use rusqlite::{OptionalExtension, params, params_from_iter};
 use sessionizer_engine::{EventClass, UserKey};
+use uuid::Uuid;
 
 use crate::board::{Board, BoardChange, BoardSession};
 use crate::{
     EVENT_COLUMNS, SESSION_COLUMNS, Store, StoreError, StoredEvent, StoredSession, event_of_row, query_events,
-    query_sessions, session_of_row, user_kind, user_of,
+    query_sessions, session_of_row, uid_head, user_kind, user_of,
 };
 
 /// Rows read per step while loading the board (bounds the statement's work
@@ -63,6 +64,11 @@ pub struct ChangeRecord {
     pub superseded_by: Option<String>,
     pub raised_at_ms: i64,
 }
+
+/// A session's changes: a seek of `session_changes_uid_head`, whose entries
+/// are in `seq` order for equal heads, so nothing is sorted.
+pub(crate) const SESSION_HISTORY_WHERE: &str =
+    "project = ?1 AND session_uid_head = ?2 AND session_uid = ?3 ORDER BY seq LIMIT ?4";
 
 const CHANGE_COLUMNS: &str = "SELECT seq, kind, user_kind, user_key, session_id, session_uid, start_ms, end_ms, \
                               last_event_ms, event_count, end_reason, coalesce(concluded, end_reason IS NOT NULL), \
@@ -177,13 +183,12 @@ impl Store {
     pub fn session_history(
         &self,
         project: i64,
-        session_uid: &str,
+        session_uid: &Uuid,
         limit: usize,
     ) -> Result<Vec<ChangeRecord>, StoreError> {
-        let mut statement = self.conn.prepare_cached(&format!(
-            "{CHANGE_COLUMNS} WHERE project = ?1 AND session_uid = ?2 ORDER BY seq LIMIT ?3"
-        ))?;
-        let rows = statement.query_map(params![project, session_uid, limit as i64], change_of_row)?;
+        let mut statement = self.conn.prepare_cached(&format!("{CHANGE_COLUMNS} WHERE {SESSION_HISTORY_WHERE}"))?;
+        let rows = statement
+            .query_map(params![project, uid_head(session_uid), session_uid.to_string(), limit as i64], change_of_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

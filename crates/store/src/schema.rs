@@ -141,11 +141,12 @@ const MIGRATIONS: &[Migration] = &[
     INSERT INTO log_applied (id, seq) VALUES (0, (SELECT coalesce(max(seq), 0) FROM events));
     ",
     ),
-    // 7: deduplication by a 64-bit hash of the insert id instead of the id
-    // itself (`insert_id_stored`): an integer index a third the size of the
-    // text one, which every event's random insert id writes at a random page.
-    // Not unique (hashes may collide): the log's writer compares the ids.
-    Migration::Code(hash_insert_ids),
+    // 7: the two indexes written at random places by every event and every
+    // session change keyed by 64-bit integers instead of 36-byte text:
+    // deduplication by a hash of the insert id (`insert_id_stored`; not
+    // unique, as hashes may collide: the ids are compared), and a session's
+    // history by the head of its uid (`uid_head`).
+    Migration::Code(integer_keys),
 ];
 
 /// Brings the schema to the newest version, in one transaction per step.
@@ -181,32 +182,53 @@ pub(crate) fn migrate_to(conn: &Connection, target: usize) -> Result<(), StoreEr
     Ok(())
 }
 
-/// Rows hashed per statement while filling `insert_hash` (bounds the memory
-/// of a migration of any size).
+/// Rows read per statement while filling a new column (bounds the memory of
+/// a migration of any size).
 pub(crate) const HASH_FILL_CHUNK_ROWS: usize = 50_000;
 
-/// Version 7: fills `events.insert_hash` for the stored events, indexes it and
-/// drops the unique text index it replaces.
-fn hash_insert_ids(conn: &Connection) -> Result<(), StoreError> {
-    conn.execute_batch("ALTER TABLE events ADD COLUMN insert_hash INTEGER")?;
+/// Version 7: fills `events.insert_hash` and `session_changes.session_uid_head`
+/// for the stored rows, indexes them and drops the text indexes they replace.
+fn integer_keys(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "ALTER TABLE events ADD COLUMN insert_hash INTEGER;
+         ALTER TABLE session_changes ADD COLUMN session_uid_head INTEGER;",
+    )?;
+    fill_column(conn, "events", "insert_id", "insert_hash", |insert_id| Ok(crate::insert_hash(insert_id)))?;
+    fill_column(conn, "session_changes", "session_uid", "session_uid_head", |uid| {
+        Ok(crate::uid_head(&crate::parse_uid(uid)?))
+    })?;
+    conn.execute_batch(
+        "CREATE INDEX events_insert_hash ON events (project, insert_hash) WHERE insert_hash IS NOT NULL;
+         DROP INDEX events_insert_id;
+         CREATE INDEX session_changes_uid_head ON session_changes (project, session_uid_head);
+         DROP INDEX session_changes_uid;",
+    )?;
+    Ok(())
+}
+
+/// Sets `target` to `derive(source)` in every row of `table` (keyed by `seq`)
+/// whose `source` is not NULL, in chunks of `HASH_FILL_CHUNK_ROWS`.
+fn fill_column(
+    conn: &Connection,
+    table: &str,
+    source: &str,
+    target: &str,
+    derive: impl Fn(&str) -> Result<i64, StoreError>,
+) -> Result<(), StoreError> {
+    let mut select = conn.prepare(&format!(
+        "SELECT seq, {source} FROM {table} WHERE seq > ?1 AND {source} IS NOT NULL ORDER BY seq LIMIT ?2"
+    ))?;
+    let mut update = conn.prepare(&format!("UPDATE {table} SET {target} = ?1 WHERE seq = ?2"))?;
     let mut after = i64::MIN;
     loop {
-        let chunk: Vec<(i64, String)> = conn
-            .prepare_cached(
-                "SELECT seq, insert_id FROM events WHERE seq > ?1 AND insert_id IS NOT NULL ORDER BY seq LIMIT ?2",
-            )?
+        let chunk: Vec<(i64, String)> = select
             .query_map(rusqlite::params![after, HASH_FILL_CHUNK_ROWS as i64], |row| Ok((row.get(0)?, row.get(1)?)))?
             .collect::<Result<_, _>>()?;
         let Some(&(last, _)) = chunk.last() else { break };
-        let mut update = conn.prepare_cached("UPDATE events SET insert_hash = ?1 WHERE seq = ?2")?;
-        for (seq, insert_id) in &chunk {
-            update.execute(rusqlite::params![crate::insert_hash(insert_id), seq])?;
+        for (seq, value) in &chunk {
+            update.execute(rusqlite::params![derive(value)?, seq])?;
         }
         after = last;
     }
-    conn.execute_batch(
-        "CREATE INDEX events_insert_hash ON events (project, insert_hash) WHERE insert_hash IS NOT NULL;
-         DROP INDEX events_insert_id;",
-    )?;
     Ok(())
 }

@@ -1,6 +1,7 @@
 use sessionizer_engine::{EventClass, UserKey};
 
 use super::*;
+use crate::queries::SESSION_HISTORY_WHERE;
 
 const T0: i64 = 1_767_603_600_000; // 2026-01-05T09:00:00Z
 const MIN: i64 = 60_000;
@@ -81,11 +82,52 @@ fn the_insert_id_probe_seeks_the_hash_index() {
     assert_eq!(plan, "SEARCH events USING INDEX events_insert_hash (project=? AND insert_hash=?)");
 }
 
-/// A v6 database (the unique index on the insert id text) migrates to the
-/// hash index: every stored id gets its hash, across several fill chunks,
-/// and deduplication still finds the ids stored before.
+/// A session's history is found by the head of its uid and then the whole
+/// uid: sessions of many users starting in the same millisecond share heads
+/// (16 bits tell them apart), and each history holds only its own changes.
 #[test]
-fn v6_insert_ids_are_hashed_on_migration() {
+fn session_history_tells_apart_uids_with_one_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(dir.path()).unwrap();
+    let users = 5_000;
+    let batch = store.batch().unwrap();
+    for kind in [StoredChangeKind::Started, StoredChangeKind::Amended] {
+        for user in 0..users {
+            write_session(&batch, 1, kind, &format!("u{user}"), T0, T0 + MIN);
+        }
+    }
+    batch.commit().unwrap();
+    let uids: Vec<Uuid> = (0..users)
+        .map(|user| sessionizer_engine::session_uid("p", &UserKey::User(format!("u{user}").into()), T0))
+        .collect();
+    let heads: std::collections::HashSet<i64> = uids.iter().map(uid_head).collect();
+    assert!(heads.len() < users, "the test needs uids sharing a head");
+    for (user, uid) in uids.iter().enumerate() {
+        let history = store.session_history(1, uid, 10).unwrap();
+        let kinds: Vec<&str> = history.iter().map(|change| change.kind.as_str()).collect();
+        assert_eq!(kinds, ["started", "amended"], "u{user}");
+        assert!(history.iter().all(|change| change.session_uid == uid.to_string()));
+        assert!(history[0].seq < history[1].seq);
+    }
+    assert!(store.session_history(2, &uids[0], 10).unwrap().is_empty(), "another project");
+    let mut explain = store
+        .conn
+        .prepare(&format!("EXPLAIN QUERY PLAN SELECT seq FROM session_changes WHERE {SESSION_HISTORY_WHERE}"))
+        .unwrap();
+    let plan: Vec<String> =
+        explain.query_map(params![1, 2, "x", 3], |row| row.get(3)).unwrap().map(Result::unwrap).collect();
+    assert_eq!(
+        plan,
+        ["SEARCH session_changes USING INDEX session_changes_uid_head (project=? AND session_uid_head=?)"],
+        "a seek, and no sort for ORDER BY seq"
+    );
+}
+
+/// A v6 database (text indexes on insert ids and session uids) migrates to
+/// the integer keys: every stored row gets its key, across several fill
+/// chunks, and deduplication and history still find the rows stored before.
+#[test]
+fn v6_text_keys_become_integers_on_migration() {
     let dir = tempfile::tempdir().unwrap();
     let rows = schema::HASH_FILL_CHUNK_ROWS * 2 + 7;
     {
@@ -109,6 +151,19 @@ fn v6_insert_ids_are_hashed_on_migration() {
             insert.execute(params![T0 + i as i64, insert_id]).unwrap();
         }
         drop(insert);
+        let mut change = conn
+            .prepare(
+                "INSERT INTO session_changes (project, kind, user_kind, user_key, session_id, session_uid, start_ms, \
+                 end_ms, last_event_ms, event_count, raised_at_ms, concluded) \
+                 VALUES (1, 'started', 0, 'u', ?1, ?2, ?1, ?1, ?1, 1, ?1, 0)",
+            )
+            .unwrap();
+        for i in 0..rows {
+            let start = T0 + i as i64;
+            let uid = sessionizer_engine::session_uid("p", &UserKey::User("u".into()), start);
+            change.execute(params![start, uid.to_string()]).unwrap();
+        }
+        drop(change);
         conn.execute_batch("COMMIT").unwrap();
     }
     let mut store = Store::open(dir.path()).unwrap();
@@ -124,6 +179,17 @@ fn v6_insert_ids_are_hashed_on_migration() {
         store.conn.query_row("SELECT count(*) FROM sqlite_master WHERE name = ?1", [name], |row| row.get(0)).unwrap()
     };
     assert_eq!((index("events_insert_hash"), index("events_insert_id")), (1, 0));
+    assert_eq!((index("session_changes_uid_head"), index("session_changes_uid")), (1, 0));
+    let mut statement = store.conn.prepare("SELECT session_uid, session_uid_head FROM session_changes").unwrap();
+    let changes: Vec<(String, i64)> =
+        statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?))).unwrap().map(Result::unwrap).collect();
+    drop(statement);
+    assert_eq!(changes.len(), rows);
+    for (uid, head) in &changes {
+        assert_eq!(*head, uid_head(&Uuid::parse_str(uid).unwrap()), "{uid}");
+    }
+    let last = sessionizer_engine::session_uid("p", &UserKey::User("u".into()), T0 + rows as i64 - 1);
+    assert_eq!(store.session_history(1, &last, 10).unwrap().len(), 1);
     let batch = store.batch().unwrap();
     for i in [0, 1, schema::HASH_FILL_CHUNK_ROWS, rows - 1] {
         assert!(!batch.insert_event(1, &event("u", "x", T0, &format!("id-{i}"))).unwrap(), "id-{i} was stored");
