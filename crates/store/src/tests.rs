@@ -198,6 +198,20 @@ fn v6_text_keys_become_integers_on_migration() {
     batch.commit().unwrap();
 }
 
+/// SQLite is built without the process-wide page cache and allocation
+/// statistics (`.cargo/config.toml`): their mutexes serialised the server's
+/// threads. This fails when the build lost those flags.
+#[test]
+fn sqlite_is_built_without_process_wide_locks() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut statement = store.conn.prepare("PRAGMA compile_options").unwrap();
+    let options: Vec<String> = statement.query_map([], |row| row.get(0)).unwrap().map(Result::unwrap).collect();
+    assert!(options.iter().any(|option| option == "THREADSAFE=1"), "{options:?}");
+    assert!(!options.iter().any(|option| option == "ENABLE_MEMORY_MANAGEMENT"), "{options:?}");
+    assert!(options.iter().any(|option| option == "DEFAULT_MEMSTATUS=0"), "{options:?}");
+}
+
 #[test]
 fn bad_names_and_settings_are_refused() {
     let dir = tempfile::tempdir().unwrap();
