@@ -839,8 +839,7 @@ pub(crate) const INSERT_ID_PROBE_SQL: &str = "SELECT insert_id FROM events WHERE
 /// index on it keeps the uid index's order by session start (changes land
 /// among those of recent sessions) at a third of the size of the text.
 pub(crate) fn uid_head(session_uid: &Uuid) -> i64 {
-    let bytes = session_uid.as_bytes();
-    i64::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7]])
+    session_uid.as_u64_pair().0 as i64
 }
 
 /// `?first, ?first+1, ...`: `count` numbered parameters.

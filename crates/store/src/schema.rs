@@ -184,7 +184,7 @@ pub(crate) fn migrate_to(conn: &Connection, target: usize) -> Result<(), StoreEr
 
 /// Rows read per statement while filling a new column (bounds the memory of
 /// a migration of any size).
-pub(crate) const HASH_FILL_CHUNK_ROWS: usize = 50_000;
+pub(crate) const FILL_CHUNK_ROWS: usize = 50_000;
 
 /// Version 7: fills `events.insert_hash` and `session_changes.session_uid_head`
 /// for the stored rows, indexes them and drops the text indexes they replace.
@@ -207,7 +207,7 @@ fn integer_keys(conn: &Connection) -> Result<(), StoreError> {
 }
 
 /// Sets `target` to `derive(source)` in every row of `table` (keyed by `seq`)
-/// whose `source` is not NULL, in chunks of `HASH_FILL_CHUNK_ROWS`.
+/// whose `source` is not NULL, in chunks of `FILL_CHUNK_ROWS`.
 fn fill_column(
     conn: &Connection,
     table: &str,
@@ -222,7 +222,7 @@ fn fill_column(
     let mut after = i64::MIN;
     loop {
         let chunk: Vec<(i64, String)> = select
-            .query_map(rusqlite::params![after, HASH_FILL_CHUNK_ROWS as i64], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .query_map(rusqlite::params![after, FILL_CHUNK_ROWS as i64], |row| Ok((row.get(0)?, row.get(1)?)))?
             .collect::<Result<_, _>>()?;
         let Some(&(last, _)) = chunk.last() else { break };
         for (seq, value) in &chunk {

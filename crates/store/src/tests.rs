@@ -129,7 +129,7 @@ fn session_history_tells_apart_uids_with_one_head() {
 #[test]
 fn v6_text_keys_become_integers_on_migration() {
     let dir = tempfile::tempdir().unwrap();
-    let rows = schema::HASH_FILL_CHUNK_ROWS * 2 + 7;
+    let rows = schema::FILL_CHUNK_ROWS * 2 + 7;
     {
         let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
         schema::migrate_to(&conn, 6).unwrap();
@@ -191,7 +191,7 @@ fn v6_text_keys_become_integers_on_migration() {
     let last = sessionizer_engine::session_uid("p", &UserKey::User("u".into()), T0 + rows as i64 - 1);
     assert_eq!(store.session_history(1, &last, 10).unwrap().len(), 1);
     let batch = store.batch().unwrap();
-    for i in [0, 1, schema::HASH_FILL_CHUNK_ROWS, rows - 1] {
+    for i in [0, 1, schema::FILL_CHUNK_ROWS, rows - 1] {
         assert!(!batch.insert_event(1, &event("u", "x", T0, &format!("id-{i}"))).unwrap(), "id-{i} was stored");
     }
     assert!(batch.insert_event(1, &event("u", "x", T0, "id-3")).unwrap(), "event 3 had no insert id");
